@@ -1,0 +1,201 @@
+// Torch bindings of the fused contrast op: the schema (written once) and the CPU implementation.
+// The CUDA implementation registers against the same schema in bindings_cuda.cpp.
+#include <torch/extension.h>
+
+#include <cstdlib>
+
+#include "core/contrast.h"
+
+#define CHECK_SHAPE(x, ...)                                                              \
+  TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), #x " must have shape (" \
+              #__VA_ARGS__ "), got ", (x).sizes())
+#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
+#define CHECK_DEVICE(x, dev) \
+  TORCH_CHECK((x).device() == (dev), #x " is on ", (x).device(), " but A is on ", (dev))
+#define CHECK_DTYPE(x, dt) TORCH_CHECK((x).scalar_type() == (dt), #x " must be ", (dt), ", got ", (x).scalar_type())
+
+namespace {
+
+// GEMMs through ATen (MKL / OpenBLAS), on tensors viewing the core's raw buffers.
+template <typename T>
+struct AtenGemm final : uca::Gemm<T> {
+  static at::Tensor view(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+    return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
+                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  }
+  void nt(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+          int64_t ldc) const override {
+    auto out = view(C, m, n, ldc);
+    at::mm_out(out, view(A, m, k, lda), view(B, n, k, ldb).t());
+  }
+  void nn_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
+              T* C, int64_t ldc) const override {
+    view(C, m, n, ldc).addmm_(view(A, m, k, lda), view(B, k, n, ldb));
+  }
+  void tn_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
+              T* C, int64_t ldc) const override {
+    view(C, m, n, ldc).addmm_(view(A, k, m, lda).t(), view(B, k, n, ldb));
+  }
+};
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  const long long x = std::atoll(v);
+  TORCH_CHECK(x > 0, name, " must be a positive integer, got '", v, "'");
+  return x;
+}
+
+uca::Tiles cpu_tiles() {
+  uca::Tiles t;
+  t.rows = env_int("UCA_CPU_TILE_ROWS", t.rows);
+  t.cols = env_int("UCA_CPU_TILE_COLS", t.cols);
+  return t;
+}
+
+uca::Loss parse_loss(c10::string_view loss) {
+  if (loss == "sdm") return uca::Loss::SDM;
+  if (loss == "infonce") return uca::Loss::INFONCE;
+  TORCH_CHECK(false, "loss must be 'sdm' or 'infonce', got '", std::string(loss), "'");
+}
+
+void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
+                  const at::Tensor& c, const at::Tensor& scale, const at::Tensor& bias,
+                  const at::Tensor& labels_a, const at::Tensor& labels_b, bool exclude_self) {
+  TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
+  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1),
+              ", got ", B.sizes());
+  const int64_t M = A.size(0), N = B.size(0);
+  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, "empty input: A ", A.sizes(), ", B ", B.sizes());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble,
+              "A must be float32 or float64, got ", A.scalar_type());
+  CHECK_DTYPE(B, A.scalar_type());
+  CHECK_DTYPE(r, A.scalar_type());
+  CHECK_DTYPE(c, A.scalar_type());
+  CHECK_DTYPE(scale, A.scalar_type());
+  CHECK_DTYPE(bias, A.scalar_type());
+  CHECK_DTYPE(labels_a, at::kLong);
+  CHECK_DTYPE(labels_b, at::kLong);
+  CHECK_SHAPE(r, M);
+  CHECK_SHAPE(c, N);
+  CHECK_SHAPE(labels_a, M);
+  CHECK_SHAPE(labels_b, N);
+  TORCH_CHECK(scale.numel() == 1 && bias.numel() == 1, "scale and bias must be 0-d tensors");
+  for (const at::Tensor* t : {&A, &B, &r, &c, &labels_a, &labels_b}) CHECK_CONTIGUOUS(*t);
+  const auto dev = A.device();
+  CHECK_DEVICE(B, dev);
+  CHECK_DEVICE(r, dev);
+  CHECK_DEVICE(c, dev);
+  CHECK_DEVICE(labels_a, dev);
+  CHECK_DEVICE(labels_b, dev);
+  TORCH_CHECK(!exclude_self || M == N, "exclude_self needs M == N, got M=", M, ", N=", N);
+}
+
+template <typename T>
+uca::ContrastArgs<T> make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
+                               const at::Tensor& c, const at::Tensor& scale,
+                               const at::Tensor& bias, const at::Tensor& labels_a,
+                               const at::Tensor& labels_b, c10::string_view loss,
+                               bool exclude_self) {
+  uca::ContrastArgs<T> a;
+  a.M = A.size(0);
+  a.N = B.size(0);
+  a.E = A.size(1);
+  a.A = A.data_ptr<T>();
+  a.B = B.data_ptr<T>();
+  a.r = r.data_ptr<T>();
+  a.c = c.data_ptr<T>();
+  a.scale = scale.item<T>();
+  a.bias = bias.item<T>();
+  a.labels_a = labels_a.data_ptr<int64_t>();
+  a.labels_b = labels_b.data_ptr<int64_t>();
+  a.loss = parse_loss(loss);
+  a.exclude_self = exclude_self;
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cpu(
+    const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
+    const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
+    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self) {
+  check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
+  const int64_t M = A.size(0), N = B.size(0);
+  auto loss_rows = at::empty({M}, A.options()), loss_cols = at::empty({N}, A.options());
+  auto row_stats = at::empty({M, uca::kStats}, A.options());
+  auto col_stats = at::empty({N, uca::kStats}, A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "contrast_forward_cpu", [&] {
+    const auto args = make_args<scalar_t>(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
+    uca::contrast_forward<scalar_t>(args, AtenGemm<scalar_t>(), cpu_tiles(),
+                                    loss_rows.data_ptr<scalar_t>(), loss_cols.data_ptr<scalar_t>(),
+                                    row_stats.data_ptr<scalar_t>(), col_stats.data_ptr<scalar_t>());
+  });
+  return {loss_rows, loss_cols, row_stats, col_stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, const at::Tensor& A,
+                      const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
+                      const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
+                      const at::Tensor& labels_b, const at::Tensor& loss_rows,
+                      const at::Tensor& loss_cols, const at::Tensor& row_stats,
+                      const at::Tensor& col_stats, c10::string_view loss, bool exclude_self) {
+  check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
+  const int64_t M = A.size(0), N = B.size(0);
+  for (const at::Tensor* t : {&grad_rows, &loss_rows}) {
+    CHECK_SHAPE(*t, M);
+    CHECK_DTYPE(*t, A.scalar_type());
+    CHECK_CONTIGUOUS(*t);
+  }
+  for (const at::Tensor* t : {&grad_cols, &loss_cols}) {
+    CHECK_SHAPE(*t, N);
+    CHECK_DTYPE(*t, A.scalar_type());
+    CHECK_CONTIGUOUS(*t);
+  }
+  CHECK_SHAPE(row_stats, M, uca::kStats);
+  CHECK_SHAPE(col_stats, N, uca::kStats);
+  CHECK_CONTIGUOUS(row_stats);
+  CHECK_CONTIGUOUS(col_stats);
+  auto dA = at::empty_like(A), dB = at::empty_like(B), dr = at::empty_like(r),
+       dc = at::empty_like(c), dscale = at::empty_like(scale), dbias = at::empty_like(bias);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "contrast_backward_cpu", [&] {
+    const auto args = make_args<scalar_t>(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
+    uca::contrast_backward<scalar_t>(
+        args, AtenGemm<scalar_t>(), cpu_tiles(), grad_rows.data_ptr<scalar_t>(),
+        grad_cols.data_ptr<scalar_t>(), loss_rows.data_ptr<scalar_t>(),
+        loss_cols.data_ptr<scalar_t>(), row_stats.data_ptr<scalar_t>(),
+        col_stats.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+        dr.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(),
+        dbias.data_ptr<scalar_t>());
+  });
+  return {dA, dB, dr, dc, dscale, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(uca, m) {
+  m.def(
+      "contrast_forward(Tensor A, Tensor B, Tensor r, Tensor c, Tensor scale, Tensor bias, "
+      "Tensor labels_a, Tensor labels_b, str loss, bool exclude_self) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "contrast_backward(Tensor grad_rows, Tensor grad_cols, Tensor A, Tensor B, Tensor r, "
+      "Tensor c, Tensor scale, Tensor bias, Tensor labels_a, Tensor labels_b, Tensor loss_rows, "
+      "Tensor loss_cols, Tensor row_stats, Tensor col_stats, str loss, bool exclude_self) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(uca, CPU, m) {
+  m.impl("contrast_forward", &contrast_forward_cpu);
+  m.impl("contrast_backward", &contrast_backward_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "UCA fused contrast kernels (registers torch.ops.uca.*)";
+  m.def("built_with_cuda", [] {
+#ifdef UCA_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

@@ -1,0 +1,459 @@
+// Fused contrast op on the CPU: tiled GEMM (through the Gemm interface) + a vectorised epilogue.
+//
+// Forward, for each rows x cols tile in a fixed order: G = A_tile B_tile^T, then
+//   row pass (OpenMP over rows):        S = scale (G + r + c) + bias in place, online row stats;
+//   column pass (OpenMP over columns):  online column stats from the same S tile.
+// Row and column states are merged in tile order on one thread per row / column, so results are
+// bit-identical run to run (no atomics, no order that depends on scheduling).
+//
+// Backward recomputes G per tile, forms dS from the saved statistics, overwrites the tile with
+// dT = scale dS, reduces dr, dc, dscale, dbias, and accumulates dA += dT B, dB += dT^T A.
+#include "contrast.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace uca {
+namespace {
+
+// Leaf loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define UCA_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define UCA_MULTIVERSION
+#endif
+#define UCA_INLINE inline __attribute__((always_inline))
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+// Arguments of exp are clamped to [kLow, 0]; exp(kLow) is exactly 0 (see vexp).
+template <typename T>
+constexpr T kLow = T(-100);
+template <>
+constexpr double kLow<double> = -800.0;
+
+// exp(x) for x in [kLow, 0]: Cephes range reduction + degree-6 polynomial, branch-free so loops
+// over it vectorise; returns 0 below -87 (the float underflow point).
+UCA_INLINE float vexp(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : (x > 0.0f ? 0.0f : x);
+  const float v = x * 1.44269504088896341f + 0.5f;
+  int32_t n = static_cast<int32_t>(v);
+  n -= (v < static_cast<float>(n));  // floor(x log2 e + 1/2)
+  const float fn = static_cast<float>(n);
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;  // 2^n, n in [-126, 0]
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(float));
+  return under ? 0.0f : y * two_n;
+}
+UCA_INLINE double vexp(double x) { return x < -708.0 ? 0.0 : std::exp(x > 0.0 ? 0.0 : x); }
+
+template <typename T>
+UCA_INLINE T clamp_arg(T x) {
+  return x < kLow<T> ? kLow<T> : (x > T(0) ? T(0) : x);
+}
+
+// Online statistics of one row or column (structure of arrays so columns vectorise).
+// Over valid entries, relative to the running max m: l = sum e, w = sum e (s - m),
+// lneg = sum over negatives of e; over positives, relative to their own max mp: lp = sum e.
+template <typename T>
+struct Stats {
+  std::vector<T> m, l, w, lneg, mp, lp, n;
+  explicit Stats(int64_t size)
+      : m(size, kNegInf<T>), l(size, 0), w(size, 0), lneg(size, 0), mp(size, kNegInf<T>),
+        lp(size, 0), n(size, 0) {}
+};
+
+// Rescale one state to new maxima (tile maxima tmax over valid, tpmax over positives).
+template <typename T>
+UCA_INLINE void merge_max(T& m, T& l, T& w, T& lneg, T& mp, T& lp, T tmax, T tpmax, T& m_new,
+                          T& mp_new) {
+  m_new = std::max(m, tmax);
+  if (m_new != kNegInf<T>) {
+    if (m == kNegInf<T>) {
+      l = w = lneg = 0;
+    } else if (m_new != m) {
+      const T alpha = static_cast<T>(std::exp(static_cast<double>(m - m_new)));
+      w = alpha * (w + (m - m_new) * l);
+      l *= alpha;
+      lneg *= alpha;
+    }
+    m = m_new;
+  }
+  mp_new = std::max(mp, tpmax);
+  if (mp_new != kNegInf<T>) {
+    if (mp == kNegInf<T>) {
+      lp = 0;
+    } else if (mp_new != mp) {
+      lp *= static_cast<T>(std::exp(static_cast<double>(mp - mp_new)));
+    }
+    mp = mp_new;
+  }
+}
+
+// -- forward, one row of a tile ---------------------------------------------------------------
+template <typename T>
+UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la,
+                             const int64_t* lb, int64_t self_j, T* st_m, T* st_l, T* st_w,
+                             T* st_lneg, T* st_mp, T* st_lp, T* st_n) {
+  // -- logits in place --
+#pragma omp simd
+  for (int64_t j = 0; j < nj; ++j) s[j] = scale * (s[j] + ri + cj[j]) + bias;
+  if (self_j >= 0) s[self_j] = kNegInf<T>;
+  // -- tile maxima and positive count --
+  T tmax = kNegInf<T>, tpmax = kNegInf<T>, cnt = 0;
+#pragma omp simd reduction(max : tmax, tpmax) reduction(+ : cnt)
+  for (int64_t j = 0; j < nj; ++j) {
+    const bool pos = la == lb[j];
+    tmax = std::max(tmax, s[j]);
+    tpmax = std::max(tpmax, pos ? s[j] : kNegInf<T>);
+    cnt += pos ? T(1) : T(0);
+  }
+  if (self_j >= 0 && la == lb[self_j]) cnt -= 1;
+  *st_n += cnt;
+  T m, mp;
+  merge_max(*st_m, *st_l, *st_w, *st_lneg, *st_mp, *st_lp, tmax, tpmax, m, mp);
+  if (m == kNegInf<T>) return;  // nothing valid in this tile row
+  // -- online log-sum-exp sums --
+  const T mpos = mp == kNegInf<T> ? T(0) : mp;
+  T l = 0, w = 0, lneg = 0, lp = 0;
+#pragma omp simd reduction(+ : l, w, lneg, lp)
+  for (int64_t j = 0; j < nj; ++j) {
+    const bool pos = la == lb[j];
+    const T x = clamp_arg(s[j] - m);
+    const T e = vexp(x);
+    l += e;
+    w += e * x;
+    lneg += pos ? T(0) : e;
+    const T ep = vexp(clamp_arg(s[j] - mpos));
+    lp += pos ? ep : T(0);
+  }
+  *st_l += l;
+  *st_w += w;
+  *st_lneg += lneg;
+  if (mp != kNegInf<T>) *st_lp += lp;
+}
+
+// -- forward, a chunk of columns of a tile (s already holds logits) ---------------------------
+template <typename T>
+UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la,
+                              const int64_t* lb, T* st_m, T* st_l, T* st_w, T* st_lneg, T* st_mp,
+                              T* st_lp, T* st_n, T* tmax, T* tpmax, T* cnt) {
+  for (int64_t j = 0; j < nc; ++j) tmax[j] = tpmax[j] = kNegInf<T>, cnt[j] = 0;
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* si = s + i * ld;
+    const int64_t lai = la[i];
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) {
+      const bool pos = lai == lb[j];
+      tmax[j] = std::max(tmax[j], si[j]);
+      tpmax[j] = std::max(tpmax[j], pos ? si[j] : kNegInf<T>);
+      cnt[j] += pos ? T(1) : T(0);
+    }
+  }
+  for (int64_t j = 0; j < nc; ++j) {
+    st_n[j] += cnt[j];
+    T m, mp;
+    merge_max(st_m[j], st_l[j], st_w[j], st_lneg[j], st_mp[j], st_lp[j], tmax[j], tpmax[j], m, mp);
+    // The maxima to subtract; 0 where there is none yet (then every s is -inf and e = 0).
+    tmax[j] = m == kNegInf<T> ? T(0) : m;
+    tpmax[j] = mp == kNegInf<T> ? T(0) : mp;
+  }
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* si = s + i * ld;
+    const int64_t lai = la[i];
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) {
+      const bool pos = lai == lb[j];
+      const T x = clamp_arg(si[j] - tmax[j]);
+      const T e = vexp(x);
+      st_l[j] += e;
+      st_w[j] += e * x;
+      st_lneg[j] += pos ? T(0) : e;
+      st_lp[j] += pos ? vexp(clamp_arg(si[j] - tpmax[j])) : T(0);
+    }
+  }
+}
+
+// -- backward, one row of a tile: dS from the saved statistics, dT = scale dS in place ---------
+// Per-row constants: gr = grad (0 when the row has no positive), lse, lsep, loss, logq.
+// Per-column arrays: the same for columns. Returns sums of dS*t, dS and dT over the row.
+template <typename T>
+UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
+                             const int64_t* lb, int64_t self_j, bool sdm, T log_eps, T gr,
+                             T lse_r, T lsep_r, T loss_r, T logq_r, const T* gc, const T* lse_c,
+                             const T* lsep_c, const T* loss_c, const T* logq_c, T* out3) {
+  T acc_st = 0, acc_s = 0, acc_t = 0;
+#pragma omp simd reduction(+ : acc_st, acc_s, acc_t)
+  for (int64_t j = 0; j < nj; ++j) {
+    const T t = g[j] + ri + cj[j];
+    const T s = scale * t + bias;
+    const bool pos = la == lb[j];
+    const T xr = clamp_arg(s - lse_r), xc = clamp_arg(s - lse_c[j]);
+    const T pr = vexp(xr), pc = vexp(xc);
+    T dr_, dc_;
+    if (sdm) {
+      dr_ = pr * (xr - (pos ? logq_r : log_eps) - loss_r);
+      dc_ = pc * (xc - (pos ? logq_c[j] : log_eps) - loss_c[j]);
+    } else {
+      dr_ = pr - (pos ? vexp(clamp_arg(s - lsep_r)) : T(0));
+      dc_ = pc - (pos ? vexp(clamp_arg(s - lsep_c[j])) : T(0));
+    }
+    T ds = gr * dr_ + gc[j] * dc_;
+    ds = j == self_j ? T(0) : ds;
+    acc_st += ds * t;
+    acc_s += ds;
+    const T dt = scale * ds;
+    g[j] = dt;
+    acc_t += dt;
+  }
+  out3[0] = acc_st;
+  out3[1] = acc_s;
+  out3[2] = acc_t;
+}
+
+template <typename T>
+UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* xi = x + i * ld;
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) out[j] += xi[j];
+  }
+}
+
+// Non-template, multiversioned entry points (target_clones does not apply to templates).
+#define UCA_LEAVES(T)                                                                              \
+  UCA_MULTIVERSION void fwd_row(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la, \
+                                const int64_t* lb, int64_t self_j, T* a, T* b, T* c, T* d, T* e,   \
+                                T* f, T* h) {                                                      \
+    fwd_row_impl<T>(nj, s, ri, cj, scale, bias, la, lb, self_j, a, b, c, d, e, f, h);              \
+  }                                                                                                \
+  UCA_MULTIVERSION void fwd_cols(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la, \
+                                 const int64_t* lb, T* a, T* b, T* c, T* d, T* e, T* f, T* h,      \
+                                 T* t1, T* t2, T* t3) {                                            \
+    fwd_cols_impl<T>(mi, nc, ld, s, la, lb, a, b, c, d, e, f, h, t1, t2, t3);                      \
+  }                                                                                                \
+  UCA_MULTIVERSION void bwd_row(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la, \
+                                const int64_t* lb, int64_t self_j, bool sdm, T log_eps, T gr,      \
+                                T lse_r, T lsep_r, T loss_r, T logq_r, const T* gc,                \
+                                const T* lse_c, const T* lsep_c, const T* loss_c,                  \
+                                const T* logq_c, T* out3) {                                        \
+    bwd_row_impl<T>(nj, g, ri, cj, scale, bias, la, lb, self_j, sdm, log_eps, gr, lse_r, lsep_r,  \
+                    loss_r, logq_r, gc, lse_c, lsep_c, loss_c, logq_c, out3);                      \
+  }                                                                                                \
+  UCA_MULTIVERSION void col_sum(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {          \
+    col_sum_impl<T>(mi, nc, ld, x, out);                                                           \
+  }
+UCA_LEAVES(float)
+UCA_LEAVES(double)
+#undef UCA_LEAVES
+
+constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column passes
+
+// Finalise one row/column: statistics (LSE, positive LSE, n) and the loss.
+template <typename T>
+void finalize(const Stats<T>& st, int64_t k, Loss loss, T* out_loss, T* out_stats) {
+  const double m = st.m[k], l = st.l[k], mp = st.mp[k], lp = st.lp[k], n = st.n[k];
+  const double inf = std::numeric_limits<double>::infinity();
+  const double lse = l > 0 ? m + std::log(l) : -inf;
+  const double lsep = lp > 0 ? mp + std::log(lp) : -inf;
+  double value = 0;
+  if (n > 0 && l > 0 && lp > 0) {
+    if (loss == Loss::INFONCE) {
+      value = (m - mp) + std::log(l) - std::log(lp);
+    } else {
+      const double p_pos = lp * std::exp(mp - m) / l, p_neg = st.lneg[k] / l;
+      value = st.w[k] / l - std::log(l) - p_pos * std::log(1.0 / n + kSdmEps) -
+              p_neg * std::log(kSdmEps);
+    }
+  }
+  out_loss[k] = static_cast<T>(value);
+  out_stats[k * kStats + 0] = static_cast<T>(lse);
+  out_stats[k * kStats + 1] = static_cast<T>(lsep);
+  out_stats[k * kStats + 2] = static_cast<T>(n);
+}
+
+// Backward constants of one row/column, with non-finite statistics replaced so that the
+// branch-free loops never meet inf - inf (rows without positives get a zero gradient).
+template <typename T>
+struct BwdConsts {
+  std::vector<T> g, lse, lsep, loss, logq;
+  BwdConsts(int64_t size, const T* grad, const T* loss_in, const T* stats)
+      : g(size), lse(size), lsep(size), loss(size), logq(size) {
+    for (int64_t k = 0; k < size; ++k) {
+      const T n = stats[k * kStats + 2];
+      const bool active = n > 0 && std::isfinite(stats[k * kStats + 0]) &&
+                          std::isfinite(stats[k * kStats + 1]);
+      g[k] = active ? grad[k] : T(0);
+      lse[k] = active ? stats[k * kStats + 0] : T(0);
+      lsep[k] = active ? stats[k * kStats + 1] : T(0);
+      loss[k] = active ? loss_in[k] : T(0);
+      logq[k] = active ? static_cast<T>(std::log(1.0 / n + kSdmEps)) : T(0);
+    }
+  }
+};
+
+template <typename T>
+int64_t self_index(const ContrastArgs<T>& a, int64_t i, int64_t j0, int64_t nj) {
+  return (a.exclude_self && i >= j0 && i < j0 + nj) ? i - j0 : -1;
+}
+
+}  // namespace
+
+// -- LoopGemm ----------------------------------------------------------------------------------
+template <typename T>
+void LoopGemm<T>::nt(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                     int64_t ldb, T* C, int64_t ldc) const {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T acc = 0;
+      for (int64_t p = 0; p < k; ++p) acc += A[i * lda + p] * B[j * ldb + p];
+      C[i * ldc + j] = acc;
+    }
+}
+template <typename T>
+void LoopGemm<T>::nn_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                         int64_t ldb, T* C, int64_t ldc) const {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += A[i * lda + p] * B[p * ldb + j];
+}
+template <typename T>
+void LoopGemm<T>::tn_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B,
+                         int64_t ldb, T* C, int64_t ldc) const {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += A[p * lda + i] * B[p * ldb + j];
+}
+
+// -- forward -------------------------------------------------------------------------------------
+template <typename T>
+void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                      T* loss_rows, T* loss_cols, T* row_stats, T* col_stats) {
+  const int64_t M = a.M, N = a.N, E = a.E;
+  const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
+  const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
+  std::vector<T> tile(TM * TN);
+  Stats<T> rs(M), cs(N);
+  const int64_t n_chunks_max = (TN + kColChunk - 1) / kColChunk;
+  std::vector<T> scratch(3 * kColChunk * n_chunks_max);
+
+  for (int64_t i0 = 0; i0 < M; i0 += TM) {
+    const int64_t mi = std::min(TM, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += TN) {
+      const int64_t nj = std::min(TN, N - j0);
+      T* s = tile.data();
+      gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, s, nj);
+      // -- row pass: logits + online row statistics --
+#pragma omp parallel for schedule(static)
+      for (int64_t ii = 0; ii < mi; ++ii) {
+        const int64_t i = i0 + ii;
+        fwd_row(nj, s + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                self_index(a, i, j0, nj), &rs.m[i], &rs.l[i], &rs.w[i], &rs.lneg[i], &rs.mp[i],
+                &rs.lp[i], &rs.n[i]);
+      }
+      // -- column pass: online column statistics --
+      const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
+#pragma omp parallel for schedule(static)
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const int64_t jc = ch * kColChunk, nc = std::min(kColChunk, nj - jc), j = j0 + jc;
+        T* tmp = scratch.data() + 3 * kColChunk * ch;
+        fwd_cols(mi, nc, nj, s + jc, a.labels_a + i0, a.labels_b + j, &cs.m[j], &cs.l[j],
+                 &cs.w[j], &cs.lneg[j], &cs.mp[j], &cs.lp[j], &cs.n[j], tmp, tmp + kColChunk,
+                 tmp + 2 * kColChunk);
+        if (a.exclude_self) {  // the count saw the (i, i) pairs of this tile: take them back
+          for (int64_t jj = j; jj < j + nc; ++jj)
+            if (jj >= i0 && jj < i0 + mi && a.labels_a[jj] == a.labels_b[jj]) cs.n[jj] -= 1;
+        }
+      }
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < M; ++i) finalize(rs, i, a.loss, loss_rows, row_stats);
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < N; ++j) finalize(cs, j, a.loss, loss_cols, col_stats);
+}
+
+// -- backward ------------------------------------------------------------------------------------
+template <typename T>
+void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                       const T* grad_rows, const T* grad_cols, const T* loss_rows,
+                       const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
+                       T* dr, T* dc, T* dscale, T* dbias) {
+  const int64_t M = a.M, N = a.N, E = a.E;
+  const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
+  const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
+  std::fill(dA, dA + M * E, T(0));
+  std::fill(dB, dB + N * E, T(0));
+  std::fill(dr, dr + M, T(0));
+  std::fill(dc, dc + N, T(0));
+  const BwdConsts<T> rk(M, grad_rows, loss_rows, row_stats), ck(N, grad_cols, loss_cols, col_stats);
+  const bool sdm = a.loss == Loss::SDM;
+  const T log_eps = static_cast<T>(std::log(kSdmEps));
+  std::vector<T> tile(TM * TN), partial(3 * TM);
+  double acc_scale = 0, acc_bias = 0;
+
+  for (int64_t i0 = 0; i0 < M; i0 += TM) {
+    const int64_t mi = std::min(TM, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += TN) {
+      const int64_t nj = std::min(TN, N - j0);
+      T* g = tile.data();
+      gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, g, nj);
+      // -- dS from saved statistics, dT in place, row sums --
+#pragma omp parallel for schedule(static)
+      for (int64_t ii = 0; ii < mi; ++ii) {
+        const int64_t i = i0 + ii;
+        T* out3 = partial.data() + 3 * ii;
+        bwd_row(nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                self_index(a, i, j0, nj), sdm, log_eps, rk.g[i], rk.lse[i], rk.lsep[i], rk.loss[i],
+                rk.logq[i], ck.g.data() + j0, ck.lse.data() + j0, ck.lsep.data() + j0,
+                ck.loss.data() + j0, ck.logq.data() + j0, out3);
+        dr[i] += out3[2];
+      }
+      for (int64_t ii = 0; ii < mi; ++ii) {  // fixed order: deterministic
+        acc_scale += partial[3 * ii + 0];
+        acc_bias += partial[3 * ii + 1];
+      }
+      // -- column sums --
+      const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
+#pragma omp parallel for schedule(static)
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const int64_t jc = ch * kColChunk;
+        col_sum(mi, std::min(kColChunk, nj - jc), nj, g + jc, dc + j0 + jc);
+      }
+      // -- dA += dT B, dB += dT^T A --
+      gemm.nn_acc(mi, E, nj, g, nj, a.B + j0 * E, E, dA + i0 * E, E);
+      gemm.tn_acc(nj, E, mi, g, nj, a.A + i0 * E, E, dB + j0 * E, E);
+    }
+  }
+  *dscale = static_cast<T>(acc_scale);
+  *dbias = static_cast<T>(acc_bias);
+}
+
+#define UCA_INSTANTIATE(T)                                                                        \
+  template struct LoopGemm<T>;                                                                    \
+  template void contrast_forward<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&, T*, T*, \
+                                    T*, T*);                                                      \
+  template void contrast_backward<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&,        \
+                                     const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                     T*, T*, T*, T*, T*, T*);
+UCA_INSTANTIATE(float)
+UCA_INSTANTIATE(double)
+#undef UCA_INSTANTIATE
+
+}  // namespace uca

@@ -1,0 +1,36 @@
+"""Fused probabilistic contrastive losses: pairwise Gaussian similarity and sampled-point
+contrast that never materialise the B x B logit matrix.
+
+Public API::
+
+    gaussian_distance, feature_maps            # uca_kernels.gaussian
+    contrast, contrast_reference               # uca_kernels.contrast (the fused op)
+    distribution_contrast_loss, point_contrast_loss, prior_kl,
+    DistributionContrastLoss, PointContrastLoss  # uca_kernels.losses
+"""
+
+from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
+from .contrast import LOSSES, contrast, contrast_reference
+from .gaussian import METRICS, feature_maps, gaussian_distance
+from .losses import (
+    DistributionContrastLoss,
+    PointContrastLoss,
+    distribution_contrast_loss,
+    point_contrast_loss,
+    prior_kl,
+)
+
+__all__ = [
+    "LOSSES",
+    "METRICS",
+    "contrast",
+    "contrast_reference",
+    "feature_maps",
+    "gaussian_distance",
+    "distribution_contrast_loss",
+    "point_contrast_loss",
+    "prior_kl",
+    "DistributionContrastLoss",
+    "PointContrastLoss",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Loads the compiled extension ``uca_kernels._C`` once; a failure logs one line and is remembered.
+
+The extension registers the ``torch.ops.uca`` operators (schema in ``csrc/bindings.cpp``); this
+module attaches their fake kernels and autograd formulas (``contrast.register_contrast_autograd``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("uca_kernels")
+
+_C = None
+_ERROR: str | None = None
+
+
+def _load():
+    global _C, _ERROR
+    try:
+        from . import _C as ext  # noqa: F401  (importing registers the torch.ops.uca operators)
+    except Exception as e:  # ImportError, undefined symbols, ABI mismatch, ...
+        _ERROR = f"{type(e).__name__}: {e}"
+        log.warning("uca_kernels._C failed to load, fused CPU/CUDA backends disabled: %s", _ERROR)
+        return
+    _C = ext
+    from .contrast import register_contrast_autograd
+
+    register_contrast_autograd(torch.ops.uca.contrast_forward.default, torch.ops.uca.contrast_backward.default)
+
+
+def module():
+    """The loaded extension module, or None."""
+    return _C
+
+
+def load_error() -> str | None:
+    return _ERROR
+
+
+def has_op(name: str) -> bool:
+    return _C is not None and hasattr(torch.ops.uca, name)
+
+
+def built_with_cuda() -> bool:
+    return _C is not None and bool(_C.built_with_cuda())
+
+
+_load()
