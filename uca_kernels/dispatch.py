@@ -24,7 +24,11 @@ class Backend:
 
     name: str
 
-    def not_supported_reasons(self, *, A: torch.Tensor, B: torch.Tensor, loss: str, exclude_self: bool) -> list[str]:
+    def not_supported_reasons(
+        self, *, A: torch.Tensor, B: torch.Tensor, loss: str, exclude_self: bool, explicit: bool = False
+    ) -> list[str]:
+        """Why this backend cannot run these inputs (empty: it can). ``explicit`` is True when the
+        user named this backend (some, like Triton's CPU interpreter, run only on request)."""
         raise NotImplementedError
 
     def available_reasons(self) -> list[str]:
@@ -36,7 +40,7 @@ class Backend:
 
 
 class ReferenceBackend(Backend):
-    def not_supported_reasons(self, *, A, B, loss, exclude_self):
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
         return []
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
@@ -51,7 +55,7 @@ class CpuBackend(Backend):
     def available_reasons(self):
         return [] if _ext.has_op("contrast_forward") else [f"extension uca_kernels._C not loaded ({_ext.load_error()})"]
 
-    def not_supported_reasons(self, *, A, B, loss, exclude_self):
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
         reasons = self.available_reasons()
         if A.device.type != "cpu":
             reasons.append(f"needs CPU tensors, got {A.device.type}")
@@ -73,10 +77,10 @@ class TritonBackend(Backend):
 
         return triton_contrast.available_reasons()
 
-    def not_supported_reasons(self, *, A, B, loss, exclude_self):
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
         from . import triton_contrast
 
-        return triton_contrast.not_supported_reasons(A=A, B=B, loss=loss, exclude_self=exclude_self)
+        return triton_contrast.not_supported_reasons(A=A, B=B, loss=loss, exclude_self=exclude_self, explicit=explicit)
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         from . import triton_contrast
@@ -92,7 +96,7 @@ class CudaBackend(Backend):
             return ["uca_kernels._C was built without CUDA sources (UCA_BUILD_CUDA=1 to build them)"]
         return []
 
-    def not_supported_reasons(self, *, A, B, loss, exclude_self):
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
         reasons = self.available_reasons()
         if A.device.type != "cuda":
             reasons.append(f"needs CUDA tensors, got {A.device.type}")
@@ -135,7 +139,7 @@ def select(backend: str = "auto", *, A, B, loss, exclude_self) -> Backend:
     kwargs = dict(A=A, B=B, loss=loss, exclude_self=exclude_self)
     if requested != "auto":
         chosen = get_backend(requested)
-        reasons = chosen.not_supported_reasons(**kwargs)
+        reasons = chosen.not_supported_reasons(**kwargs, explicit=True)
         if reasons:
             src = "backend=" if backend != "auto" else "UCA_BACKEND="
             raise ValueError(f"backend {src}{requested!r} cannot run these inputs: {'; '.join(reasons)}")
@@ -148,7 +152,9 @@ def select(backend: str = "auto", *, A, B, loss, exclude_self) -> Backend:
     raise ValueError("no backend can run these inputs:\n" + _reasons_table(reasons))
 
 
-def usable_backends(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, list[str]]:
-    """Each backend's reasons for a small probe input on ``device`` (empty list = usable)."""
+def usable_backends(device: str = "cpu", dtype: torch.dtype = torch.float32, explicit: bool = True) -> dict[str, list[str]]:
+    """Each backend's reasons for a small probe input on ``device`` (empty list = usable when
+    named explicitly, or, with ``explicit=False``, for ``auto``)."""
     A = torch.zeros(2, 2, device=device, dtype=dtype)
-    return {n: b.not_supported_reasons(A=A, B=A, loss="sdm", exclude_self=False) for n, b in _BACKENDS.items()}
+    return {n: b.not_supported_reasons(A=A, B=A, loss="sdm", exclude_self=False, explicit=explicit)
+            for n, b in _BACKENDS.items()}

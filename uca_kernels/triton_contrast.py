@@ -5,7 +5,7 @@ def available_reasons():
     return ["the Triton backend is not implemented yet"]
 
 
-def not_supported_reasons(*, A, B, loss, exclude_self):
+def not_supported_reasons(*, A, B, loss, exclude_self, explicit=False):
     return available_reasons()
 
 
