@@ -42,11 +42,11 @@ METRICS = ("w2", "kl", "jeffreys", "csd")
 def check_gaussians(mu_a, logvar_a, mu_b, logvar_b, *, names=("mu_a", "logvar_a", "mu_b", "logvar_b")):
     """Validate two batches of diagonal Gaussians: [M, D] and [N, D], one device, finite."""
     na, nla, nb, nlb = names
+    check_same_device(**{na: mu_a, nla: logvar_a, nb: mu_b, nlb: logvar_b})
     check_features(na, mu_a)
     check_features(nla, logvar_a, rows=mu_a.shape[0], cols=mu_a.shape[1])
     check_features(nb, mu_b, cols=mu_a.shape[1])
     check_features(nlb, logvar_b, rows=mu_b.shape[0], cols=mu_b.shape[1])
-    check_same_device(**{na: mu_a, nla: logvar_a, nb: mu_b, nlb: logvar_b})
 
 
 def gaussian_distance(

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from ._validation import check_choice, check_features, check_labels, check_same_device
+from ._validation import check_choice, check_features, check_labels, check_same_device, check_scalar
 from .contrast import contrast
 from .gaussian import METRICS, check_gaussians, feature_maps
 
@@ -96,8 +96,7 @@ def distribution_contrast_loss(
         raise ValueError(f"image and text batches differ (M={M}, N={N}): pass labels and labels_t")
     la = _labels_or_arange(labels, M, mu_v.device)
     lb = la if labels_t is None else check_labels("labels_t", labels_t, N, mu_v.device)
-    if scale is None:
-        scale = 1.0
+    scale = check_scalar("scale", 1.0 if scale is None else scale, mu_v)
     A, B, r, c = feature_maps(mu_v, logvar_v, mu_t, logvar_t, metric)
     rows, cols = contrast(A, B, r, c, -scale, bias, la, lb, loss=loss, backend=backend)
     return _reduce(rows, cols, reduction)
@@ -171,8 +170,7 @@ def point_contrast_loss(
     if mu_t.shape[0] != Bsz:
         raise ValueError(f"mu_v and mu_t must have the same batch size, got {Bsz} and {mu_t.shape[0]}")
     lab = _labels_or_arange(labels, Bsz, mu_v.device).repeat_interleave(num_samples)
-    if scale is None:
-        scale = DEFAULT_POINT_SCALE[similarity]
+    scale = check_scalar("scale", DEFAULT_POINT_SCALE[similarity] if scale is None else scale, mu_v)
     zv = sample_points(mu_v, logvar_v, num_samples, eps_v, generator, "eps_v")
     zt = sample_points(mu_t, logvar_t, num_samples, eps_t, generator, "eps_t")
 

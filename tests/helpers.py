@@ -1,0 +1,77 @@
+"""Shared helpers for the kernel tests: random problems and error checks against float64."""
+
+from __future__ import annotations
+
+import torch
+
+from uca_kernels.contrast import contrast_reference
+
+GRAD_NAMES = ("A", "B", "r", "c", "scale", "bias")
+
+
+def make_problem(M, N, E, *, labels="repeats", dtype=torch.float32, scale=-0.5, bias=0.25, seed=0,
+                 exclude_self=False, spread=1.0, device="cpu"):
+    """Random (A, B, r, c, scale, bias, labels_a, labels_b) in float64 (cast later)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(M, E, generator=g, dtype=torch.float64) * spread / E**0.5
+    B = torch.randn(N, E, generator=g, dtype=torch.float64) * spread / E**0.5
+    r = torch.randn(M, generator=g, dtype=torch.float64)
+    c = torch.randn(N, generator=g, dtype=torch.float64)
+    n_ids = {"unique": max(M, N) * 10, "repeats": max(1, M // 3), "one": 1}[labels]
+    la = torch.randint(0, n_ids, (M,), generator=g)
+    lb = la.clone() if (exclude_self or M == N and labels != "unique") else torch.randint(0, n_ids, (N,), generator=g)
+    if labels == "unique":
+        la = torch.randperm(n_ids, generator=g)[:M]
+        lb = la.clone() if exclude_self or M == N else torch.randperm(n_ids, generator=g)[:N]
+    sc = torch.tensor(float(scale), dtype=torch.float64)
+    bi = torch.tensor(float(bias), dtype=torch.float64)
+    return [t.to(device) for t in (A, B, r, c, sc, bi, la, lb)]
+
+
+def run_with_grads(fn, tensors, grad_rows, grad_cols, dtype, requires=(True,) * 6):
+    """Call ``fn(A, B, r, c, scale, bias, la, lb)`` on copies cast to ``dtype`` and return
+    (rows, cols, grads...) in float64; grads of inputs not requiring grad are None."""
+    A, B, r, c, sc, bi, la, lb = tensors
+    rc_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    leaves = [A.to(dtype), B.to(dtype), r.to(rc_dtype), c.to(rc_dtype), sc.to(rc_dtype), bi.to(rc_dtype)]
+    leaves = [x.detach().requires_grad_(req) for x, req in zip(leaves, requires)]
+    rows, cols = fn(*leaves, la, lb)
+    total = (rows.double() * grad_rows).sum() + (cols.double() * grad_cols).sum()
+    need = [x for x in leaves if x.requires_grad]
+    grads = iter(torch.autograd.grad(total, need)) if need else iter(())
+    out = [rows.double().detach(), cols.double().detach()]
+    out += [next(grads).double() if x.requires_grad else None for x in leaves]
+    return out
+
+
+def reference_fn(loss, exclude_self):
+    def fn(A, B, r, c, sc, bi, la, lb):
+        if A.dtype in (torch.float16, torch.bfloat16):
+            A, B = A.float(), B.float()
+        return contrast_reference(A, B, r, c, sc, bi, la, lb, loss, exclude_self)
+
+    return fn
+
+
+def max_rel_err(x: torch.Tensor, ref: torch.Tensor, scale: float | None = None) -> float:
+    """max |x - ref| / max(max |ref|, 1e-2), or / ``scale`` when given."""
+    denom = float(ref.abs().max().clamp_min(1e-2)) if scale is None else scale
+    return float((x - ref).abs().max()) / denom
+
+
+def assert_matches_oracle(fused, oracle64, ref_same_dtype, *, floor: float, grad_l1: float = 1.0,
+                          names=("loss_rows", "loss_cols") + GRAD_NAMES):
+    """Each output's error vs float64 must be ≤ max(2 × the same-dtype reference's error, floor).
+
+    Errors are relative to the output's largest magnitude, except the bias gradient: both losses
+    are invariant to a common shift of the logits, so dbias is exactly 0 and its rounding error is
+    measured relative to ``grad_l1`` (Σ|grad_rows| + Σ|grad_cols|, which bounds Σ|dS| up to a
+    small constant)."""
+    for name, x, x64, xr in zip(names, fused, oracle64, ref_same_dtype):
+        if x is None or x64 is None:
+            assert x is None and x64 is None, f"{name}: gradient presence differs"
+            continue
+        assert torch.isfinite(x).all(), f"{name}: non-finite values"
+        scale = grad_l1 if name == "bias" else None
+        err, err_ref = max_rel_err(x, x64, scale), max_rel_err(xr, x64, scale)
+        assert err <= max(2 * err_ref, floor), f"{name}: error {err:.3g} > max(2 x reference {err_ref:.3g}, {floor:g})"

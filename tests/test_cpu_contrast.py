@@ -1,0 +1,219 @@
+"""The fused C++ CPU backend against the float64 reference: forward, every gradient, edge cases,
+determinism, torch.library registration and torch.compile."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import uca_kernels as uk
+from uca_kernels import _ext, dispatch
+from helpers import assert_matches_oracle, make_problem, reference_fn, run_with_grads
+
+pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
+
+# Stated tolerances (relative to each output's largest magnitude; see helpers.assert_matches_oracle).
+# float32 sums thousands of exp terms per row and the SDM backward reuses the float32 row loss, so
+# its error is up to a few 1e-5 of the largest gradient (as is the float32 reference's own);
+# float64 is near machine precision.
+FLOOR = {torch.float32: 5e-5, torch.float64: 1e-10}
+
+
+def cpu_fn(loss, exclude_self):
+    def fn(A, B, r, c, sc, bi, la, lb):
+        return uk.contrast(A, B, r, c, sc, bi, la, lb, loss=loss, exclude_self=exclude_self, backend="cpu")
+
+    return fn
+
+
+def check_against_reference(M, N, E, *, loss, labels, exclude_self, dtype, scale=-0.5, spread=1.0, seed=0,
+                            requires=(True,) * 6, floor=None):
+    tensors = make_problem(M, N, E, labels=labels, scale=scale, seed=seed, exclude_self=exclude_self, spread=spread)
+    g = torch.Generator().manual_seed(seed + 1)
+    gr, gc = torch.randn(M, generator=g, dtype=torch.float64), torch.randn(N, generator=g, dtype=torch.float64)
+    oracle = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64, requires)
+    ref_same = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
+    fused = run_with_grads(cpu_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
+    assert_matches_oracle(fused, oracle, ref_same, floor=FLOOR[dtype] if floor is None else floor,
+                          grad_l1=float(gr.abs().sum() + gc.abs().sum()))
+    return fused, oracle
+
+
+SIZES = [(1, 1), (7, 7), (129, 7), (7, 129), (129, 129), (1000, 1000), (1000, 129)]
+
+
+@pytest.mark.parametrize("M,N", SIZES)
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sizes_against_reference(M, N, loss, dtype):
+    check_against_reference(M, N, 33, loss=loss, labels="repeats", exclude_self=False, dtype=dtype)
+
+
+@pytest.mark.parametrize("E", [1, 2, 17, 256, 1024])
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_feature_widths(E, loss):
+    check_against_reference(70, 50, E, loss=loss, labels="repeats", exclude_self=False, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("labels", ["unique", "repeats", "one"])
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_labels_and_exclude_self(labels, loss, exclude_self):
+    check_against_reference(129, 129, 20, loss=loss, labels=labels, exclude_self=exclude_self, dtype=torch.float32)
+    check_against_reference(40, 40, 5, loss=loss, labels=labels, exclude_self=exclude_self, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_rows_without_positive(loss):
+    """M != N with independent unique labels: most rows have no positive (loss 0, no gradient)."""
+    fused, oracle = check_against_reference(60, 45, 8, loss=loss, labels="unique", exclude_self=False,
+                                            dtype=torch.float64)
+    assert (oracle[0] == 0).any() and torch.equal(fused[0] == 0, oracle[0] == 0)
+
+
+@pytest.mark.parametrize("tiles", [("5", "7"), ("1", "3"), ("64", "1")])
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_many_small_tiles(monkeypatch, tiles, loss, exclude_self):
+    """Tiles much smaller than the problem exercise the online merge across row and column tiles."""
+    monkeypatch.setenv("UCA_CPU_TILE_ROWS", tiles[0])
+    monkeypatch.setenv("UCA_CPU_TILE_COLS", tiles[1])
+    check_against_reference(23, 23, 6, loss=loss, labels="repeats", exclude_self=exclude_self, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("scale", [-100.0, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_scales(loss, scale, dtype):
+    """|scale| = 100 on distances up to ~1e3 (logits up to ~1e5): finite and still accurate."""
+    fused, _ = check_against_reference(50, 50, 4, loss=loss, labels="repeats", exclude_self=False, dtype=dtype,
+                                       scale=scale, spread=60.0, floor=FLOOR[dtype] * 10)
+    assert all(torch.isfinite(x).all() for x in fused)
+
+
+@pytest.mark.parametrize("requires", [(True, False, False, False, False, False), (False, True, False, True, False, False),
+                                      (False, False, False, False, True, True)])
+def test_only_some_inputs_require_grad(requires):
+    check_against_reference(30, 20, 7, loss="sdm", labels="repeats", exclude_self=False, dtype=torch.float64,
+                            requires=requires)
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_gradcheck_float64(loss, exclude_self):
+    A, B, r, c, sc, bi, la, lb = make_problem(9, 9, 4, labels="repeats", exclude_self=True, seed=3)
+    inputs = [x.requires_grad_() for x in (A, B, r, c, sc, bi)]
+
+    def f(A, B, r, c, sc, bi):
+        return uk.contrast(A, B, r, c, sc, bi, la, lb, loss=loss, exclude_self=exclude_self, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("metric", uk.METRICS)
+def test_gradients_through_the_maps_to_mu_and_logvar(metric):
+    g = torch.Generator().manual_seed(5)
+    base = [torch.randn(40, 6, generator=g, dtype=torch.float64) * s for s in (1.0, 0.3, 1.0, 0.3)]
+    labels = torch.randint(0, 12, (40,), generator=g)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        leaves = [t.clone().requires_grad_() for t in base]
+        value = uk.distribution_contrast_loss(*leaves, labels=labels, metric=metric, scale=0.7, backend=backend)
+        grads[backend] = (value.detach(), *torch.autograd.grad(value, leaves))
+    for x, y in zip(grads["cpu"], grads["reference"]):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+
+
+def test_point_contrast_through_cpu_backend_matches_reference():
+    g = torch.Generator().manual_seed(6)
+    base = [torch.randn(16, 8, generator=g, dtype=torch.float64) * s for s in (1.0, 0.3, 1.0, 0.3)]
+    labels = torch.randint(0, 6, (16,), generator=g)
+    outs = {}
+    for backend in ("reference", "cpu"):
+        leaves = [t.clone().requires_grad_() for t in base]
+        out = uk.point_contrast_loss(*leaves, labels=labels, num_samples=3,
+                                     generator=torch.Generator().manual_seed(0), backend=backend)
+        outs[backend] = (*(out[k].detach() for k in ("inter", "intra_image", "intra_text")),
+                         *torch.autograd.grad(out["total"], leaves))
+    for x, y in zip(outs["cpu"], outs["reference"]):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    A = torch.randn(4, 3)
+    assert dispatch.select("auto", A=A, B=A, loss="sdm", exclude_self=False).name == "cpu"
+    assert dispatch.select("auto", A=A.half(), B=A.half(), loss="sdm", exclude_self=False).name == "reference"
+
+
+def test_bit_identical_reruns():
+    A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
+                                  for x in make_problem(700, 600, 64, labels="repeats", seed=8))
+    runs = []
+    for _ in range(2):
+        leaves = [x.clone().requires_grad_() for x in (A, B, r, c, sc, bi)]
+        rows, cols = uk.contrast(*leaves, la, lb, loss="sdm", backend="cpu")
+        grads = torch.autograd.grad(rows.sum() + 2 * cols.sum(), leaves)
+        runs.append((rows, cols, *grads))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+def test_nan_in_unused_padding_does_not_leak():
+    """Inputs that are views into larger NaN-filled buffers give the same results as clean copies."""
+    A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
+                                  for x in make_problem(31, 29, 10, labels="repeats", seed=9))
+
+    def padded(x, extra_cols=5):
+        big = torch.full((x.shape[0] * 2, *(x.shape[1:] if x.dim() == 1 else (x.shape[1] + extra_cols,))), float("nan"))
+        view = big[::2] if x.dim() == 1 else big[::2, : x.shape[1]]
+        view.copy_(x)
+        return view
+
+    clean = uk.contrast(A, B, r, c, sc, bi, la, lb, loss="infonce", backend="cpu")
+    with_pad = uk.contrast(padded(A), padded(B), padded(r), padded(c), sc, bi, la, lb, loss="infonce", backend="cpu")
+    for x, y in zip(clean, with_pad):
+        assert torch.equal(x, y)
+
+
+def test_opcheck_registered_ops():
+    A, B, r, c, sc, bi, la, lb = make_problem(12, 10, 5, labels="repeats", seed=10)
+    args = (A.requires_grad_(), B.requires_grad_(), r.requires_grad_(), c, sc.requires_grad_(), bi, la, lb)
+    for loss, excl in itertools.product(("sdm", "infonce"), (False,)):
+        torch.library.opcheck(torch.ops.uca.contrast_forward.default, (*args, loss, excl))
+    out = torch.ops.uca.contrast_forward(*(x.detach() for x in args), "sdm", False)
+    bwd_args = (torch.randn(12, dtype=torch.float64), torch.randn(10, dtype=torch.float64),
+                *(x.detach() for x in args), *out, "sdm", False)
+    torch.library.opcheck(torch.ops.uca.contrast_backward.default, bwd_args)
+
+
+def test_kernel_level_errors_name_the_argument():
+    A = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="r must have shape"):
+        torch.ops.uca.contrast_forward(A, A, torch.zeros(5), torch.zeros(4), torch.tensor(1.0), torch.tensor(0.0),
+                                       torch.arange(4), torch.arange(4), "sdm", False)
+    with pytest.raises(RuntimeError, match="loss must be 'sdm' or 'infonce'"):
+        torch.ops.uca.contrast_forward(A, A, torch.zeros(4), torch.zeros(4), torch.tensor(1.0), torch.tensor(0.0),
+                                       torch.arange(4), torch.arange(4), "hinge", False)
+
+
+def test_torch_compile_fullgraph():
+    """A small model whose loss is the fused op compiles with fullgraph=True and matches eager."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(11)
+    head = torch.nn.Linear(8, 12, dtype=torch.float64)
+    x, y = torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (20,), generator=g)
+
+    def step(x, y):
+        mu_v, lv_v = head(x).chunk(2, dim=1)
+        mu_t, lv_t = head(y).chunk(2, dim=1)
+        return uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, metric="w2", scale=0.5, backend="cpu")
+
+    eager = step(x, y)
+    (eager_grad,) = torch.autograd.grad(eager, head.weight)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(x, y)
+    (compiled_grad,) = torch.autograd.grad(compiled, head.weight)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
