@@ -68,16 +68,17 @@ UCA_INLINE T clamp_arg(T x) {
 // Online statistics of one row or column (structure of arrays so columns vectorise).
 // Over valid entries, relative to the running max m: l = sum e, w = sum e (s - m),
 // lneg = sum over negatives of e; over positives, relative to their own max mp: lp = sum e.
-template <typename T>
+// Kept in double whatever the input type: the SDM backward reuses the loss built from these
+// sums, and float32 sums of thousands of terms would put their rounding into every gradient.
 struct Stats {
-  std::vector<T> m, l, w, lneg, mp, lp, n;
+  std::vector<double> m, l, w, lneg, mp, lp, n;
   explicit Stats(int64_t size)
-      : m(size, kNegInf<T>), l(size, 0), w(size, 0), lneg(size, 0), mp(size, kNegInf<T>),
+      : m(size, kNegInf<double>), l(size, 0), w(size, 0), lneg(size, 0), mp(size, kNegInf<double>),
         lp(size, 0), n(size, 0) {}
 };
 
 // Rescale one state to new maxima (tile maxima tmax over valid, tpmax over positives).
-template <typename T>
+template <typename T = double>
 UCA_INLINE void merge_max(T& m, T& l, T& w, T& lneg, T& mp, T& lp, T tmax, T tpmax, T& m_new,
                           T& mp_new) {
   m_new = std::max(m, tmax);
@@ -106,8 +107,9 @@ UCA_INLINE void merge_max(T& m, T& l, T& w, T& lneg, T& mp, T& lp, T tmax, T tpm
 // -- forward, one row of a tile ---------------------------------------------------------------
 template <typename T>
 UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la,
-                             const int64_t* lb, int64_t self_j, T* st_m, T* st_l, T* st_w,
-                             T* st_lneg, T* st_mp, T* st_lp, T* st_n) {
+                             const int64_t* lb, int64_t self_j, double* st_m, double* st_l,
+                             double* st_w, double* st_lneg, double* st_mp, double* st_lp,
+                             double* st_n) {
   // -- logits in place --
 #pragma omp simd
   for (int64_t j = 0; j < nj; ++j) s[j] = scale * (s[j] + ri + cj[j]) + bias;
@@ -123,12 +125,13 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
   }
   if (self_j >= 0 && la == lb[self_j]) cnt -= 1;
   *st_n += cnt;
-  T m, mp;
-  merge_max(*st_m, *st_l, *st_w, *st_lneg, *st_mp, *st_lp, tmax, tpmax, m, mp);
-  if (m == kNegInf<T>) return;  // nothing valid in this tile row
-  // -- online log-sum-exp sums --
+  double md, mpd;
+  merge_max<double>(*st_m, *st_l, *st_w, *st_lneg, *st_mp, *st_lp, tmax, tpmax, md, mpd);
+  if (md == kNegInf<double>) return;  // nothing valid in this tile row
+  // -- online log-sum-exp sums (maxima are tile values, so exact in T) --
+  const T m = static_cast<T>(md), mp = static_cast<T>(mpd);
   const T mpos = mp == kNegInf<T> ? T(0) : mp;
-  T l = 0, w = 0, lneg = 0, lp = 0;
+  double l = 0, w = 0, lneg = 0, lp = 0;
 #pragma omp simd reduction(+ : l, w, lneg, lp)
   for (int64_t j = 0; j < nj; ++j) {
     const bool pos = la == lb[j];
@@ -149,8 +152,9 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
 // -- forward, a chunk of columns of a tile (s already holds logits) ---------------------------
 template <typename T>
 UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la,
-                              const int64_t* lb, T* st_m, T* st_l, T* st_w, T* st_lneg, T* st_mp,
-                              T* st_lp, T* st_n, T* tmax, T* tpmax, T* cnt) {
+                              const int64_t* lb, double* st_m, double* st_l, double* st_w,
+                              double* st_lneg, double* st_mp, double* st_lp, double* st_n, T* tmax,
+                              T* tpmax, T* cnt) {
   for (int64_t j = 0; j < nc; ++j) tmax[j] = tpmax[j] = kNegInf<T>, cnt[j] = 0;
   for (int64_t i = 0; i < mi; ++i) {
     const T* si = s + i * ld;
@@ -165,11 +169,12 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
   }
   for (int64_t j = 0; j < nc; ++j) {
     st_n[j] += cnt[j];
-    T m, mp;
-    merge_max(st_m[j], st_l[j], st_w[j], st_lneg[j], st_mp[j], st_lp[j], tmax[j], tpmax[j], m, mp);
+    double m, mp;
+    merge_max<double>(st_m[j], st_l[j], st_w[j], st_lneg[j], st_mp[j], st_lp[j], tmax[j], tpmax[j],
+                      m, mp);
     // The maxima to subtract; 0 where there is none yet (then every s is -inf and e = 0).
-    tmax[j] = m == kNegInf<T> ? T(0) : m;
-    tpmax[j] = mp == kNegInf<T> ? T(0) : mp;
+    tmax[j] = m == kNegInf<double> ? T(0) : static_cast<T>(m);
+    tpmax[j] = mp == kNegInf<double> ? T(0) : static_cast<T>(mp);
   }
   for (int64_t i = 0; i < mi; ++i) {
     const T* si = s + i * ld;
@@ -236,13 +241,13 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
 // Non-template, multiversioned entry points (target_clones does not apply to templates).
 #define UCA_LEAVES(T)                                                                              \
   UCA_MULTIVERSION void fwd_row(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la, \
-                                const int64_t* lb, int64_t self_j, T* a, T* b, T* c, T* d, T* e,   \
-                                T* f, T* h) {                                                      \
+                                const int64_t* lb, int64_t self_j, double* a, double* b,           \
+                                double* c, double* d, double* e, double* f, double* h) {           \
     fwd_row_impl<T>(nj, s, ri, cj, scale, bias, la, lb, self_j, a, b, c, d, e, f, h);              \
   }                                                                                                \
   UCA_MULTIVERSION void fwd_cols(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la, \
-                                 const int64_t* lb, T* a, T* b, T* c, T* d, T* e, T* f, T* h,      \
-                                 T* t1, T* t2, T* t3) {                                            \
+                                 const int64_t* lb, double* a, double* b, double* c, double* d,    \
+                                 double* e, double* f, double* h, T* t1, T* t2, T* t3) {           \
     fwd_cols_impl<T>(mi, nc, ld, s, la, lb, a, b, c, d, e, f, h, t1, t2, t3);                      \
   }                                                                                                \
   UCA_MULTIVERSION void bwd_row(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la, \
@@ -264,7 +269,7 @@ constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column pa
 
 // Finalise one row/column: statistics (LSE, positive LSE, n) and the loss.
 template <typename T>
-void finalize(const Stats<T>& st, int64_t k, Loss loss, T* out_loss, T* out_stats) {
+void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, T* out_stats) {
   const double m = st.m[k], l = st.l[k], mp = st.mp[k], lp = st.lp[k], n = st.n[k];
   const double inf = std::numeric_limits<double>::infinity();
   const double lse = l > 0 ? m + std::log(l) : -inf;
@@ -349,7 +354,7 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
   const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
   const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
   std::vector<T> tile(TM * TN);
-  Stats<T> rs(M), cs(N);
+  Stats rs(M), cs(N);
   const int64_t n_chunks_max = (TN + kColChunk - 1) / kColChunk;
   std::vector<T> scratch(3 * kColChunk * n_chunks_max);
 
