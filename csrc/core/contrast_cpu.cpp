@@ -60,6 +60,13 @@ UCA_INLINE float vexp(float x) {
 }
 UCA_INLINE double vexp(double x) { return x < -708.0 ? 0.0 : std::exp(x > 0.0 ? 0.0 : x); }
 
+// Positive sums are rescaled from sums relative to the overall max while the best positive is
+// within this gap of it (below, exp(s - m) of a relevant positive could underflow: recompute).
+template <typename T>
+constexpr double kFastGap = 60.0;
+template <>
+constexpr double kFastGap<double> = 600.0;
+
 template <typename T>
 UCA_INLINE T clamp_arg(T x) {
   return x < kLow<T> ? kLow<T> : (x > T(0) ? T(0) : x);
@@ -130,9 +137,8 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
   if (md == kNegInf<double>) return;  // nothing valid in this tile row
   // -- online log-sum-exp sums (maxima are tile values, so exact in T) --
   const T m = static_cast<T>(md), mp = static_cast<T>(mpd);
-  const T mpos = mp == kNegInf<T> ? T(0) : mp;
-  double l = 0, w = 0, lneg = 0, lp = 0;
-#pragma omp simd reduction(+ : l, w, lneg, lp)
+  double l = 0, w = 0, lneg = 0, lpm = 0;
+#pragma omp simd reduction(+ : l, w, lneg, lpm)
   for (int64_t j = 0; j < nj; ++j) {
     const bool pos = la == lb[j];
     const T x = clamp_arg(s[j] - m);
@@ -140,13 +146,22 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
     l += e;
     w += e * x;
     lneg += pos ? T(0) : e;
-    const T ep = vexp(clamp_arg(s[j] - mpos));
-    lp += pos ? ep : T(0);
+    lpm += pos ? e : T(0);
   }
   *st_l += l;
   *st_w += w;
   *st_lneg += lneg;
-  if (mp != kNegInf<T>) *st_lp += lp;
+  if (mp == kNegInf<T>) return;
+  // -- positives, relative to their own max: rescale the sum above, or recompute when the best
+  //    positive is so far below the max that exp(s - m) may have underflowed --
+  if (md - mpd < kFastGap<T>) {
+    *st_lp += lpm * std::exp(md - mpd);
+  } else {
+    double lp = 0;
+#pragma omp simd reduction(+ : lp)
+    for (int64_t j = 0; j < nj; ++j) lp += la == lb[j] ? vexp(clamp_arg(s[j] - mp)) : T(0);
+    *st_lp += lp;
+  }
 }
 
 // -- forward, a chunk of columns of a tile (s already holds logits) ---------------------------
@@ -154,7 +169,7 @@ template <typename T>
 UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la,
                               const int64_t* lb, double* st_m, double* st_l, double* st_w,
                               double* st_lneg, double* st_mp, double* st_lp, double* st_n, T* tmax,
-                              T* tpmax, T* cnt) {
+                              T* tpmax, T* cnt, double* lpm) {
   for (int64_t j = 0; j < nc; ++j) tmax[j] = tpmax[j] = kNegInf<T>, cnt[j] = 0;
   for (int64_t i = 0; i < mi; ++i) {
     const T* si = s + i * ld;
@@ -176,6 +191,7 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
     tmax[j] = m == kNegInf<double> ? T(0) : static_cast<T>(m);
     tpmax[j] = mp == kNegInf<double> ? T(0) : static_cast<T>(mp);
   }
+  for (int64_t j = 0; j < nc; ++j) lpm[j] = 0;
   for (int64_t i = 0; i < mi; ++i) {
     const T* si = s + i * ld;
     const int64_t lai = la[i];
@@ -187,19 +203,36 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
       st_l[j] += e;
       st_w[j] += e * x;
       st_lneg[j] += pos ? T(0) : e;
-      st_lp[j] += pos ? vexp(clamp_arg(si[j] - tpmax[j])) : T(0);
+      lpm[j] += pos ? e : T(0);
+    }
+  }
+  // -- positives relative to their own max (see fwd_row_impl) --
+  for (int64_t j = 0; j < nc; ++j) {
+    if (st_mp[j] == kNegInf<double>) continue;
+    const double gap = st_m[j] - st_mp[j];
+    if (gap < kFastGap<T>) {
+      st_lp[j] += lpm[j] * std::exp(gap);
+    } else {
+      double lp = 0;
+      for (int64_t i = 0; i < mi; ++i)
+        lp += la[i] == lb[j] ? vexp(clamp_arg(s[i * ld + j] - tpmax[j])) : T(0);
+      st_lp[j] += lp;
     }
   }
 }
 
 // -- backward, one row of a tile: dS from the saved statistics, dT = scale dS in place ---------
-// Per-row constants: gr = grad (0 when the row has no positive), lse, lsep, loss, logq.
-// Per-column arrays: the same for columns. Returns sums of dS*t, dS and dT over the row.
-template <typename T>
+// Per-row constants: gr = grad (0 when the row has no positive), lse, lsep, loss, logq and
+// fac = exp(LSE - positive LSE). Per-column arrays: the same for columns. MODE: 0 = sdm,
+// 1 = infonce with the positive softmax from p * fac (one exp fewer per element), 2 = infonce
+// with it recomputed (a row or column whose best positive is far below its max).
+// Writes the sums of dS*t, dS and dT over the row to out3.
+template <typename T, int MODE>
 UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
-                             const int64_t* lb, int64_t self_j, bool sdm, T log_eps, T gr,
-                             T lse_r, T lsep_r, T loss_r, T logq_r, const T* gc, const T* lse_c,
-                             const T* lsep_c, const T* loss_c, const T* logq_c, T* out3) {
+                             const int64_t* lb, int64_t self_j, T log_eps, T gr, T lse_r,
+                             T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc, const T* lse_c,
+                             const T* lsep_c, const T* loss_c, const T* logq_c, const T* fac_c,
+                             T* out3) {
   T acc_st = 0, acc_s = 0, acc_t = 0;
 #pragma omp simd reduction(+ : acc_st, acc_s, acc_t)
   for (int64_t j = 0; j < nj; ++j) {
@@ -209,9 +242,12 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
     const T xr = clamp_arg(s - lse_r), xc = clamp_arg(s - lse_c[j]);
     const T pr = vexp(xr), pc = vexp(xc);
     T dr_, dc_;
-    if (sdm) {
+    if constexpr (MODE == 0) {
       dr_ = pr * (xr - (pos ? logq_r : log_eps) - loss_r);
       dc_ = pc * (xc - (pos ? logq_c[j] : log_eps) - loss_c[j]);
+    } else if constexpr (MODE == 1) {
+      dr_ = pr - (pos ? pr * fac_r : T(0));
+      dc_ = pc - (pos ? pc * fac_c[j] : T(0));
     } else {
       dr_ = pr - (pos ? vexp(clamp_arg(s - lsep_r)) : T(0));
       dc_ = pc - (pos ? vexp(clamp_arg(s - lsep_c[j])) : T(0));
@@ -247,16 +283,24 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
   }                                                                                                \
   UCA_MULTIVERSION void fwd_cols(int64_t mi, int64_t nc, int64_t ld, const T* s, const int64_t* la, \
                                  const int64_t* lb, double* a, double* b, double* c, double* d,    \
-                                 double* e, double* f, double* h, T* t1, T* t2, T* t3) {           \
-    fwd_cols_impl<T>(mi, nc, ld, s, la, lb, a, b, c, d, e, f, h, t1, t2, t3);                      \
+                                 double* e, double* f, double* h, T* t1, T* t2, T* t3,             \
+                                 double* t4) {                                                     \
+    fwd_cols_impl<T>(mi, nc, ld, s, la, lb, a, b, c, d, e, f, h, t1, t2, t3, t4);                  \
   }                                                                                                \
-  UCA_MULTIVERSION void bwd_row(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la, \
-                                const int64_t* lb, int64_t self_j, bool sdm, T log_eps, T gr,      \
-                                T lse_r, T lsep_r, T loss_r, T logq_r, const T* gc,                \
+  UCA_MULTIVERSION void bwd_row(int mode, int64_t nj, T* g, T ri, const T* cj, T scale, T bias,  \
+                                int64_t la, const int64_t* lb, int64_t self_j, T log_eps, T gr,    \
+                                T lse_r, T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc,       \
                                 const T* lse_c, const T* lsep_c, const T* loss_c,                  \
-                                const T* logq_c, T* out3) {                                        \
-    bwd_row_impl<T>(nj, g, ri, cj, scale, bias, la, lb, self_j, sdm, log_eps, gr, lse_r, lsep_r,  \
-                    loss_r, logq_r, gc, lse_c, lsep_c, loss_c, logq_c, out3);                      \
+                                const T* logq_c, const T* fac_c, T* out3) {                        \
+    if (mode == 0)                                                                                 \
+      bwd_row_impl<T, 0>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
+                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
+    else if (mode == 1)                                                                            \
+      bwd_row_impl<T, 1>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
+                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
+    else                                                                                           \
+      bwd_row_impl<T, 2>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
+                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
   }                                                                                                \
   UCA_MULTIVERSION void col_sum(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {          \
     col_sum_impl<T>(mi, nc, ld, x, out);                                                           \
@@ -294,9 +338,10 @@ void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, T* out_stats) 
 // branch-free loops never meet inf - inf (rows without positives get a zero gradient).
 template <typename T>
 struct BwdConsts {
-  std::vector<T> g, lse, lsep, loss, logq;
+  std::vector<T> g, lse, lsep, loss, logq, fac;
+  std::vector<char> fast;  // fac usable (see bwd_row_impl, MODE 1)
   BwdConsts(int64_t size, const T* grad, const T* loss_in, const T* stats)
-      : g(size), lse(size), lsep(size), loss(size), logq(size) {
+      : g(size), lse(size), lsep(size), loss(size), logq(size), fac(size), fast(size) {
     for (int64_t k = 0; k < size; ++k) {
       const T n = stats[k * kStats + 2];
       const bool active = n > 0 && std::isfinite(stats[k * kStats + 0]) &&
@@ -306,7 +351,13 @@ struct BwdConsts {
       lsep[k] = active ? stats[k * kStats + 1] : T(0);
       loss[k] = active ? loss_in[k] : T(0);
       logq[k] = active ? static_cast<T>(std::log(1.0 / n + kSdmEps)) : T(0);
+      const double gap = static_cast<double>(lse[k]) - static_cast<double>(lsep[k]);
+      fast[k] = gap < kFastGap<T>;
+      fac[k] = fast[k] ? static_cast<T>(std::exp(gap)) : T(0);
     }
+  }
+  bool all_fast(int64_t begin, int64_t n) const {
+    return std::all_of(fast.begin() + begin, fast.begin() + begin + n, [](char f) { return f != 0; });
   }
 };
 
@@ -357,6 +408,7 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
   Stats rs(M), cs(N);
   const int64_t n_chunks_max = (TN + kColChunk - 1) / kColChunk;
   std::vector<T> scratch(3 * kColChunk * n_chunks_max);
+  std::vector<double> scratch_d(kColChunk * n_chunks_max);
 
   for (int64_t i0 = 0; i0 < M; i0 += TM) {
     const int64_t mi = std::min(TM, M - i0);
@@ -380,7 +432,7 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
         T* tmp = scratch.data() + 3 * kColChunk * ch;
         fwd_cols(mi, nc, nj, s + jc, a.labels_a + i0, a.labels_b + j, &cs.m[j], &cs.l[j],
                  &cs.w[j], &cs.lneg[j], &cs.mp[j], &cs.lp[j], &cs.n[j], tmp, tmp + kColChunk,
-                 tmp + 2 * kColChunk);
+                 tmp + 2 * kColChunk, scratch_d.data() + kColChunk * ch);
         if (a.exclude_self) {  // the count saw the (i, i) pairs of this tile: take them back
           for (int64_t jj = j; jj < j + nc; ++jj)
             if (jj >= i0 && jj < i0 + mi && a.labels_a[jj] == a.labels_b[jj]) cs.n[jj] -= 1;
@@ -419,15 +471,18 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
       const int64_t nj = std::min(TN, N - j0);
       T* g = tile.data();
       gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, g, nj);
+      const bool cols_fast = ck.all_fast(j0, nj);
       // -- dS from saved statistics, dT in place, row sums --
 #pragma omp parallel for schedule(static)
       for (int64_t ii = 0; ii < mi; ++ii) {
         const int64_t i = i0 + ii;
         T* out3 = partial.data() + 3 * ii;
-        bwd_row(nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
-                self_index(a, i, j0, nj), sdm, log_eps, rk.g[i], rk.lse[i], rk.lsep[i], rk.loss[i],
-                rk.logq[i], ck.g.data() + j0, ck.lse.data() + j0, ck.lsep.data() + j0,
-                ck.loss.data() + j0, ck.logq.data() + j0, out3);
+        const int mode = sdm ? 0 : (cols_fast && rk.fast[i] ? 1 : 2);
+        bwd_row(mode, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
+                a.labels_b + j0, self_index(a, i, j0, nj), log_eps, rk.g[i], rk.lse[i], rk.lsep[i],
+                rk.loss[i], rk.logq[i], rk.fac[i], ck.g.data() + j0, ck.lse.data() + j0,
+                ck.lsep.data() + j0, ck.loss.data() + j0, ck.logq.data() + j0, ck.fac.data() + j0,
+                out3);
         dr[i] += out3[2];
       }
       for (int64_t ii = 0; ii < mi; ++ii) {  // fixed order: deterministic

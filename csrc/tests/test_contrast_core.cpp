@@ -191,6 +191,8 @@ int main() {
         check_problem("one id", make_problem(M, N, 3, 1, loss, excl, 1.3, 50 + cases), tiles);
         check_problem("unique", make_problem(M, N, 4, 1000, loss, excl, 0.5, 90 + cases), tiles);
         check_problem("1x1", make_problem(1, 1, 2, 1, loss, false, 2.0, 7 + cases), tiles);
+        // Logits spread over hundreds: positives far below the max take the exact paths.
+        check_problem("wide", make_problem(M, N, 3, 4, loss, excl, -40.0, 120 + cases), tiles);
         ++cases;
       }
   std::printf("%d configurations, %d failures\n", cases, failures);
