@@ -217,3 +217,34 @@ def test_torch_compile_fullgraph():
     (compiled_grad,) = torch.autograd.grad(compiled, head.weight)
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_property_random_shapes_and_tiles(loss, monkeypatch):
+    """Hypothesis: any shape, label pattern and tile size agrees with the float64 reference."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(M=st.integers(1, 40), N=st.integers(1, 40), E=st.integers(1, 16), n_ids=st.integers(1, 12),
+                      tile_rows=st.integers(1, 50), tile_cols=st.integers(1, 50), self_pairs=st.booleans(),
+                      seed=st.integers(0, 2**16))
+    def check(M, N, E, n_ids, tile_rows, tile_cols, self_pairs, seed):
+        if self_pairs:
+            N = M
+        g = torch.Generator().manual_seed(seed)
+        A, B = torch.randn(M, E, generator=g, dtype=torch.float64), torch.randn(N, E, generator=g, dtype=torch.float64)
+        r, c = torch.randn(M, generator=g, dtype=torch.float64), torch.randn(N, generator=g, dtype=torch.float64)
+        la = torch.randint(0, n_ids, (M,), generator=g)
+        lb = la.clone() if self_pairs else torch.randint(0, n_ids, (N,), generator=g)
+        sc, bi = torch.tensor(-1.3, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+        gr, gc = torch.randn(M, generator=g, dtype=torch.float64), torch.randn(N, generator=g, dtype=torch.float64)
+        monkeypatch.setenv("UCA_CPU_TILE_ROWS", str(tile_rows))
+        monkeypatch.setenv("UCA_CPU_TILE_COLS", str(tile_cols))
+        tensors = (A, B, r, c, sc, bi, la, lb)
+        want = run_with_grads(reference_fn(loss, self_pairs), tensors, gr, gc, torch.float64)
+        got = run_with_grads(cpu_fn(loss, self_pairs), tensors, gr, gc, torch.float64)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+
+    check()
