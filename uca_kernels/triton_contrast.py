@@ -1,13 +1,724 @@
-"""Triton backend of the contrast op (in progress: reports itself unavailable)."""
+r"""Triton backend of the fused contrast op (maths, contract and float64 oracle: ``contrast.py``).
+
+The op works on ``S = scale·(A Bᵀ + r 1ᵀ + 1 cᵀ) + bias`` (A [M,E], B [N,E]) without ever holding
+an M×N matrix. Rows and columns play symmetric roles (the column loss is the row loss of Sᵀ, and
+dSᵢⱼ has one row term and one column term), so each kernel is written once for an *owner* side
+and launched twice: ``COLUMNS=False`` (programs own BLOCK_A rows of A and sweep B) and
+``COLUMNS=True`` (programs own BLOCK_B rows of B and sweep A).
+
+``_contrast_fwd_kernel`` — per tile, G = A_blk B_blkᵀ with ``tl.dot`` (fp32 accumulation, fp64 for
+    float64 inputs) over E in BLOCK_E chunks, then an online log-sum-exp over the owner's rows:
+    running max m, Σe, Σe·(s−m), Σ over negatives e, and with a separate running max the sum over
+    positives; the epilogue writes the loss and the stats (LSE, LSEᴾ, n). Row stats come from the
+    row launch, column stats from the column launch: every output is written by exactly one
+    program, with no partials and no atomics (2 passes of 2·M·N·E flops).
+
+``_contrast_bwd_kernel`` — recomputes each S tile, forms dS from both sides' saved stats (the
+    formulas of ``contrast.py``) and accumulates dX = (scale·dS)·Y for its own rows X, plus per-row
+    Σ dS and (row launch only) Σ dS·t. The row launch gives dA, dr = scale·Σⱼ dS and per-row parts
+    of dbias = Σ dS and dscale = Σ dS·t; the column launch gives dB and dc. The per-row parts are
+    summed by torch afterwards in a fixed order: no float atomics, results bit-identical run to
+    run (4 passes of 2·M·N·E flops).
+
+    When E ≤ BLOCK_E the dX accumulator [rows, BLOCK_E] lives in registers across the sweep.
+    Otherwise it does not fit: after each tile the program adds dT·Y[:, chunk] into its *own* rows
+    of dX in global memory (read-modify-write of rows no other program touches; fp32 scratch for
+    fp16/bf16 features), chunk by chunk, with a CTA barrier between tiles — L2 traffic instead of
+    recomputing S once per chunk of E.
+
+Consistent logits. p = exp(S − LSE) must use the same bits of S as the LSE it is divided by,
+or a dominant entry gets p = exp(±ulp(S)) ≠ 1 and at |S| ~ 1e5 the SDM gradient is noise. So a
+tile is always computed as A_blk·B_blkᵀ of shape [BLOCK_A, BLOCK_B] (transposed in registers for
+column launches), and all four launches of one problem share one tile config: the forward row
+launch autotunes it (``@triton.autotune`` over a few shapes on a GPU, one fixed 64×64×64 tile in
+the interpreter) and the others reuse it (:data:`_TILE_CONFIGS`).
+
+Precision: ``tl.dot`` on float32 inputs uses ``input_precision`` "ieee" (exact fp32 products, the
+default), "tf32" or "tf32x3"; choose with :func:`set_input_precision` or the environment variable
+``UCA_TRITON_PRECISION`` (the setter wins). fp16/bf16 features use the tensor cores with fp32
+accumulation (dT is rounded to the feature dtype for the dX GEMM, as flash-attention does);
+float64 uses "ieee". ``r``, ``c``, ``scale``, ``bias`` are float32 (float64 for float64 inputs);
+``scale``/``bias`` are read on the device (no host sync).
+
+CPU tensors run only through Triton's interpreter: ``TRITON_INTERPRET=1`` set before this module
+is imported, and ``backend="triton"`` named explicitly (``auto`` never picks it for CPU tensors).
+Two interpreter quirks are handled there, and only there (``UPCAST_DOT``): its bf16 ``tl.dot`` is
+wrong, so fp16/bf16 operands are widened to fp32 first (their products are exact in fp32, as in
+the GPU's fp32 accumulation), and its fp32 → bf16 cast truncates, so dT is rounded to nearest even
+by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+
+from .contrast import LOSSES, SDM_EPS, out_dtype, register_contrast_autograd
+
+__all__ = [
+    "PRECISIONS",
+    "available_reasons",
+    "contrast",
+    "get_input_precision",
+    "not_supported_reasons",
+    "set_input_precision",
+]
+
+try:
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: str | None = None
+except Exception as e:  # ImportError, or a broken install
+    triton = tl = None
+    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 
-def available_reasons():
-    return ["the Triton backend is not implemented yet"]
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-def not_supported_reasons(*, A, B, loss, exclude_self, explicit=False):
-    return available_reasons()
+# Whether the kernels below were jitted for Triton's CPU interpreter (decided once, at import).
+INTERPRET = triton is not None and _interpreting()
+
+_FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# -- precision of tl.dot on float32 inputs -----------------------------------------------------------
+
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+_precision_override: str | None = None
 
 
-def contrast(*args, **kwargs):
-    raise NotImplementedError("the Triton backend is not implemented yet")
+def set_input_precision(precision: str | None) -> None:
+    """Set ``tl.dot``'s input precision for float32 inputs: "ieee" (default), "tf32" or "tf32x3".
+    ``None`` goes back to the ``UCA_TRITON_PRECISION`` environment variable (default "ieee")."""
+    global _precision_override
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"input precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+    _precision_override = precision
+
+
+def get_input_precision() -> str:
+    """The precision used for float32 inputs (setter, else ``UCA_TRITON_PRECISION``, else "ieee")."""
+    if _precision_override is not None:
+        return _precision_override
+    value = os.environ.get("UCA_TRITON_PRECISION", "") or "ieee"
+    if value not in PRECISIONS:
+        raise ValueError(f"UCA_TRITON_PRECISION={value!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+    return value
+
+
+# -- kernels ---------------------------------------------------------------------------------------
+
+if triton is not None:
+    from triton.runtime.errors import OutOfResources
+
+    # Tile candidates on a GPU: (BLOCK_A, BLOCK_B, BLOCK_E, num_warps, num_stages). One fixed big
+    # tile under the interpreter, where big tiles are ~20× faster than small ones.
+    _GPU_TILES = [
+        (64, 64, 32, 4, 3),
+        (64, 64, 64, 4, 3),
+        (128, 64, 32, 4, 3),
+        (128, 64, 64, 8, 3),
+        (64, 128, 64, 8, 3),
+        (128, 128, 32, 8, 3),
+        (64, 64, 128, 4, 2),
+    ]
+    _INTERPRETER_TILE = (64, 64, 64, 4, 1)
+
+    def _configs():
+        tiles = [_INTERPRETER_TILE] if INTERPRET else _GPU_TILES
+        return [triton.Config({"BLOCK_A": ba, "BLOCK_B": bb, "BLOCK_E": be}, num_warps=w, num_stages=s)
+                for ba, bb, be, w, s in tiles]
+
+    @triton.jit
+    def _mma(a, b, acc, UPCAST_DOT: tl.constexpr, PRECISION: tl.constexpr):
+        """acc + a·b. UPCAST_DOT (interpreter only): widen fp16/bf16 to fp32 first."""
+        if UPCAST_DOT:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+    @triton.jit
+    def _round_to(x, DTYPE: tl.constexpr, UPCAST_DOT: tl.constexpr):
+        """x rounded to the feature dtype (nearest even) as a GEMM operand. Under the interpreter
+        (UPCAST_DOT) it stays fp32 holding the rounded value, and bf16 is rounded by hand: the
+        interpreter's own fp32 → bf16 cast truncates."""
+        if UPCAST_DOT:
+            if DTYPE == tl.bfloat16:
+                bits = x.to(tl.uint32, bitcast=True)
+                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+                y = bits.to(tl.float32, bitcast=True)
+            else:
+                y = x.to(DTYPE).to(tl.float32)
+        else:
+            y = x.to(DTYPE)
+        return y
+
+    @triton.jit
+    def _gram_tile(
+        a_ptr,  # *A [M, E] unit stride along E
+        b_ptr,  # *B [N, E] unit stride along E
+        offs_a,  # [BLOCK_A] row indices into A
+        offs_b,  # [BLOCK_B] row indices into B
+        mask_a,  # [BLOCK_A] offs_a < M
+        mask_b,  # [BLOCK_B] offs_b < N
+        E,  # feature width
+        stride_a,  # elements between rows of A
+        stride_b,  # elements between rows of B
+        ACC: tl.constexpr,  # accumulator dtype (fp32, or fp64 for fp64 inputs)
+        UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
+        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
+        BLOCK_A: tl.constexpr,  # rows of A per tile
+        BLOCK_B: tl.constexpr,  # rows of B per tile
+        BLOCK_E: tl.constexpr,  # features per chunk
+    ):
+        """G = A[offs_a] · B[offs_b]ᵀ over all E features in BLOCK_E chunks (masked, zero-filled).
+
+        Always in this orientation and with the same tile shape, whichever side owns the program:
+        the four launches then compute bit-identical logits for every pair, so probabilities
+        formed from one launch's logits and another launch's LSE are consistent (p of a dominant
+        entry is exactly 1 even when |S| ~ 1e5)."""
+        acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
+        for e0 in range(0, E, BLOCK_E):
+            offs_e = e0 + tl.arange(0, BLOCK_E)
+            mask_e = offs_e < E
+            a = tl.load(a_ptr + offs_a[:, None] * stride_a + offs_e[None, :],
+                        mask=mask_a[:, None] & mask_e[None, :], other=0.0)
+            b = tl.load(b_ptr + offs_b[:, None] * stride_b + offs_e[None, :],
+                        mask=mask_b[:, None] & mask_e[None, :], other=0.0)
+            acc = _mma(a, tl.trans(b), acc, UPCAST_DOT, PRECISION)
+        return acc
+
+    @triton.jit
+    def _owner_tile(
+        a_ptr,  # *A [M, E] unit stride along E
+        b_ptr,  # *B [N, E] unit stride along E
+        r_ptr,  # *[M] row term
+        c_ptr,  # *[N] column term
+        offs_own,  # [BLOCK_OWN] row indices of the owner side (A rows, or B rows when COLUMNS)
+        offs_oth,  # [BLOCK_OTH] row indices of the other side
+        mask_own,  # [BLOCK_OWN] bounds mask of offs_own
+        mask_oth,  # [BLOCK_OTH] bounds mask of offs_oth
+        E,  # feature width
+        stride_a,  # elements between rows of A
+        stride_b,  # elements between rows of B
+        COLUMNS: tl.constexpr,  # the owner side is B (column launch) instead of A (row launch)
+        ACC: tl.constexpr,  # accumulator dtype
+        UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
+        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
+        BLOCK_A: tl.constexpr,  # rows of A per tile
+        BLOCK_B: tl.constexpr,  # rows of B per tile
+        BLOCK_E: tl.constexpr,  # features per chunk
+    ):
+        """Raw values t = ⟨a, b⟩ + (r + c) of a tile, laid out [owner rows, other rows]."""
+        if COLUMNS:
+            g = tl.trans(_gram_tile(a_ptr, b_ptr, offs_oth, offs_own, mask_oth, mask_own, E, stride_a, stride_b,
+                                    ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E))
+            r = tl.load(r_ptr + offs_oth, mask=mask_oth, other=0.0)
+            c = tl.load(c_ptr + offs_own, mask=mask_own, other=0.0)
+            t = g + (c[:, None] + r[None, :])  # r + c is commutative: the same bits as below
+        else:
+            g = _gram_tile(a_ptr, b_ptr, offs_own, offs_oth, mask_own, mask_oth, E, stride_a, stride_b,
+                           ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+            r = tl.load(r_ptr + offs_own, mask=mask_own, other=0.0)
+            c = tl.load(c_ptr + offs_oth, mask=mask_oth, other=0.0)
+            t = g + (r[:, None] + c[None, :])
+        return t
+
+    @triton.jit
+    def _contrast_fwd_kernel(
+        a_ptr,  # *A [M, E] row features, unit stride along E
+        b_ptr,  # *B [N, E] column features, unit stride along E
+        r_ptr,  # *[M] row term (fp32/fp64: sets the accumulator dtype)
+        c_ptr,  # *[N] column term
+        la_ptr,  # *[M] int64 row labels
+        lb_ptr,  # *[N] int64 column labels
+        scale_ptr,  # *[] logit scale (read on the device)
+        bias_ptr,  # *[] logit bias
+        loss_ptr,  # *[M] or *[N] out: loss of each owner row / column
+        stats_ptr,  # *[M, 3] or *[N, 3] out: (LSE, positive LSE, #positives), contiguous
+        M,  # rows of A
+        N,  # rows of B
+        E,  # feature width
+        stride_a,  # elements between rows of A
+        stride_b,  # elements between rows of B
+        COLUMNS: tl.constexpr,  # False: programs own rows of A (row stats); True: rows of B (column stats)
+        IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
+        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
+        UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
+        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
+        SDM_EPS: tl.constexpr,  # ε in log(q + ε)
+        LOG_SDM_EPS: tl.constexpr,  # log ε
+        BLOCK_A: tl.constexpr,  # rows of A per tile
+        BLOCK_B: tl.constexpr,  # rows of B per tile
+        BLOCK_E: tl.constexpr,  # features per tl.dot chunk
+    ):
+        ACC: tl.constexpr = r_ptr.dtype.element_ty
+        BLOCK_OWN: tl.constexpr = BLOCK_B if COLUMNS else BLOCK_A
+        BLOCK_OTH: tl.constexpr = BLOCK_A if COLUMNS else BLOCK_B
+        n_own = N if COLUMNS else M
+        n_oth = M if COLUMNS else N
+        l_own_ptr = lb_ptr if COLUMNS else la_ptr
+        l_oth_ptr = la_ptr if COLUMNS else lb_ptr
+
+        pid = tl.program_id(0)
+        offs_own = pid * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
+        mask_own = offs_own < n_own
+        l_own = tl.load(l_own_ptr + offs_own, mask=mask_own, other=0)
+        scale = tl.load(scale_ptr)
+        bias = tl.load(bias_ptr)
+
+        # -- running statistics of the owned rows --
+        # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
+        # over positives, relative to their own running max mp: lp = Σe; npos = #positives.
+        m = tl.full([BLOCK_OWN], float("-inf"), ACC)
+        l = tl.zeros([BLOCK_OWN], ACC)
+        w = tl.zeros([BLOCK_OWN], ACC)
+        lneg = tl.zeros([BLOCK_OWN], ACC)
+        mp = tl.full([BLOCK_OWN], float("-inf"), ACC)
+        lp = tl.zeros([BLOCK_OWN], ACC)
+        npos = tl.zeros([BLOCK_OWN], ACC)
+
+        for k0 in range(0, n_oth, BLOCK_OTH):
+            offs_oth = k0 + tl.arange(0, BLOCK_OTH)
+            mask_oth = offs_oth < n_oth
+            l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+
+            # -- logits of the tile [owner, other] --
+            t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
+                            stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+            s = scale * t + bias
+            valid = mask_own[:, None] & mask_oth[None, :]
+            if EXCLUDE_SELF:
+                valid = valid & (offs_own[:, None] != offs_oth[None, :])
+            pos = valid & (l_own[:, None] == l_oth[None, :])
+
+            # -- online log-sum-exp over valid entries --
+            m_new = tl.maximum(m, tl.max(tl.where(valid, s, float("-inf")), 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # finite point to subtract
+            alpha = tl.exp(m - m_ref)  # rescales the old sums; 0 while m = -inf
+            shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
+            x = tl.where(valid, s - m_ref[:, None], 0.0)  # ≤ 0 on valid entries
+            e = tl.where(valid, tl.exp(x), 0.0)
+            w = alpha * (w + shift * l) + tl.sum(e * x, 1)
+            l = alpha * l + tl.sum(e, 1)
+            if IS_SDM:
+                lneg = alpha * lneg + tl.sum(tl.where(pos, 0.0, e), 1)
+            m = m_new
+
+            # -- online log-sum-exp over positives (own running max) --
+            mp_new = tl.maximum(mp, tl.max(tl.where(pos, s, float("-inf")), 1))
+            mp_ref = tl.where(mp_new == float("-inf"), 0.0, mp_new)
+            ep = tl.where(pos, tl.exp(tl.where(pos, s - mp_ref[:, None], 0.0)), 0.0)
+            lp = lp * tl.exp(mp - mp_ref) + tl.sum(ep, 1)
+            mp = mp_new
+            npos += tl.sum(pos.to(ACC), 1)
+
+        # -- epilogue: stats and loss (0 for rows without positives) --
+        has_l = l > 0
+        has_lp = lp > 0
+        l1 = tl.where(has_l, l, 1.0)
+        lp1 = tl.where(has_lp, lp, 1.0)
+        m0 = tl.where(has_l, m, 0.0)
+        mp0 = tl.where(has_lp, mp, 0.0)
+        lse = tl.where(has_l, m0 + tl.log(l1), float("-inf"))
+        lsep = tl.where(has_lp, mp0 + tl.log(lp1), float("-inf"))
+        if IS_SDM:
+            p_pos = lp1 * tl.exp(mp0 - m0) / l1  # Σ_pos p
+            p_neg = lneg / l1  # Σ_neg p
+            logq = tl.log(1.0 / tl.maximum(npos, 1.0) + SDM_EPS)
+            value = w / l1 - tl.log(l1) - p_pos * logq - p_neg * LOG_SDM_EPS
+        else:
+            value = (m0 - mp0) + tl.log(l1) - tl.log(lp1)
+        value = tl.where((npos > 0) & has_l & has_lp, value, 0.0)
+        tl.store(loss_ptr + offs_own, value, mask=mask_own)
+        tl.store(stats_ptr + offs_own * 3 + 0, lse, mask=mask_own)
+        tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
+        tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
+
+    # The row launch picks the tile for a problem; every other launch reuses it (see _tile_config).
+    _contrast_fwd_tuned = triton.autotune(configs=_configs(), key=["M", "N", "E", "PRECISION"])(_contrast_fwd_kernel)
+
+    @triton.jit
+    def _side_consts(g_ptr, loss_ptr, stats_ptr, offs, mask, SDM_EPS: tl.constexpr):
+        """Backward constants of one side's rows: upstream grad, LSE, LSEᴾ, loss, log q.
+        Rows without positives (or with non-finite stats) get all zeros: no gradient, no inf."""
+        lse = tl.load(stats_ptr + offs * 3 + 0, mask=mask, other=0.0)
+        lsep = tl.load(stats_ptr + offs * 3 + 1, mask=mask, other=0.0)
+        n = tl.load(stats_ptr + offs * 3 + 2, mask=mask, other=0.0)
+        active = (n > 0) & (tl.abs(lse) < float("inf")) & (tl.abs(lsep) < float("inf"))
+        g = tl.where(active, tl.load(g_ptr + offs, mask=mask, other=0.0), 0.0)
+        loss = tl.where(active, tl.load(loss_ptr + offs, mask=mask, other=0.0), 0.0)
+        logq = tl.where(active, tl.log(1.0 / tl.maximum(n, 1.0) + SDM_EPS), 0.0)
+        return g, tl.where(active, lse, 0.0), tl.where(active, lsep, 0.0), loss, logq
+
+    @triton.jit
+    def _dloss_dlogit(s, pos, g, lse, lsep, loss, logq, IS_SDM: tl.constexpr, LOG_SDM_EPS: tl.constexpr):
+        """g · ∂L/∂S for one side (arguments broadcast); exponents clamped to ≤ 0, so no inf."""
+        x = tl.minimum(s - lse, 0.0)  # log p
+        p = tl.exp(x)
+        if IS_SDM:
+            d = p * (x - tl.where(pos, logq, LOG_SDM_EPS) - loss)
+        else:
+            d = p - tl.where(pos, tl.exp(tl.minimum(s - lsep, 0.0)), 0.0)
+        return g * d
+
+    @triton.jit
+    def _contrast_bwd_kernel(
+        a_ptr,  # *A [M, E] row features, unit stride along E
+        b_ptr,  # *B [N, E] column features, unit stride along E
+        r_ptr,  # *[M] row term (fp32/fp64: sets the accumulator dtype)
+        c_ptr,  # *[N] column term
+        la_ptr,  # *[M] int64 row labels
+        lb_ptr,  # *[N] int64 column labels
+        scale_ptr,  # *[] logit scale
+        bias_ptr,  # *[] logit bias
+        g_own_ptr,  # *[n_own] upstream gradient of the owner side's losses
+        g_oth_ptr,  # *[n_oth] upstream gradient of the other side's losses
+        loss_own_ptr,  # *[n_own] owner-side losses from the forward
+        loss_oth_ptr,  # *[n_oth] other-side losses
+        stats_own_ptr,  # *[n_own, 3] owner-side stats (LSE, LSEᴾ, n), contiguous
+        stats_oth_ptr,  # *[n_oth, 3] other-side stats
+        dx_ptr,  # *[n_own, E] out: gradient of the owner features (fp32 scratch for fp16/bf16)
+        sum_ds_ptr,  # *[n_own] out: Σ_other dS per owner row
+        sum_dst_ptr,  # *[n_own] out (WRITE_DST): Σ_other dS·t per owner row
+        M,  # rows of A
+        N,  # rows of B
+        E,  # feature width
+        stride_a,  # elements between rows of A
+        stride_b,  # elements between rows of B
+        stride_dx,  # elements between rows of dX (unit stride along E)
+        COLUMNS: tl.constexpr,  # False: programs own rows of A (dA); True: rows of B (dB)
+        IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
+        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
+        WRITE_DST: tl.constexpr,  # also write Σ dS·t (one of the two launches)
+        DX_IN_REGS: tl.constexpr,  # E ≤ BLOCK_E: dX accumulates in registers
+        UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
+        PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
+        SDM_EPS: tl.constexpr,  # ε in log(q + ε)
+        LOG_SDM_EPS: tl.constexpr,  # log ε
+        BLOCK_A: tl.constexpr,  # rows of A per tile
+        BLOCK_B: tl.constexpr,  # rows of B per tile
+        BLOCK_E: tl.constexpr,  # features per tl.dot chunk (and per dX chunk)
+    ):
+        ACC: tl.constexpr = r_ptr.dtype.element_ty
+        BLOCK_OWN: tl.constexpr = BLOCK_B if COLUMNS else BLOCK_A
+        BLOCK_OTH: tl.constexpr = BLOCK_A if COLUMNS else BLOCK_B
+        n_own = N if COLUMNS else M
+        n_oth = M if COLUMNS else N
+        l_own_ptr = lb_ptr if COLUMNS else la_ptr
+        l_oth_ptr = la_ptr if COLUMNS else lb_ptr
+        y_ptr = a_ptr if COLUMNS else b_ptr  # the other side's features (dX = dT · Y)
+        stride_y = stride_a if COLUMNS else stride_b
+
+        pid = tl.program_id(0)
+        offs_own = pid * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
+        mask_own = offs_own < n_own
+        offs_d = tl.arange(0, BLOCK_E)
+        l_own = tl.load(l_own_ptr + offs_own, mask=mask_own, other=0)
+        scale = tl.load(scale_ptr)
+        bias = tl.load(bias_ptr)
+        g_x, lse_x, lsep_x, loss_x, logq_x = _side_consts(g_own_ptr, loss_own_ptr, stats_own_ptr, offs_own,
+                                                          mask_own, SDM_EPS)
+
+        sum_ds = tl.zeros([BLOCK_OWN], ACC)
+        sum_dst = tl.zeros([BLOCK_OWN], ACC)
+        dx_acc = tl.zeros([BLOCK_OWN, BLOCK_E], ACC)  # used when DX_IN_REGS
+
+        for k0 in range(0, n_oth, BLOCK_OTH):
+            offs_oth = k0 + tl.arange(0, BLOCK_OTH)
+            mask_oth = offs_oth < n_oth
+            l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+            g_y, lse_y, lsep_y, loss_y, logq_y = _side_consts(g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth,
+                                                              mask_oth, SDM_EPS)
+
+            # -- recompute the logits of the tile [owner, other] (same bits as the forward) --
+            t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
+                            stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+            s = scale * t + bias
+            valid = mask_own[:, None] & mask_oth[None, :]
+            if EXCLUDE_SELF:
+                valid = valid & (offs_own[:, None] != offs_oth[None, :])
+            pos = valid & (l_own[:, None] == l_oth[None, :])
+
+            # -- dS from both sides' stats --
+            ds = _dloss_dlogit(s, pos, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
+                               logq_x[:, None], IS_SDM, LOG_SDM_EPS)
+            ds += _dloss_dlogit(s, pos, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
+                                logq_y[None, :], IS_SDM, LOG_SDM_EPS)
+            ds = tl.where(valid, ds, 0.0)
+            sum_ds += tl.sum(ds, 1)
+            if WRITE_DST:
+                sum_dst += tl.sum(ds * t, 1)
+            dt = _round_to(scale * ds, a_ptr.dtype.element_ty, UPCAST_DOT)  # dT in the feature dtype for the GEMM
+
+            # -- dX += dT · Y --
+            if DX_IN_REGS:
+                y = tl.load(y_ptr + offs_oth[:, None] * stride_y + offs_d[None, :],
+                            mask=mask_oth[:, None] & (offs_d[None, :] < E), other=0.0)
+                dx_acc = _mma(dt, y, dx_acc, UPCAST_DOT, PRECISION)
+            else:
+                # read-modify-write of this program's own rows of dX, one chunk of E at a time
+                for e0 in range(0, E, BLOCK_E):
+                    offs_e = e0 + offs_d
+                    mask_e = offs_e < E
+                    y = tl.load(y_ptr + offs_oth[:, None] * stride_y + offs_e[None, :],
+                                mask=mask_oth[:, None] & mask_e[None, :], other=0.0)
+                    dx_ptrs = dx_ptr + offs_own[:, None] * stride_dx + offs_e[None, :]
+                    dx_mask = mask_own[:, None] & mask_e[None, :]
+                    part = tl.load(dx_ptrs, mask=dx_mask & (k0 > 0), other=0.0).to(ACC)  # 0 on the first tile
+                    part = _mma(dt, y, part, UPCAST_DOT, PRECISION)
+                    tl.store(dx_ptrs, part, mask=dx_mask)
+                tl.debug_barrier()  # this tile's stores are visible to the whole program before the next loads
+
+        # -- epilogue --
+        if DX_IN_REGS:
+            tl.store(dx_ptr + offs_own[:, None] * stride_dx + offs_d[None, :], dx_acc,
+                     mask=mask_own[:, None] & (offs_d[None, :] < E))
+        tl.store(sum_ds_ptr + offs_own, sum_ds, mask=mask_own)
+        if WRITE_DST:
+            tl.store(sum_dst_ptr + offs_own, sum_dst, mask=mask_own)
+
+
+# -- host launchers --------------------------------------------------------------------------------
+
+
+def _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(f"the Triton backend needs triton ({_IMPORT_ERROR})")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    if A.dim() != 2 or B.dim() != 2 or A.shape[1] != B.shape[1]:
+        raise ValueError(f"A must be [M, E] and B [N, E], got {tuple(A.shape)} and {tuple(B.shape)}")
+    M, N = A.shape[0], B.shape[0]
+    if M == 0 or N == 0 or A.shape[1] == 0:
+        raise ValueError(f"empty input: A {tuple(A.shape)}, B {tuple(B.shape)}")
+    if A.dtype not in _FEATURE_DTYPES or B.dtype != A.dtype:
+        raise TypeError(f"A and B must share a dtype in {_FEATURE_DTYPES}, got {A.dtype} and {B.dtype}")
+    odt = out_dtype(A.dtype)
+    for name, x, shape in (("r", r, (M,)), ("c", c, (N,)), ("scale", scale, ()), ("bias", bias, ())):
+        if x.dtype != odt or tuple(x.shape) != shape:
+            raise ValueError(f"{name} must be a {odt} tensor of shape {list(shape)}, got {x.dtype} {list(x.shape)}")
+    for name, x, n in (("labels_a", labels_a, M), ("labels_b", labels_b, N)):
+        if x.dtype != torch.int64 or tuple(x.shape) != (n,):
+            raise ValueError(f"{name} must be an int64 tensor of shape [{n}], got {x.dtype} {list(x.shape)}")
+    for name, x in (("B", B), ("r", r), ("c", c), ("scale", scale), ("bias", bias),
+                    ("labels_a", labels_a), ("labels_b", labels_b)):
+        if x.device != A.device:
+            raise ValueError(f"{name} is on {x.device} but A is on {A.device}")
+    if exclude_self and M != N:
+        raise ValueError(f"exclude_self needs M == N, got M={M}, N={N}")
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x with unit stride along features (row stride free: padded rows are not copied)."""
+    return x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
+
+
+def _flags(A: torch.Tensor, loss: str, exclude_self: bool) -> dict:
+    low = A.dtype in (torch.float16, torch.bfloat16)
+    return dict(
+        IS_SDM=loss == "sdm",
+        EXCLUDE_SELF=bool(exclude_self),
+        UPCAST_DOT=INTERPRET and low,
+        PRECISION=get_input_precision() if A.dtype == torch.float32 else "ieee",
+        SDM_EPS=SDM_EPS,
+        LOG_SDM_EPS=math.log(SDM_EPS),
+    )
+
+
+def _device_guard(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+# Tile config per problem: (device, dtype, M, N, E, precision) -> triton.Config. Every launch of
+# one problem (forward rows and columns, backward rows and columns) must use the same tile shape
+# so that the logits are recomputed bit-identically; the forward row launch autotunes it.
+_TILE_CONFIGS: dict = {}
+
+
+def _tile_key(A, B, flags):
+    return (A.device, A.dtype, A.shape[0], B.shape[0], A.shape[1], flags["PRECISION"])
+
+
+def _launch_opts(cfg) -> dict:
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, loss_out, stats_out, columns, flags, cfg=None):
+    """One forward launch; without ``cfg`` through the autotuner (row launch), returning the tile."""
+    M, E = A.shape
+    N = B.shape[0]
+    args = (A, B, r, c, labels_a, labels_b, scale, bias, loss_out, stats_out, M, N, E, A.stride(0), B.stride(0))
+    if cfg is None:
+        grid = lambda meta: (triton.cdiv(N if columns else M, meta["BLOCK_B" if columns else "BLOCK_A"]),)  # noqa: E731
+        _contrast_fwd_tuned[grid](*args, COLUMNS=columns, **flags)
+        return _contrast_fwd_tuned.best_config
+    grid = (triton.cdiv(N if columns else M, cfg.kwargs["BLOCK_B" if columns else "BLOCK_A"]),)
+    _contrast_fwd_kernel[grid](*args, COLUMNS=columns, **flags, **_launch_opts(cfg))
+    return cfg
+
+
+def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+    A, B = _rows(A), _rows(B)
+    r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
+    M, N = A.shape[0], B.shape[0]
+    odt = out_dtype(A.dtype)
+    loss_rows, loss_cols = A.new_empty((M,), dtype=odt), A.new_empty((N,), dtype=odt)
+    row_stats, col_stats = A.new_empty((M, 3), dtype=odt), A.new_empty((N, 3), dtype=odt)
+    flags = _flags(A, loss, exclude_self)
+    key = _tile_key(A, B, flags)
+    with _device_guard(A):
+        # -- row statistics (softmax over columns); picks the tile on a new problem --
+        cfg = _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, loss_rows, row_stats, False, flags,
+                          _TILE_CONFIGS.get(key))
+        _TILE_CONFIGS[key] = cfg
+        # -- column statistics (softmax over rows), same tile --
+        _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, loss_cols, col_stats, True, flags, cfg)
+    return loss_rows, loss_cols, row_stats, col_stats
+
+
+def _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags):
+    key = _tile_key(A, B, flags)
+    if key not in _TILE_CONFIGS:  # backward without a forward in this process: tune like the forward
+        M = A.shape[0]
+        scratch_loss, scratch_stats = r.new_empty((M,)), r.new_empty((M, 3))
+        _TILE_CONFIGS[key] = _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, scratch_loss,
+                                         scratch_stats, False, flags)
+    return _TILE_CONFIGS[key]
+
+
+def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
+              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
+    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+    A, B = _rows(A), _rows(B)
+    r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
+    M, E = A.shape
+    N = B.shape[0]
+    odt = out_dtype(A.dtype)
+    grad_rows, grad_cols = grad_rows.to(odt).contiguous(), grad_cols.to(odt).contiguous()
+    loss_rows, loss_cols = loss_rows.contiguous(), loss_cols.contiguous()
+    row_stats, col_stats = row_stats.contiguous(), col_stats.contiguous()
+    # dA/dB accumulate in fp32 (fp64) scratch when the features are fp16/bf16
+    dA = torch.empty((M, E), dtype=odt, device=A.device)
+    dB = torch.empty((N, E), dtype=odt, device=A.device)
+    sum_ds_rows, sum_dst_rows = A.new_empty((M,), dtype=odt), A.new_empty((M,), dtype=odt)
+    sum_ds_cols = A.new_empty((N,), dtype=odt)
+    flags = _flags(A, loss, exclude_self)
+    with _device_guard(A):
+        cfg = _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags)
+        opts = _launch_opts(cfg)
+        flags["DX_IN_REGS"] = E <= cfg.kwargs["BLOCK_E"]
+        for columns, g_own, g_oth, loss_own, loss_oth, st_own, st_oth, dX, sds, sdst in (
+            (False, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats, dA, sum_ds_rows, sum_dst_rows),
+            (True, grad_cols, grad_rows, loss_cols, loss_rows, col_stats, row_stats, dB, sum_ds_cols, sum_ds_cols),
+        ):
+            grid = (triton.cdiv(N if columns else M, cfg.kwargs["BLOCK_B" if columns else "BLOCK_A"]),)
+            args = (A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
+                    dX, sds, sdst, M, N, E, A.stride(0), B.stride(0), dX.stride(0))
+            try:
+                _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
+            except OutOfResources:
+                # the dX GEMM needs more shared memory than the forward: fewer pipeline stages
+                # (the arithmetic, hence the logits, do not depend on the stage count)
+                opts["num_stages"] = 1
+                _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
+    # -- fixed-order reductions of the per-row parts (deterministic) --
+    dr = scale * sum_ds_rows
+    dc = scale * sum_ds_cols
+    dbias = sum_ds_rows.sum(dtype=torch.float64).to(odt)
+    dscale = sum_dst_rows.sum(dtype=torch.float64).to(odt)
+    return dA.to(A.dtype), dB.to(B.dtype), dr, dc, dscale, dbias
+
+
+# -- registered ops --------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @torch.library.custom_op("uca::triton_contrast_forward", mutates_args=())
+    def triton_contrast_forward(
+        A: torch.Tensor,
+        B: torch.Tensor,
+        r: torch.Tensor,
+        c: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor,
+        labels_a: torch.Tensor,
+        labels_b: torch.Tensor,
+        loss: str,
+        exclude_self: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward of the contrast op (contract in ``contrast.py``) with the Triton kernels."""
+        return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+
+    @torch.library.custom_op("uca::triton_contrast_backward", mutates_args=())
+    def triton_contrast_backward(
+        grad_rows: torch.Tensor,
+        grad_cols: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        r: torch.Tensor,
+        c: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor,
+        labels_a: torch.Tensor,
+        labels_b: torch.Tensor,
+        loss_rows: torch.Tensor,
+        loss_cols: torch.Tensor,
+        row_stats: torch.Tensor,
+        col_stats: torch.Tensor,
+        loss: str,
+        exclude_self: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backward of the contrast op: (dA, dB, dr, dc, dscale, dbias)."""
+        return _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
+                         loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self)
+
+    register_contrast_autograd(triton_contrast_forward, triton_contrast_backward)
+
+
+# -- what the dispatcher calls ---------------------------------------------------------------------
+
+
+def available_reasons() -> list[str]:
+    """Reasons independent of the inputs (triton missing)."""
+    return [] if _IMPORT_ERROR is None else [f"triton is not importable ({_IMPORT_ERROR})"]
+
+
+def not_supported_reasons(*, A, B, loss, exclude_self, explicit=False) -> list[str]:
+    """Why these inputs cannot run here (empty: they can). CUDA tensors run the compiled kernels;
+    CPU tensors only the interpreter, and only when the backend was named explicitly."""
+    reasons = available_reasons()
+    if A.device.type == "cpu":
+        if not INTERPRET:
+            reasons.append("CPU tensors need TRITON_INTERPRET=1 (set before uca_kernels.triton_contrast "
+                           "is imported) and backend='triton'")
+        elif not explicit:
+            reasons.append("CPU tensors run only in Triton's interpreter, which is used only when "
+                           "backend='triton' is named explicitly")
+    elif A.device.type != "cuda":
+        reasons.append(f"needs CUDA tensors, got {A.device.type}")
+    if A.dtype not in _FEATURE_DTYPES:
+        reasons.append(f"needs float16, bfloat16, float32 or float64 inputs, got {A.dtype}")
+    if loss not in LOSSES:
+        reasons.append(f"unknown loss {loss!r}")
+    return reasons
+
+
+def contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+    """Run the op through the registered (autograd-aware) Triton forward.
+
+    Shapes as in :func:`uca_kernels.contrast.contrast`: A [M, E], B [N, E] (fp16/bf16/fp32/fp64),
+    r [M], c [N], scale [], bias [] (float32, float64 for float64 inputs), labels_a [M],
+    labels_b [N] int64. Returns ``(loss_rows [M], loss_cols [N])``.
+    """
+    out = torch.ops.uca.triton_contrast_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, bool(exclude_self))
+    return out[0], out[1]

@@ -1,0 +1,454 @@
+"""Triton backend of the contrast op against the float64 reference.
+
+Without a GPU everything runs in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
+conftest.py before the kernels are jitted) on small shapes; with a GPU the same tests run the
+compiled kernels, and the ``gpu``-marked tests add fp16/bf16, tf32, larger sizes and torch.compile
+with inductor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uca_kernels import contrast, contrast_reference, dispatch
+from uca_kernels import triton_contrast as tc
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+pytestmark = pytest.mark.skipif(
+    bool(tc.available_reasons()) or not (HAS_CUDA or tc.INTERPRET),
+    reason="needs triton and a CUDA device or TRITON_INTERPRET=1: " + "; ".join(tc.available_reasons()),
+)
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+
+LEAVES = ("A", "B", "r", "c", "scale", "bias")
+# Max error allowed against float64, relative to the largest reference magnitude of each output.
+REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def make_case(M, N, E, labels="repeat", *, seed=0, scale=3.0, bias=0.25, device=DEVICE):
+    """Float64 inputs of the op: features with unit-ish logits, identities by ``labels``:
+    repeat (few ids, repeats on both sides), unique (no pair shares an id), one (a single id),
+    diag (labels=None: i ↔ i, needs M == N), mixed (some rows and columns without positives)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(M, E, generator=g, dtype=torch.float64) / math.sqrt(E)
+    B = torch.randn(N, E, generator=g, dtype=torch.float64) / math.sqrt(E)
+    r = 0.5 * torch.randn(M, generator=g, dtype=torch.float64)
+    c = 0.5 * torch.randn(N, generator=g, dtype=torch.float64)
+    if labels == "repeat":
+        la, lb = torch.randint(0, 4, (M,), generator=g), torch.randint(0, 4, (N,), generator=g)
+    elif labels == "unique":
+        la, lb = torch.arange(M), torch.arange(N) + M
+    elif labels == "one":
+        la, lb = torch.zeros(M, dtype=torch.long), torch.zeros(N, dtype=torch.long)
+    elif labels == "mixed":
+        la, lb = torch.randint(0, 8, (M,), generator=g), torch.randint(4, 12, (N,), generator=g)
+    else:
+        assert labels == "diag" and M == N
+        la = lb = None
+    out = dict(A=A, B=B, r=r, c=c, scale=torch.tensor(scale, dtype=torch.float64),
+               bias=torch.tensor(bias, dtype=torch.float64), labels_a=la, labels_b=lb)
+    return {k: (v.to(device) if v is not None else None) for k, v in out.items()}
+
+
+def upstream(M, N, seed=1, device=DEVICE):
+    """Upstream gradients ≠ 1 (and of both signs) for the row and column losses."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(M, generator=g, dtype=torch.float64) * 2 - 0.5).to(device), \
+        (torch.rand(N, generator=g, dtype=torch.float64) * 2 - 0.5).to(device)
+
+
+def run(case, dtype, loss, exclude_self, backend="triton", requires=LEAVES, grads=None, ref_dtype=None):
+    """Losses and gradients of Σ g_rows·loss_rows + Σ g_cols·loss_cols through ``contrast``.
+
+    Features are cast to ``dtype`` (r, c, scale, bias to float32, or float64); with
+    ``backend="reference"`` and ``ref_dtype`` the reference runs in that dtype instead."""
+    small = torch.float64 if dtype == torch.float64 else torch.float32
+    x = {}
+    for k in LEAVES:
+        v = case[k].to(dtype if k in ("A", "B") else small).detach()
+        x[k] = v.requires_grad_(k in requires)
+    la, lb = case["labels_a"], case["labels_b"]
+    if ref_dtype is not None:  # the materialised reference, in the features' own dtype
+        if la is None:
+            la = lb = torch.arange(case["A"].shape[0], device=case["A"].device)
+        rows, cols = contrast_reference(x["A"], x["B"], x["r"], x["c"], x["scale"], x["bias"], la, lb,
+                                        loss, exclude_self)
+    else:
+        rows, cols = contrast(x["A"], x["B"], x["r"], x["c"], x["scale"], x["bias"], la, lb,
+                              loss=loss, exclude_self=exclude_self, backend=backend)
+    gr, gc = grads if grads is not None else upstream(*rows.shape, *cols.shape)
+    total = (rows * gr.to(rows.dtype)).sum() + (cols * gc.to(cols.dtype)).sum()
+    req = [k for k in LEAVES if k in requires]
+    d = dict(zip(req, torch.autograd.grad(total, [x[k] for k in req]))) if req else {}
+    return rows.detach(), cols.detach(), d
+
+
+def oracle(case, loss, exclude_self, requires=LEAVES, grads=None):
+    return run(case, torch.float64, loss, exclude_self, backend="reference", requires=requires, grads=grads)
+
+
+def max_err(got, want):
+    return (got.double() - want.double()).abs().max().item()
+
+
+def assert_matches(got, want, tol, what=""):
+    """Every output within ``tol`` × (1 + max |reference|), except dscale and dbias, which are sums
+    over all M·N pairs of terms that (nearly) cancel: their bound scales with the summed magnitude
+    of the upstream gradients instead (Σⱼ |∂Lᵢ/∂Sᵢⱼ| ≤ 2 for every row and column loss)."""
+    g_rows, g_cols, g_d = got
+    w_rows, w_cols, w_d = want
+    assert set(g_d) == set(w_d)
+    mass = sum(x.abs().sum().item() for x in upstream(*w_rows.shape, *w_cols.shape))
+    pairs = [("loss_rows", g_rows, w_rows), ("loss_cols", g_cols, w_cols)]
+    pairs += [(f"d{k}", g_d[k], w_d[k]) for k in w_d]
+    for name, g, w in pairs:
+        assert g.shape == w.shape, (what, name)
+        assert torch.isfinite(g).all(), f"{what} {name} has non-finite values"
+        bound = tol * (1.0 + w.abs().max().item() + (mass if name in ("dscale", "dbias") else 0.0))
+        err = max_err(g, w)
+        assert err <= bound, f"{what} {name}: max error {err:.3e} > {bound:.3e}"
+
+
+# -- forward and backward against the float64 reference -------------------------------------------
+
+SHAPES = [  # (labels, M, N, E, exclude_self)
+    ("diag", 7, 7, 16, False),
+    ("repeat", 70, 130, 100, False),  # E > BLOCK_E: dX read-modify-write path; ragged M, N
+    ("repeat", 130, 70, 33, False),  # E < BLOCK_E: dX in registers
+    ("repeat", 1, 130, 65, False),  # M = 1, E = BLOCK_E + 1
+    ("repeat", 130, 1, 8, False),  # N = 1
+    ("repeat", 70, 70, 40, True),
+    ("repeat", 130, 130, 129, True),
+    ("one", 20, 30, 12, False),  # one identity: every pair positive
+    ("one", 9, 9, 5, True),
+    ("unique", 20, 20, 12, False),  # no positives at all: zero loss, zero gradient
+    ("mixed", 40, 50, 24, False),  # some rows and columns without positives
+    ("mixed", 1, 1, 3, True),  # a single pair, excluded: nothing valid
+]
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("labels,M,N,E,exclude_self", SHAPES)
+def test_matches_reference_fp32(labels, M, N, E, exclude_self, loss):
+    case = make_case(M, N, E, labels)
+    got = run(case, torch.float32, loss, exclude_self)
+    want = oracle(case, loss, exclude_self)
+    assert_matches(got, want, REL_TOL[torch.float32], f"{labels} {M}x{N}x{E}")
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("labels,M,N,E,exclude_self", [SHAPES[1], SHAPES[5], SHAPES[10]])
+def test_matches_reference_fp64(labels, M, N, E, exclude_self, loss):
+    case = make_case(M, N, E, labels, seed=3)
+    got = run(case, torch.float64, loss, exclude_self)
+    want = oracle(case, loss, exclude_self)
+    assert_matches(got, want, REL_TOL[torch.float64], f"{labels} {M}x{N}x{E}")
+
+
+def test_no_positive_rows_have_zero_loss_and_gradient():
+    case = make_case(40, 50, 24, "mixed")
+    A, B = case["A"].float(), case["B"].float().requires_grad_(False)
+    A.requires_grad_(True)
+    la, lb = case["labels_a"], case["labels_b"]
+    f = lambda A: torch.ops.uca.triton_contrast_forward(  # noqa: E731
+        A, B, case["r"].float(), case["c"].float(), case["scale"].float(), case["bias"].float(),
+        la, lb, "sdm", False)
+    rows, cols, row_stats, col_stats = f(A)
+    lonely = ~(la[:, None] == lb[None, :]).any(1)
+    assert lonely.any() and (~lonely).any()
+    assert (rows[lonely] == 0).all() and (rows[~lonely] > 0).all()
+    assert (row_stats[lonely, 1] == float("-inf")).all() and (row_stats[lonely, 2] == 0).all()
+    # only the row losses of rows without positives: no gradient at all
+    (dA,) = torch.autograd.grad(rows[lonely].sum(), [A])
+    assert (dA == 0).all()
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_stats(loss):
+    case = make_case(70, 45, 20, "mixed", seed=5)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    _, _, row_stats, col_stats = torch.ops.uca.triton_contrast_forward(*args, loss, False)
+    S = case["scale"] * (case["A"] @ case["B"].T + case["r"][:, None] + case["c"][None, :]) + case["bias"]
+    pos = case["labels_a"][:, None] == case["labels_b"][None, :]
+    for stats, S_, pos_ in ((row_stats, S, pos), (col_stats, S.T, pos.T)):
+        want = torch.stack([S_.logsumexp(1), S_.masked_fill(~pos_, float("-inf")).logsumexp(1),
+                            pos_.sum(1).double()], 1)
+        assert stats.dtype == torch.float32 and stats.shape == want.shape
+        assert torch.equal(stats[:, 1] == float("-inf"), want[:, 1] == float("-inf"))
+        finite = want.isfinite()
+        torch.testing.assert_close(stats.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("requires", [("A",), ("B", "scale"), ("r", "c", "bias"), ()])
+def test_some_inputs_do_not_require_grad(requires):
+    case = make_case(30, 20, 70, "repeat", seed=7)
+    if not requires:  # nothing requires grad: plain forward, outputs do not require grad
+        rows, cols, _ = run(case, torch.float32, "sdm", False, requires=())
+        want = oracle(case, "sdm", False, requires=())
+        assert_matches((rows, cols, {}), want, REL_TOL[torch.float32])
+        return
+    got = run(case, torch.float32, "infonce", False, requires=requires)
+    want = oracle(case, "infonce", False, requires=requires)
+    assert_matches(got, want, REL_TOL[torch.float32])
+
+
+def test_only_row_losses_used():
+    """grad_cols is None in the autograd backward (the column losses are not used)."""
+    case = make_case(25, 35, 10, "repeat", seed=8)
+    x = {k: case[k].float().requires_grad_(True) for k in LEAVES}
+    rows, _ = contrast(*[x[k] for k in LEAVES], case["labels_a"], case["labels_b"], loss="sdm", backend="triton")
+    got = torch.autograd.grad(rows.sum() * 0.7, [x[k] for k in LEAVES])
+    y = {k: case[k].clone().requires_grad_(True) for k in LEAVES}
+    rows64, _ = contrast_reference(*[y[k] for k in LEAVES], case["labels_a"], case["labels_b"], "sdm")
+    want = torch.autograd.grad(rows64.sum() * 0.7, [y[k] for k in LEAVES])
+    for k, g, w in zip(LEAVES, got, want):
+        assert max_err(g, w) <= REL_TOL[torch.float32] * (1 + w.abs().max().item()), k
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_gradcheck_float64(loss):
+    case = make_case(5, 4, 3, "repeat", seed=11)
+    xs = [case[k].clone().requires_grad_(True) for k in LEAVES]
+
+    def f(*xs):
+        rows, cols = contrast(*xs, case["labels_a"], case["labels_b"], loss=loss, backend="triton")
+        return rows, cols
+
+    assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+# -- numerics --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_extreme_logits(loss, scale):
+    """|S| up to ~1e5 (a distance with a tiny temperature): no inf/NaN, and no worse than twice the
+    error of the materialised reference run in float32 (fp32 logits carry an absolute error of
+    ~|S|·1e-7 ≈ 1e-2, which every softmax-based output inherits; both are compared to float64)."""
+    case = make_case(50, 40, 16, "repeat", seed=13, scale=scale, bias=-3.0)
+    S = case["scale"] * (case["A"] @ case["B"].T + case["r"][:, None] + case["c"][None, :])
+    assert S.abs().max().item() > 2e4
+    want = oracle(case, loss, False)
+    fused = run(case, torch.float32, loss, False)
+    ref32 = run(case, torch.float32, loss, False, ref_dtype=torch.float32)
+    names = ["loss_rows", "loss_cols"] + [f"d{k}" for k in LEAVES]
+    flat = lambda out: [*out[:2], *out[2].values()]  # noqa: E731
+    for name, f, lo, w in zip(names, flat(fused), flat(ref32), flat(want)):
+        assert torch.isfinite(f).all(), name
+        floor = 1e-5 * (1 + w.abs().max().item())
+        assert max_err(f, w) <= 2 * max_err(lo, w) + floor, \
+            f"{name}: fused {max_err(f, w):.3e} vs fp32 reference {max_err(lo, w):.3e}"
+
+
+def test_deterministic():
+    case = make_case(130, 70, 100, "repeat", seed=17)
+    first = run(case, torch.float32, "sdm", False)
+    second = run(case, torch.float32, "sdm", False)
+    for a, b in zip(first[:2], second[:2]):
+        assert torch.equal(a, b)
+    for k in LEAVES:
+        assert torch.equal(first[2][k], second[2][k]), k
+
+
+def test_nan_padding_is_never_read():
+    """Features inside NaN-filled buffers (padded rows and columns) give the same bits."""
+    case = make_case(70, 50, 70, "repeat", seed=19)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"], "infonce", False]
+    clean = torch.ops.uca.triton_contrast_forward(*args)
+
+    def padded(x):
+        buf = torch.full((x.shape[0] + 9, x.shape[1] + 13), float("nan"), dtype=x.dtype, device=x.device)
+        buf[: x.shape[0], : x.shape[1]] = x
+        return buf[: x.shape[0], : x.shape[1]]  # row stride E + 13, NaN after each row and below
+
+    A, B = padded(args[0]), padded(args[1])
+    assert A.stride(0) == A.shape[1] + 13
+    dirty = torch.ops.uca.triton_contrast_forward(A, B, *args[2:])
+    for a, b in zip(clean, dirty):
+        assert torch.equal(a, b)
+    grads = [torch.rand(70, device=DEVICE), torch.rand(50, device=DEVICE)]
+    bw_clean = torch.ops.uca.triton_contrast_backward(*grads, *args[:8], *clean, "infonce", False)
+    bw_dirty = torch.ops.uca.triton_contrast_backward(*grads, A, B, *args[2:8], *dirty, "infonce", False)
+    for a, b in zip(bw_clean, bw_dirty):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_low_precision_within_twice_reference_error(dtype, loss):
+    """fp16/bf16 features: the fused error (vs float64 on the same rounded inputs) is at most twice
+    the error of the reference computed in that dtype (under the interpreter the dot is widened to
+    fp32, which is what the GPU's fp32 accumulation computes too)."""
+    M, N, E = (1000, 1200, 300) if HAS_CUDA else (70, 90, 72)
+    case = make_case(M, N, E, "repeat", seed=23)
+    case["A"], case["B"] = case["A"].to(dtype).double(), case["B"].to(dtype).double()  # exact in dtype
+    want = oracle(case, loss, False)
+    fused = run(case, dtype, loss, False)
+    low_ref = run(case, dtype, loss, False, ref_dtype=dtype)
+    names = ["loss_rows", "loss_cols"] + [f"d{k}" for k in LEAVES]
+    for name, f, lo, w in zip(names, [*fused[:2], *fused[2].values()], [*low_ref[:2], *low_ref[2].values()],
+                              [*want[:2], *want[2].values()]):
+        assert f.dtype == lo.dtype, name
+        assert torch.isfinite(f).all(), name
+        floor = 1e-6 * (1 + w.abs().max().item())
+        assert max_err(f, w) <= 2 * max_err(lo, w) + floor, f"{name}: fused {max_err(f, w):.3e} vs ref {max_err(lo, w):.3e}"
+
+
+# -- precision setting -----------------------------------------------------------------------------
+
+
+def test_precision_setting(monkeypatch):
+    monkeypatch.delenv("UCA_TRITON_PRECISION", raising=False)
+    assert tc.get_input_precision() == "ieee"
+    monkeypatch.setenv("UCA_TRITON_PRECISION", "tf32")
+    assert tc.get_input_precision() == "tf32"
+    try:
+        tc.set_input_precision("tf32x3")
+        assert tc.get_input_precision() == "tf32x3"
+        with pytest.raises(ValueError, match="not one of"):
+            tc.set_input_precision("fp8")
+    finally:
+        tc.set_input_precision(None)
+    assert tc.get_input_precision() == "tf32"
+    monkeypatch.setenv("UCA_TRITON_PRECISION", "half")
+    with pytest.raises(ValueError, match="UCA_TRITON_PRECISION"):
+        tc.get_input_precision()
+
+
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+def test_tf32_precisions_run(precision, monkeypatch):
+    """tf32 (≈ 10-bit mantissa products) and tf32x3 (≈ fp32): looser / fp32 tolerances. The CPU
+    interpreter ignores input_precision, so there this only checks the option is accepted."""
+    monkeypatch.setenv("UCA_TRITON_PRECISION", precision)
+    case = make_case(70, 130, 100, "repeat", seed=29)
+    got = run(case, torch.float32, "sdm", False)
+    want = oracle(case, "sdm", False)
+    assert_matches(got, want, 3e-3 if precision == "tf32" else REL_TOL[torch.float32], precision)
+
+
+# -- dispatch, registration, compile -------------------------------------------------------------
+
+
+def test_auto_never_picks_triton_for_cpu_tensors(monkeypatch):
+    monkeypatch.delenv("UCA_BACKEND", raising=False)
+    x = torch.zeros(4, 3)
+    assert dispatch.select("auto", A=x, B=x, loss="sdm", exclude_self=False).name != "triton"
+    reasons = tc.not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False)
+    assert reasons and "backend='triton'" in reasons[-1]
+    monkeypatch.setattr(tc, "INTERPRET", False)
+    reasons = tc.not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False, explicit=True)
+    assert any("TRITON_INTERPRET=1" in m for m in reasons)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        dispatch.select("triton", A=x, B=x, loss="sdm", exclude_self=False)
+
+
+def test_unsupported_inputs_are_explained():
+    x = torch.zeros(4, 3, dtype=torch.int32, device=DEVICE)
+    reasons = tc.not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False, explicit=True)
+    assert any("int32" in m for m in reasons)
+    case = make_case(6, 5, 4)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    with pytest.raises(ValueError, match="exclude_self needs M == N"):
+        torch.ops.uca.triton_contrast_forward(*args, "sdm", True)
+    with pytest.raises(ValueError, match="r must be a torch.float32"):
+        torch.ops.uca.triton_contrast_forward(args[0], args[1], args[2].double(), *args[3:], "sdm", False)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="CPU interpreter path")
+def test_explicit_triton_on_cpu_under_interpreter(monkeypatch):
+    assert tc.INTERPRET
+    x = torch.zeros(4, 3)
+    assert tc.not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False, explicit=True) == []
+    case = make_case(12, 12, 6, "diag", device="cpu")
+    monkeypatch.setenv("UCA_BACKEND", "triton")  # the environment variable is an explicit choice too
+    assert dispatch.select("auto", A=x, B=x, loss="sdm", exclude_self=False).name == "triton"
+    args = [case[k].float() for k in LEAVES]
+    rows, cols = contrast(*args, loss="infonce")
+    want = contrast_reference(*[case[k] for k in LEAVES], torch.arange(12), torch.arange(12), "infonce")
+    assert max_err(rows, want[0]) < 1e-5 and max_err(cols, want[1]) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_auto_picks_triton_for_cuda_without_cuda_extension(monkeypatch):
+    monkeypatch.delenv("UCA_BACKEND", raising=False)
+    x = torch.zeros(4, 3, device="cuda")
+    chosen = dispatch.select("auto", A=x, B=x, loss="sdm", exclude_self=False).name
+    cuda_reasons = dispatch.get_backend("cuda").not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False)
+    assert chosen == ("cuda" if not cuda_reasons else "triton")
+
+
+def test_opcheck():
+    case = make_case(9, 7, 5, "repeat", seed=31)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    for x in args[:6]:
+        x.requires_grad_(True)
+    torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, "sdm", False))
+    torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, "infonce", False))
+    sq = make_case(8, 8, 5, "repeat", seed=32)
+    sq_args = [sq[k].float() for k in LEAVES] + [sq["labels_a"], sq["labels_b"]]
+    torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*sq_args, "sdm", True))
+    plain = [a.detach() for a in args]
+    out = torch.ops.uca.triton_contrast_forward(*plain, "sdm", False)
+    grads = (torch.rand(9, device=DEVICE), torch.rand(7, device=DEVICE))
+    torch.library.opcheck(torch.ops.uca.triton_contrast_backward.default, (*grads, *plain, *out, "sdm", False))
+
+
+@pytest.mark.parametrize("compile_backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=[*gpu, pytest.mark.slow]),
+])
+def test_torch_compile_fullgraph(compile_backend):
+    """The public function traces in one graph through the registered op (fake kernel + autograd).
+    On CPU only ``aot_eager``: inductor's C++ build alone takes ~35 s cold; GPU runs add inductor."""
+    case = make_case(20, 20, 12, "repeat", seed=37)
+    x = {k: case[k].float().requires_grad_(True) for k in LEAVES}
+
+    def f(A, B, r, c, scale, bias):
+        rows, cols = contrast(A, B, r, c, scale, bias, case["labels_a"], case["labels_b"],
+                              loss="sdm", backend="triton")
+        return rows.mean() + 0.5 * cols.mean()
+
+    compiled = torch.compile(f, fullgraph=True, backend=compile_backend)
+    out = compiled(*[x[k] for k in LEAVES])
+    got = torch.autograd.grad(out, [x[k] for k in LEAVES])
+    eager = f(*[x[k] for k in LEAVES])
+    want = torch.autograd.grad(eager, [x[k] for k in LEAVES])
+    assert torch.allclose(out, eager, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# -- GPU only --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("M,N,E,exclude_self", [(1031, 2053, 1000, False), (2048, 2048, 256, True),
+                                                 (4096, 4096, 64, False), (3, 5000, 17, False)])
+def test_gpu_larger_sizes(M, N, E, exclude_self, loss):
+    case = make_case(M, N, E, "repeat", seed=41)
+    got = run(case, torch.float32, loss, exclude_self)
+    want = oracle(case, loss, exclude_self)
+    assert_matches(got, want, 1e-4, f"{M}x{N}x{E}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_float64_and_autotuned_determinism():
+    case = make_case(700, 900, 300, "repeat", seed=43)
+    got = run(case, torch.float64, "sdm", False)
+    assert_matches(got, oracle(case, "sdm", False), REL_TOL[torch.float64], "fp64")
+    first, second = run(case, torch.float32, "infonce", False), run(case, torch.float32, "infonce", False)
+    assert all(torch.equal(a, b) for a, b in zip(first[:2], second[:2]))
+    assert all(torch.equal(first[2][k], second[2][k]) for k in LEAVES)
