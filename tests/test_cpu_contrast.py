@@ -144,7 +144,16 @@ def test_point_contrast_through_cpu_backend_matches_reference():
 def test_auto_picks_cpu_for_cpu_tensors():
     A = torch.randn(4, 3)
     assert dispatch.select("auto", A=A, B=A, loss="sdm", exclude_self=False).name == "cpu"
-    assert dispatch.select("auto", A=A.half(), B=A.half(), loss="sdm", exclude_self=False).name == "reference"
+    assert dispatch.select("auto", A=A.bfloat16(), B=A.bfloat16(), loss="sdm", exclude_self=False).name == "cpu"
+    assert dispatch.select("auto", A=A.to(torch.float8_e4m3fn), B=A.to(torch.float8_e4m3fn), loss="sdm",
+                           exclude_self=False).name == "reference"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(dtype):
+    """fp16/bf16 features are upcast: the fused error obeys the 2x-of-reference rule in that dtype."""
+    for loss in ("sdm", "infonce"):
+        check_against_reference(90, 70, 24, loss=loss, labels="repeats", exclude_self=False, dtype=dtype, floor=FLOOR[torch.float32])
 
 
 def test_bit_identical_reruns():

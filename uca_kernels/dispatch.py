@@ -59,11 +59,13 @@ class CpuBackend(Backend):
         reasons = self.available_reasons()
         if A.device.type != "cpu":
             reasons.append(f"needs CPU tensors, got {A.device.type}")
-        if A.dtype not in (torch.float32, torch.float64):
-            reasons.append(f"needs float32 or float64 inputs, got {A.dtype}")
+        if A.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            reasons.append(f"needs float16/bfloat16/float32/float64 inputs, got {A.dtype}")
         return reasons
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        if A.dtype in (torch.float16, torch.bfloat16):  # CPU kernels compute in float32
+            A, B = A.float(), B.float()
         out = torch.ops.uca.contrast_forward(
             A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
             labels_a.contiguous(), labels_b.contiguous(), loss, exclude_self,
