@@ -1,0 +1,7 @@
+"""``python -m uca_model <command> ...`` -- the same as the ``uca`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
