@@ -180,7 +180,8 @@ def train_wordpiece(
                          "character pieces these captions need")
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=pinned, initial_alphabet=chars,
-                                        limit_alphabet=len(chars), continuing_subword_prefix="##")
+                                        limit_alphabet=len(chars), continuing_subword_prefix="##",
+                                        show_progress=False)
     tok.train_from_iterator(captions, trainer=trainer, length=len(captions))
     vocab = dict(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
     tok = build(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
