@@ -21,9 +21,9 @@ not change any metric).
 **Memory.** Scores are consumed ``chunk_size`` queries at a time, and may be given as a callable
 ``scores(start, stop) -> [stop - start, G]`` (:class:`CosineScores`, :class:`GaussianScores`) so
 that the full Q x G matrix never exists: a 100k x 100k evaluation needs O(chunk_size * G) memory.
-Per chunk the work is O(G log P) per query (P = positives of the query): the ranks of the
-positives come from a batched ``searchsorted`` against the positives' scores, with no full sort and no
-Python loop over queries.
+Per chunk the work is O(G min(P, log P)) per query (P = positives of the query): the ranks of
+the positives come from comparisons or a batched ``searchsorted`` against the positives' scores, with
+no full sort and no Python loop over queries.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 TIES = ("pessimistic", "optimistic")
+#: up to this many positives per query, ranks are counted by direct comparison, above by binary search
+_COMPARE_MAX_P = 16
 #: default bound on the elements of one [chunk, G] score block (about 60 bytes of work memory each)
 CHUNK_ELEMENTS = 1 << 21
 
@@ -78,8 +80,9 @@ def _rank_chunk(s: torch.Tensor, pos: torch.Tensor, ties: str, ks: Sequence[int]
 
     With the positives' scores sorted ascending, ``v[0] <= ... <= v[P-1]``, the positive holding
     ascending slot ``j`` is the ``(P - j)``-th positive from the top, so (pessimistic ties)
-    ``rank_j = #{negatives with score >= v_j} + (P - j)``; optimistic uses ``>``. The negative
-    counts come from one batched ``searchsorted`` of every score into ``v`` and a histogram.
+    ``rank_j = #{negatives with score >= v_j} + (P - j)``; optimistic uses ``>``. The counts come
+    from one comparison pass per positive slot (P small) or from one batched ``searchsorted`` of
+    every score into ``v`` and a histogram (P large).
     """
     c, G = s.shape
     n_pos = pos.sum(1)  # [c]
@@ -91,11 +94,15 @@ def _rank_chunk(s: torch.Tensor, pos: torch.Tensor, ties: str, ks: Sequence[int]
     valid = slot[None, :] < n_pos[:, None]  # [c, P]
     v = torch.where(valid, v, inf).contiguous()
     right = ties == "pessimistic"  # ">=" counts ties against the positive, ">" for it
-    # -- every item scoring >= v_j (or > v_j): bucket each score by how many v it reaches --
-    bucket = torch.searchsorted(v, s.contiguous(), right=right)  # [c, G] in 0..P
-    hist = torch.zeros(c, P + 1, dtype=torch.int64, device=s.device)
-    hist.scatter_add_(1, bucket, torch.ones_like(bucket))
-    n_all = G - hist.cumsum(1)[:, :P]  # [c, P] items in buckets > j
+    # -- every item scoring >= v_j (or > v_j) --
+    if P <= _COMPARE_MAX_P:  # few positives: one vectorised comparison per positive slot
+        ge = torch.ge if right else torch.gt
+        n_all = torch.stack([ge(s, v[:, j:j + 1]).sum(1, dtype=torch.int64) for j in range(P)], 1)  # [c, P]
+    else:  # many: bucket each score by how many v it reaches (binary search), then a histogram
+        bucket = torch.searchsorted(v, s.contiguous(), right=right)  # [c, G] in 0..P
+        offset = torch.arange(c, device=s.device)[:, None] * (P + 1)
+        hist = torch.bincount((bucket + offset).flatten(), minlength=c * (P + 1)).view(c, P + 1)
+        n_all = G - hist.cumsum(1)[:, :P]  # [c, P] items in buckets > j
     # -- the positives among them --
     # positives >= v_j (pessimistic) = P - #{< v_j}; > v_j (optimistic) = P - #{<= v_j}, where the
     # padding can only be counted when v_j = +inf, and then the clamp gives the right 0

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import uca_kernels
+from uca_model import metrics
 from uca_model.metrics import (
     CHUNK_ELEMENTS,
     CosineScores,
@@ -112,17 +113,25 @@ def retrieval_problem(draw):
     return s, qp, gp, chunk, ties
 
 
-@settings(max_examples=100, deadline=None)
-@given(retrieval_problem())
-def test_agrees_with_brute_force(problem):
+@pytest.fixture(params=["compare", "searchsorted"])
+def count_path(request, monkeypatch):
+    """Run a test through both ways of counting the items above each positive."""
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_P", 16 if request.param == "compare" else 0)
+    return request.param
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=retrieval_problem())
+def test_agrees_with_brute_force(problem, count_path):
     s, qp, gp, chunk, ties = problem
     got = retrieval_metrics(torch.from_numpy(s), query_pids=qp, gallery_pids=gp, chunk_size=chunk, ties=ties)
     assert_close(got, brute_force(s.astype(np.float64), qp, gp, ties))
 
 
-def test_agrees_with_brute_force_larger_random():
+def test_agrees_with_brute_force_larger_random(count_path):
     rng = np.random.default_rng(1)
     gp = rng.integers(0, 40, 300)
+    gp[:40] = 7  # one identity with many positives (more than the comparison path takes)
     qp = rng.choice(gp, 120)
     s = rng.normal(size=(120, 300)).astype(np.float32)
     s[:, :50] = np.round(s[:, :50])  # a block of ties
