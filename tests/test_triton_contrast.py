@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 
+triton = pytest.importorskip("triton")
+
 from uca_kernels import contrast, contrast_reference, dispatch
 from uca_kernels import triton_contrast as tc
 
@@ -332,7 +334,7 @@ def test_tf32_precisions_run(precision, monkeypatch):
     case = make_case(70, 130, 100, "repeat", seed=29)
     got = run(case, torch.float32, "sdm", False)
     want = oracle(case, "sdm", False)
-    assert_matches(got, want, 3e-3 if precision == "tf32" else REL_TOL[torch.float32], precision)
+    assert_matches(got, want, 3e-3 if precision == "tf32" else 1e-4, precision)
 
 
 # -- dispatch, registration, compile -------------------------------------------------------------
@@ -452,3 +454,37 @@ def test_gpu_float64_and_autotuned_determinism():
     first, second = run(case, torch.float32, "infonce", False), run(case, torch.float32, "infonce", False)
     assert all(torch.equal(a, b) for a, b in zip(first[:2], second[:2]))
     assert all(torch.equal(first[2][k], second[2][k]) for k in LEAVES)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_peak_extra_memory_below_one_percent_of_reference():
+    """Memory beyond inputs and gradients during forward + backward: O((M + N)·E) for the fused op
+    (stats, per-row partial sums) against the reference's O(M·N) logits and softmax."""
+    M = N = 8192
+    case = make_case(M, N, 256, "repeat", seed=47)
+    extra = {}
+    for backend in ("triton", "reference"):
+        run(case, torch.float32, "sdm", False, backend=backend)  # warm-up: autotuning, allocator
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _, _, grads = run(case, torch.float32, "sdm", False, backend=backend)
+        torch.cuda.synchronize()
+        outputs = sum(g.numel() * g.element_size() for g in grads.values())
+        extra[backend] = torch.cuda.max_memory_allocated() - base - outputs
+        del grads
+    assert extra["triton"] <= 0.01 * extra["reference"], extra
+
+
+def test_gpu_tile_candidates_are_pruned():
+    """Autotune candidates: no BLOCK_E far above E; float64 only tiles whose backward fits."""
+    configs = [triton.Config({"BLOCK_A": a, "BLOCK_B": b, "BLOCK_E": e}, num_warps=w, num_stages=s)
+               for a, b, e, w, s in tc._GPU_TILES]
+    f32, f64 = torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.float64)
+    small = tc._prune_tiles(configs, {"E": 16, "a_ptr": f32})
+    assert small and all(cfg.kwargs["BLOCK_E"] <= 32 for cfg in small)
+    assert len(tc._prune_tiles(configs, {"E": 1024, "a_ptr": f32})) == len(configs)
+    wide64 = tc._prune_tiles(configs, {"E": 1024, "a_ptr": f64})
+    assert wide64 and all(cfg.kwargs["BLOCK_E"] <= 64 and cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] <= 4096
+                          for cfg in wide64)

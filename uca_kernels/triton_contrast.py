@@ -105,7 +105,10 @@ def set_input_precision(precision: str | None) -> None:
 
 
 def get_input_precision() -> str:
-    """The precision used for float32 inputs (setter, else ``UCA_TRITON_PRECISION``, else "ieee")."""
+    """The precision used for float32 inputs (setter, else ``UCA_TRITON_PRECISION``, else "ieee").
+
+    Read at every forward and backward call: change it between training steps, not between a
+    forward and its backward (the backward must recompute the forward's logits bit for bit)."""
     if _precision_override is not None:
         return _precision_override
     value = os.environ.get("UCA_TRITON_PRECISION", "") or "ieee"
@@ -298,28 +301,28 @@ if triton is not None:
             valid = mask_own[:, None] & mask_oth[None, :]
             if EXCLUDE_SELF:
                 valid = valid & (offs_own[:, None] != offs_oth[None, :])
-            pos = valid & (l_own[:, None] == l_oth[None, :])
+            sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
+            sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
 
             # -- online log-sum-exp over valid entries --
-            m_new = tl.maximum(m, tl.max(tl.where(valid, s, float("-inf")), 1))
+            m_new = tl.maximum(m, tl.max(sv, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # finite point to subtract
             alpha = tl.exp(m - m_ref)  # rescales the old sums; 0 while m = -inf
             shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
-            x = tl.where(valid, s - m_ref[:, None], 0.0)  # ≤ 0 on valid entries
-            e = tl.where(valid, tl.exp(x), 0.0)
+            x = tl.maximum(sv - m_ref[:, None], -1e30)  # ≤ 0; a huge finite value where not valid
+            e = tl.exp(x)  # 0 where not valid
             w = alpha * (w + shift * l) + tl.sum(e * x, 1)
             l = alpha * l + tl.sum(e, 1)
             if IS_SDM:
-                lneg = alpha * lneg + tl.sum(tl.where(pos, 0.0, e), 1)
+                lneg = alpha * lneg + tl.sum(tl.where(sp == float("-inf"), e, 0.0), 1)
             m = m_new
 
             # -- online log-sum-exp over positives (own running max) --
-            mp_new = tl.maximum(mp, tl.max(tl.where(pos, s, float("-inf")), 1))
+            mp_new = tl.maximum(mp, tl.max(sp, 1))
             mp_ref = tl.where(mp_new == float("-inf"), 0.0, mp_new)
-            ep = tl.where(pos, tl.exp(tl.where(pos, s - mp_ref[:, None], 0.0)), 0.0)
-            lp = lp * tl.exp(mp - mp_ref) + tl.sum(ep, 1)
+            lp = lp * tl.exp(mp - mp_ref) + tl.sum(tl.exp(sp - mp_ref[:, None]), 1)
             mp = mp_new
-            npos += tl.sum(pos.to(ACC), 1)
+            npos += tl.sum((sp > float("-inf")).to(ACC), 1)
 
         # -- epilogue: stats and loss (0 for rows without positives) --
         has_l = l > 0
@@ -343,8 +346,19 @@ if triton is not None:
         tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
         tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
 
-    # The row launch picks the tile for a problem; every other launch reuses it (see _tile_config).
-    _contrast_fwd_tuned = triton.autotune(configs=_configs(), key=["M", "N", "E", "PRECISION"])(_contrast_fwd_kernel)
+    def _prune_tiles(configs, named_args, **kwargs):
+        """Drop candidates that only waste tuning time (BLOCK_E far above E) and, for float64,
+        tiles whose backward (same tile, plus the dX GEMM) would not fit in shared memory."""
+        cap = max(32, triton.next_power_of_2(named_args["E"]))
+        fp64 = named_args["a_ptr"].dtype == torch.float64
+        kept = [cfg for cfg in configs
+                if cfg.kwargs["BLOCK_E"] <= cap
+                and not (fp64 and (cfg.kwargs["BLOCK_E"] > 64 or cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] > 64 * 64))]
+        return kept or configs[:1]
+
+    # The row launch picks the tile of a problem; every other launch reuses it (_TILE_CONFIGS).
+    _contrast_fwd_tuned = triton.autotune(configs=_configs(), key=["M", "N", "E", "PRECISION"],
+                                          prune_configs_by={"early_config_prune": _prune_tiles})(_contrast_fwd_kernel)
 
     @triton.jit
     def _side_consts(g_ptr, loss_ptr, stats_ptr, offs, mask, SDM_EPS: tl.constexpr):
@@ -360,14 +374,16 @@ if triton is not None:
         return g, tl.where(active, lse, 0.0), tl.where(active, lsep, 0.0), loss, logq
 
     @triton.jit
-    def _dloss_dlogit(s, pos, g, lse, lsep, loss, logq, IS_SDM: tl.constexpr, LOG_SDM_EPS: tl.constexpr):
-        """g · ∂L/∂S for one side (arguments broadcast); exponents clamped to ≤ 0, so no inf."""
-        x = tl.minimum(s - lse, 0.0)  # log p
+    def _dloss_dlogit(sv, sp, g, lse, lsep, loss, logq, IS_SDM: tl.constexpr, LOG_SDM_EPS: tl.constexpr):
+        """g · ∂L/∂S for one side (arguments broadcast). sv: logits, -inf where not a valid pair;
+        sp: the same, -inf where not a positive. Exponents are clamped to [-1e30, 0], so there is
+        no inf and no 0·inf, and invalid pairs get exactly 0."""
+        x = tl.minimum(tl.maximum(sv - lse, -1e30), 0.0)  # log p
         p = tl.exp(x)
         if IS_SDM:
-            d = p * (x - tl.where(pos, logq, LOG_SDM_EPS) - loss)
+            d = p * (x - tl.where(sp > float("-inf"), logq, LOG_SDM_EPS) - loss)
         else:
-            d = p - tl.where(pos, tl.exp(tl.minimum(s - lsep, 0.0)), 0.0)
+            d = p - tl.exp(tl.minimum(sp - lsep, 0.0))
         return g * d
 
     @triton.jit
@@ -446,14 +462,14 @@ if triton is not None:
             valid = mask_own[:, None] & mask_oth[None, :]
             if EXCLUDE_SELF:
                 valid = valid & (offs_own[:, None] != offs_oth[None, :])
-            pos = valid & (l_own[:, None] == l_oth[None, :])
+            sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
+            sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
 
-            # -- dS from both sides' stats --
-            ds = _dloss_dlogit(s, pos, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
+            # -- dS from both sides' stats (exactly 0 where not a valid pair) --
+            ds = _dloss_dlogit(sv, sp, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
                                logq_x[:, None], IS_SDM, LOG_SDM_EPS)
-            ds += _dloss_dlogit(s, pos, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
+            ds += _dloss_dlogit(sv, sp, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
                                 logq_y[None, :], IS_SDM, LOG_SDM_EPS)
-            ds = tl.where(valid, ds, 0.0)
             sum_ds += tl.sum(ds, 1)
             if WRITE_DST:
                 sum_dst += tl.sum(ds * t, 1)
@@ -518,8 +534,13 @@ def _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x with unit stride along features (row stride free: padded rows are not copied)."""
-    return x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
+    """x with unit stride along features (row stride free: padded rows are not copied); the
+    kernels index with int32 offsets."""
+    x = x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
+    if x.shape[0] * max(x.stride(0), x.shape[1]) >= 2**31:
+        raise ValueError(f"features of shape {tuple(x.shape)} (row stride {x.stride(0)}) span 2**31 elements or "
+                         "more; the Triton kernels use int32 offsets")
+    return x
 
 
 def _flags(A: torch.Tensor, loss: str, exclude_self: bool) -> dict:
