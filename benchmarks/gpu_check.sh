@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# One-shot check on a lent GPU machine (one H100/H200; Python 3.12, torch 2.11 + CUDA 13.0,
+# triton 3.6, nvcc 13.0, pytest; bare and offline): build the extension, report what is usable,
+# run the tests on the GPU, run the GPU benchmarks, print a short table last.
+#
+#   bash benchmarks/gpu_check.sh              # on the GPU machine, from anywhere in the checkout
+#   bash benchmarks/gpu_check.sh --dry-run    # anywhere: the CPU-safe parts at tiny sizes
+#                                             # (same as UCA_GPU_CHECK_DRY=1; no build, no GPU;
+#                                             # files named headline-dry.*, sweep-dry.*)
+#
+# Budget: under 8 minutes on one H100, build included. Every step runs under `timeout` with what is
+# left of UCA_GPU_CHECK_BUDGET_S (default 450 s) minus what later steps are guaranteed; a step that
+# fails or times out is recorded in steps.tsv and the script goes on.
+#
+# Rows record the commit from git, or from UCA_BENCH_COMMIT where the copy has no .git.
+#
+# Everything lands in $OUT (default ./gpu_check_out), at most 8 files, none in subfolders:
+#   log.txt                          every step's full output
+#   steps.tsv                        step, exit code (124 = timed out), seconds
+#   headline-cuda.{json,csv,md}      W2+SDM fwd+bwd, E = 1024, fp32 (TF32) and bf16: each fused
+#                                    backend (B = 1024 … 262144) vs reference (… 65536) vs four
+#                                    torch.matmul; fused / 4-matmul time at B = 32768
+#   sweep-cuda.{json,csv,md}         the issue-7 sweep on a subset of cases, as time allows
+#                                    (plots: python -m benchmarks.plot sweep-cuda.json, here)
+set -u
+cd "$(dirname "$0")/.."
+
+DRY=${UCA_GPU_CHECK_DRY:-0}
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+LOG=$OUT/log.txt
+STEPS=$OUT/steps.tsv
+BUDGET_S=${UCA_GPU_CHECK_BUDGET_S:-450}
+START=$(date +%s)
+export PYTHONUNBUFFERED=1
+if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
+: > "$LOG"
+printf 'step\texit\tseconds\n' > "$STEPS"
+
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# step NAME MAX_S RESERVE_S CMD...: run CMD with a timeout of min(MAX_S, time left - RESERVE_S).
+step() {
+    local name=$1 max=$2 reserve=$3
+    shift 3
+    local t=$(( $(left) - reserve ))
+    [ "$t" -gt "$max" ] && t=$max
+    if [ "$t" -lt 15 ]; then
+        printf '%s\tskipped\t0\n' "$name" >> "$STEPS"
+        echo "== $name: skipped (budget spent)" | tee -a "$LOG"
+        return 0
+    fi
+    echo "== $name (timeout ${t}s): $*" | tee -a "$LOG"
+    local s=$(date +%s)
+    timeout -k 10 "$t" "$@" >> "$LOG" 2>&1
+    local rc=$?
+    local took=$(( $(date +%s) - s ))
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$took" >> "$STEPS"
+    echo "   $name: exit $rc after ${took}s$([ $rc = 124 ] && echo ' (TIMED OUT)')" | tee -a "$LOG"
+    return 0
+}
+
+{
+    echo "gpu_check $(date -u +%FT%TZ) dry=$DRY budget=${BUDGET_S}s commit=${UCA_BENCH_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null)}"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -3
+    $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available())" 2>&1
+} | tee -a "$LOG"
+
+# -- 1. build --------------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+    echo "== build: skipped in a dry run (uses the extension built here)" | tee -a "$LOG"
+    printf 'build\tskipped\t0\n' >> "$STEPS"
+else
+    export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+    if ls csrc/cuda/*.cu > /dev/null 2>&1; then export UCA_BUILD_CUDA=1; else export UCA_BUILD_CUDA=0; fi
+    echo "   UCA_BUILD_CUDA=$UCA_BUILD_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$LOG"
+    # --no-deps: the machine is offline and has the dependencies; fall back to an in-place build.
+    step build 240 200 bash -c "$PY -m pip install --no-build-isolation --no-deps -e . \
+        || $PY setup.py build_ext --inplace"
+fi
+
+# -- 2. what is usable -----------------------------------------------------------------------------
+step info 60 190 $PY -m uca_kernels.info
+grep -E "^extension|^  [a-z]+ +(usable|unusable)" "$LOG" || true
+
+# -- 3. tests on the GPU ---------------------------------------------------------------------------
+# addopts cleared: the project's --benchmark-disable needs pytest-benchmark, which may be absent.
+if [ "$DRY" = 1 ]; then
+    step tests 60 150 $PY -m pytest -o addopts="" -q -x tests --collect-only
+else
+    step tests 150 170 $PY -m pytest -o addopts="" -q -x tests
+fi
+tail -n 40 "$LOG" | grep -E "passed|failed|error" | tail -n 2 || true
+
+# -- 4. headline: fused vs reference vs four matmuls ----------------------------------------------
+if [ "$DRY" = 1 ]; then
+    step headline 120 40 $PY -m benchmarks.headline --device cpu --dry --dtypes float32,bfloat16 \
+        --name headline-dry --out "$OUT"
+else
+    step headline 150 40 $PY -m benchmarks.headline --device cuda --out "$OUT"
+fi
+
+# -- 5. the sweep, on a subset of cases, in what time is left --------------------------------------
+SWEEP_S=$(( $(left) - 15 ))
+SWEEP_MIN=$(awk "BEGIN { printf \"%.2f\", ($SWEEP_S - 25) / 60 }")
+if [ "$DRY" = 1 ]; then
+    step sweep 120 10 $PY -m benchmarks.sweep --device cpu --ci --b-max 512 --max-call-s 0.5 \
+        --providers cpu,triton,cuda,reference,naive,infcl --target-s 0.1 \
+        --name sweep-dry --out "$OUT" --no-plot --budget-min "$SWEEP_MIN"
+else
+    step sweep 600 10 $PY -m benchmarks.sweep --device cuda --gpu --out "$OUT" --no-plot \
+        --cases dist-w2-sdm,dist-kl-infonce,point-K4,clip --compile-cases dist-w2-sdm-D512-fwdbwd \
+        --max-call-s 1 --target-s 0.2 --budget-min "$SWEEP_MIN"
+fi
+
+# -- the short table -------------------------------------------------------------------------------
+echo
+echo "== steps (exit 124 = timed out)"
+column -t -s $'\t' "$STEPS" 2>/dev/null || cat "$STEPS"
+echo
+echo "== total $(( $(date +%s) - START ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+for f in "$OUT"/headline-*.md; do
+    [ -f "$f" ] || continue
+    echo
+    sed -n '/^| dtype/,/^$/p;/^## Ratios/,$p' "$f"
+done

@@ -1,0 +1,185 @@
+"""Plots and a markdown summary from a sweep's JSON (nothing is re-measured).
+
+    python -m benchmarks.plot benchmarks/results/sweep-cpu.json [--no-png]
+
+Writes, beside the JSON: ``<stem>-<group>.png`` (one figure per case group: a row per D and mode,
+time vs B and peak extra memory vs B, log-log, one line per provider) and ``<stem>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+PROVIDER_ORDER = ("cuda", "triton", "cpu", "reference", "compile", "naive", "keops", "infcl")
+COLORS = {"cuda": "#d62728", "triton": "#9467bd", "cpu": "#1f77b4", "reference": "#2ca02c", "compile": "#17becf",
+          "naive": "#ff7f0e", "keops": "#8c564b", "infcl": "#e377c2"}
+
+
+def load(path: str) -> tuple[dict, list[dict]]:
+    with open(path) as f:
+        data = json.load(f)
+    return data["meta"], data["rows"]
+
+
+def _ordered(names) -> list[str]:
+    return sorted(set(names), key=lambda p: (PROVIDER_ORDER.index(p) if p in PROVIDER_ORDER else 99, p))
+
+
+def _fmt_ms(s: float) -> str:
+    ms = s * 1e3
+    return f"{ms:.3g}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def _fmt_mib(b: float) -> str:
+    mib = b / 2**20
+    return f"{mib:.3g}" if mib < 1000 else f"{mib:,.0f}"
+
+
+def stop_summary(rows: list[dict], case: str, provider: str) -> str:
+    """'largest B that ran (why it stopped)' for one case and provider."""
+    mine = [r for r in rows if r["case"] == case and r["provider"] == provider]
+    if not mine:
+        return ""
+    if mine[0]["status"] == "skipped":
+        return "skipped"
+    ok = [r["B"] for r in mine if r["status"] == "ok"]
+    last = mine[-1]
+    why = {"stopped": last.get("reason", "").split(":")[0], "ok": "max B", "mismatch": "MISMATCH"}.get(
+        last["status"], last["status"])
+    return f"{max(ok) if ok else '—'}" + (f" ({why})" if why else "")
+
+
+def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]) -> None:
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    providers = _ordered(r["provider"] for r in rows)
+    s = meta.get("settings", {})
+    lines = [
+        f"# Benchmark sweep: {meta['device_name']}",
+        "",
+        f"torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}, {s.get('dtype', '')}, "
+        f"{meta.get('threads', '?')} threads; {meta.get('elapsed_s', '?')} s in all. "
+        f"Command: `python -m benchmarks.sweep {' '.join(meta.get('argv', []))}`.",
+        "",
+        "Each provider is checked against the float64 reference before it is timed (error = max |x − x₆₄| / "
+        "max |x₆₄| over the loss and every input gradient). Times are medians of wall time "
+        f"(≥ {s.get('min_reps', 3)} calls, 20/80 % quantiles in the CSV); memory is the peak extra memory of a "
+        "call (CPU: peak RSS of a fresh process minus its baseline; GPU: `max_memory_allocated`). "
+        f"B doubles from {s.get('b_min')} until a call is predicted to take more than {s.get('max_call_s')} s or "
+        f"to need more than {s.get('max_mem_gb', 0):.1f} GiB, or fails. GFLOP/s count the fused op's useful "
+        "work (DESIGN.md section 6: 2·M·N·E per pass, forward 1 pass, forward+backward 4).",
+        "",
+        "## Where each provider stops",
+        "",
+        "Largest B that ran, and why the next did not (`time`, `memory`, `oom`, `timeout`, `max B`); "
+        "`skipped`: not available here or not applicable (reasons in the JSON).",
+        "",
+        "| case | " + " | ".join(providers) + " |",
+        "|---|" + "---|" * len(providers),
+    ]
+    for case in cases:
+        lines.append(f"| {case} | " + " | ".join(stop_summary(rows, case, p) for p in providers) + " |")
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines += ["", "## Fused vs reference at the largest B both ran", "",
+              "| case | B | fused | fused ms | reference ms | speed-up | fused MiB | reference MiB | memory ÷ |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for case in cases:
+        ref = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == "reference"}
+        fused = {}
+        for r in ok:
+            if r["case"] == case and r["provider"] in ("cuda", "triton", "cpu") and r["B"] in ref:
+                if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
+                    fused[r["B"]] = r
+        if not fused:
+            continue
+        B = max(fused)
+        f, rf = fused[B], ref[B]
+        lines.append(f"| {case} | {B} | {f['provider']} | {_fmt_ms(f['time_median_s'])} | "
+                     f"{_fmt_ms(rf['time_median_s'])} | {rf['time_median_s'] / f['time_median_s']:.2f}× | "
+                     f"{_fmt_mib(f['peak_mem_bytes'])} | {_fmt_mib(rf['peak_mem_bytes'])} | "
+                     f"{rf['peak_mem_bytes'] / max(f['peak_mem_bytes'], 1):.1f}× |")
+    lines += ["", "## Every case", "", "Each cell: median ms / peak extra MiB (GFLOP/s in the CSV).", ""]
+    for case in cases:
+        mine = [r for r in ok if r["case"] == case]
+        group = case.rsplit("-D", 1)[0]
+        lines.append(f"### {case}")
+        lines.append("")
+        if group in pngs:
+            lines += [f"![{group}]({os.path.basename(pngs[group])})", ""]
+        if not mine:
+            lines += ["No provider ran.", ""]
+            continue
+        provs = _ordered(r["provider"] for r in mine)
+        lines += ["| B | " + " | ".join(provs) + " |", "|---|" + "---|" * len(provs)]
+        by = {(r["B"], r["provider"]): r for r in mine}
+        for B in sorted({r["B"] for r in mine}):
+            cells = [f"{_fmt_ms(by[B, p]['time_median_s'])} / {_fmt_mib(by[B, p]['peak_mem_bytes'])}"
+                     if (B, p) in by else "" for p in provs]
+            lines.append(f"| {B} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_pngs(stem: str, meta: dict, rows: list[dict]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    groups = defaultdict(list)
+    for r in ok:
+        groups[r["group"]].append(r)
+    out = {}
+    for group, grows in groups.items():
+        variants = sorted({(r["D"], r["mode"]) for r in grows}, key=lambda v: (v[0], v[1] != "fwd"))
+        fig, axes = plt.subplots(len(variants), 2, figsize=(11, 3.6 * len(variants)), squeeze=False)
+        for (D, mode), (ax_t, ax_m) in zip(variants, axes):
+            vrows = [r for r in grows if r["D"] == D and r["mode"] == mode]
+            for p in _ordered(r["provider"] for r in vrows):
+                pr = sorted((r for r in vrows if r["provider"] == p), key=lambda r: r["B"])
+                Bs = [r["B"] for r in pr]
+                style = dict(marker="o", ms=3, label=p, color=COLORS.get(p))
+                ax_t.plot(Bs, [r["time_median_s"] * 1e3 for r in pr], **style)
+                ax_m.plot(Bs, [max(r["peak_mem_bytes"], 1) / 2**20 for r in pr], **style)
+            for ax, what in ((ax_t, "median time (ms)"), (ax_m, "peak extra memory (MiB)")):
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("batch size B")
+                ax.set_ylabel(what)
+                ax.set_title(f"{group}, D={D}, {mode}", fontsize=10)
+                ax.grid(True, which="both", alpha=0.3)
+            ax_t.legend(fontsize=8)
+        fig.suptitle(f"{meta['device_name']} — torch {meta['torch']}, {meta['commit']}", fontsize=9)
+        fig.tight_layout()
+        path = f"{stem}-{group}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        out[group] = path
+    return out
+
+
+def report(json_path: str, png: bool = True) -> list[str]:
+    """Write the PNGs (unless ``png`` is False) and the markdown summary of a sweep JSON."""
+    meta, rows = load(json_path)
+    stem = json_path[:-5] if json_path.endswith(".json") else json_path
+    pngs = write_pngs(stem, meta, rows) if png else {}
+    write_markdown(stem + ".md", meta, rows, pngs)
+    return [*pngs.values(), stem + ".md"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", help="a sweep-*.json")
+    ap.add_argument("--no-png", action="store_true", help="markdown only")
+    args = ap.parse_args(argv)
+    for path in report(args.json, png=not args.no_png):
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
