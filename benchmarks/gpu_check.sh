@@ -20,7 +20,8 @@
 #   headline-cuda.{json,csv,md}      W2+SDM fwd+bwd, E = 1024, fp32 (TF32) and bf16: each fused
 #                                    backend (B = 1024 … 262144) vs reference (… 65536) vs four
 #                                    torch.matmul; fused / 4-matmul time at B = 32768
-#   sweep-cuda.{json,csv,md}         the issue-7 sweep on a subset of cases, as time allows
+#   sweep-cuda.{json,csv,md}         the issue-7 sweep on a subset of cases (D = 512), B ≤ 65536,
+#                                    as far as the time left allows
 #                                    (plots: python -m benchmarks.plot sweep-cuda.json, here)
 set -u
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ step() {
 
 {
     echo "gpu_check $(date -u +%FT%TZ) dry=$DRY budget=${BUDGET_S}s commit=${UCA_BENCH_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null)}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -3
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available())" 2>&1
 } | tee -a "$LOG"
@@ -85,12 +86,13 @@ fi
 step info 60 190 $PY -m uca_kernels.info
 grep -E "^extension|^  [a-z]+ +(usable|unusable)" "$LOG" || true
 
-# -- 3. tests on the GPU ---------------------------------------------------------------------------
+# -- 3. the kernel tests on the GPU (the model's tests need no GPU: CI runs them) ------------------
 # addopts cleared: the project's --benchmark-disable needs pytest-benchmark, which may be absent.
+TESTS="$PY -m pytest -o addopts= -p no:cacheprovider -q -x tests --ignore=tests/model"
 if [ "$DRY" = 1 ]; then
-    step tests 60 150 $PY -m pytest -o addopts="" -q -x tests --collect-only
+    step tests 60 150 $TESTS --collect-only
 else
-    step tests 150 170 $PY -m pytest -o addopts="" -q -x tests
+    step tests 150 170 $TESTS
 fi
 tail -n 40 "$LOG" | grep -E "passed|failed|error" | tail -n 2 || true
 
@@ -106,13 +108,13 @@ fi
 SWEEP_S=$(( $(left) - 15 ))
 SWEEP_MIN=$(awk "BEGIN { printf \"%.2f\", ($SWEEP_S - 25) / 60 }")
 if [ "$DRY" = 1 ]; then
-    step sweep 120 10 $PY -m benchmarks.sweep --device cpu --ci --b-max 512 --max-call-s 0.5 \
+    step sweep 120 10 $PY -m benchmarks.sweep --device cpu --ci --b-max 512 --b-max-fused 1024 --max-call-s 0.5 \
         --providers cpu,triton,cuda,reference,naive,infcl --target-s 0.1 \
         --name sweep-dry --out "$OUT" --no-plot --budget-min "$SWEEP_MIN"
 else
     step sweep 600 10 $PY -m benchmarks.sweep --device cuda --gpu --out "$OUT" --no-plot \
         --cases dist-w2-sdm,dist-kl-infonce,point-K4,clip --compile-cases dist-w2-sdm-D512-fwdbwd \
-        --max-call-s 1 --target-s 0.2 --budget-min "$SWEEP_MIN"
+        --b-max 32768 --b-max-fused 65536 --max-call-s 1 --target-s 0.2 --budget-min "$SWEEP_MIN"
 fi
 
 # -- the short table -------------------------------------------------------------------------------

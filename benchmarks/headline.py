@@ -118,6 +118,14 @@ def summarize(rows: list[dict], args, fused: list[str]) -> dict:
             if ref:
                 s[p]["time_over_reference"] = f["time_median_s"] / ref["time_median_s"]
                 s[p]["reference_mem_over_fused_mem"] = ref["peak_mem_bytes"] / max(f["peak_mem_bytes"], 1)
+            common = [r["B"] for r in rows if r["provider"] == p and r["dtype"] == dt and r["status"] == "ok"
+                      and _at(rows, "reference", r["B"], dt)]
+            if common:  # the reference may stop (memory) before the ratio batch
+                Bc = max(common)
+                fc, rc = _at(rows, p, Bc, dt), _at(rows, "reference", Bc, dt)
+                s[p]["largest_common_B_with_reference"] = Bc
+                s[p]["time_over_reference_there"] = fc["time_median_s"] / rc["time_median_s"]
+                s[p]["reference_mem_over_fused_mem_there"] = rc["peak_mem_bytes"] / max(fc["peak_mem_bytes"], 1)
         if ref:
             s["reference"] = {"time_s": ref["time_median_s"], "peak_mem_bytes": ref["peak_mem_bytes"]}
         if mm:
@@ -166,6 +174,11 @@ def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args)
                              f"peak memory reference / {p} = {v['reference_mem_over_fused_mem']:.1f}×")
             if "time_over_matmul4" in v:
                 parts.append(f"time {p} / four matmuls = {v['time_over_matmul4']:.3f}")
+            Bc = v.get("largest_common_B_with_reference")
+            if Bc and Bc != R:
+                parts.append(f"at B = {Bc}, the largest the reference ran: time {p} / reference = "
+                             f"{v['time_over_reference_there']:.3f}, peak memory reference / {p} = "
+                             f"{v['reference_mem_over_fused_mem_there']:.1f}×")
             if parts:
                 lines.append(f"- {dt}, B = {R}: " + "; ".join(parts))
         if "reference_predicted_peak_bytes_at_large_batch" in s:
