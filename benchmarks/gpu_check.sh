@@ -126,5 +126,5 @@ echo "== total $(( $(date +%s) - START ))s; files in $OUT: $(ls "$OUT" | tr '\n'
 for f in "$OUT"/headline-*.md; do
     [ -f "$f" ] || continue
     echo
-    sed -n '/^| dtype/,/^$/p;/^## Ratios/,$p' "$f"
+    sed -n '/^## Summary/,/^## All measurements/p' "$f" | grep -v "^## All"
 done

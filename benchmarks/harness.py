@@ -13,6 +13,10 @@
   them. CPU: each measurement runs in a fresh process (:func:`run_isolated`); after the warm-up it
   returns freed heap to the system (``malloc_trim``), takes its RSS as the baseline, resets the
   peak (``/proc/self/clear_refs``) and reports peak RSS (``VmHWM``) minus the baseline.
+- **where** (:func:`run`): in a fresh process on the CPU, in this process on a GPU; a crash, an
+  out-of-memory kill or a timeout becomes a row with its ``status`` and ``reason``.
+- **how far** (:func:`doubling`): B doubles while the next point's time and memory, predicted from
+  the last (both grow at most as B²), stay within the limits; the row where it stopped says why.
 - **rows**: every row carries :func:`environment` (device name, torch version, commit, date, ...).
 - **writing**: :func:`write_results` writes ``NAME.json`` (meta + rows) and ``NAME.csv``.
 """

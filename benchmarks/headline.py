@@ -145,15 +145,44 @@ def summarize(rows: list[dict], args, fused: list[str]) -> dict:
 
 
 def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args) -> str:
+    """Write the markdown report; returns its summary part (what is printed)."""
     title = f"Headline: W2 + SDM forward+backward, D = {args.dim} (E = {2 * args.dim}) — {meta['device_name']}"
-    lines = [f"# {title}", "",
-             f"torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}, {meta['threads']} threads. "
-             f"Command: `python -m benchmarks.headline {' '.join(meta.get('argv', []))}`. Medians of ≥ "
-             f"{args.min_reps} calls; memory = peak extra memory of a call; `matmul4` = four torch.matmul "
-             "[B, E] @ [E, B] (the fused op's forward+backward work). Each provider passed the check against "
-             "the float64 reference first (error in the JSON).", "",
-             "| dtype | provider | B | median ms | [20 %, 80 %] ms | peak extra MiB | GFLOP/s | status |",
+    head = [f"# {title}", "",
+            f"torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}, {meta['threads']} threads"
+            + (f", float32 matmuls as {meta['fp32_matmul']}" if "fp32_matmul" in meta else "") + ". "
+            f"Command: `python -m benchmarks.headline {' '.join(meta.get('argv', []))}`. Medians of ≥ "
+            f"{args.min_reps} calls; memory = peak extra memory of a call; `matmul4` = four torch.matmul "
+            "[B, E] @ [E, B] (the fused op's forward+backward work). Each provider passed the check against "
+            "the float64 reference first (errors in the JSON).", ""]
+    lines = ["## Summary", "",
+             "| dtype | provider | largest B run | ms at B = R | MiB at B = R | time ÷ four matmuls | "
+             "time ÷ reference | reference memory ÷ this |".replace("R", str(args.ratio_batch)),
              "|---|---|---|---|---|---|---|---|"]
+    for dt, s in summary.items():
+        for p in [*(k for k in s["largest_B"] if k not in ("reference", "matmul4")), "reference", "matmul4"]:
+            v = s.get(p, {})
+            ms = f"{v['time_s'] * 1e3:,.1f}" if "time_s" in v else ""
+            mib = f"{v['peak_mem_bytes'] / 2**20:,.1f}" if "peak_mem_bytes" in v else ""
+            mm = f"{v['time_over_matmul4']:.2f}" if "time_over_matmul4" in v else ""
+            ref = f"{v['time_over_reference']:.3f}" if "time_over_reference" in v else ""
+            mem = f"{v['reference_mem_over_fused_mem']:.1f}×" if "reference_mem_over_fused_mem" in v else ""
+            lines.append(f"| {dt} | {p} | {s['largest_B'].get(p, '—')} | {ms} | {mib} | {mm} | {ref} | {mem} |")
+    lines.append("")
+    for dt, s in summary.items():
+        R = s["B"]
+        for p, v in s.items():
+            Bc = v.get("largest_common_B_with_reference") if isinstance(v, dict) else None
+            if Bc and Bc != R:
+                lines.append(f"- {dt}: at B = {Bc}, the largest the reference ran: time {p} / reference = "
+                             f"{v['time_over_reference_there']:.3f}, peak memory reference / {p} = "
+                             f"{v['reference_mem_over_fused_mem_there']:.1f}×")
+        if "reference_predicted_peak_bytes_at_large_batch" in s:
+            lines.append(f"- {dt}: the reference's peak memory at B = {s['large_batch']}, predicted from its "
+                         f"measured peak at B = {R} × ({s['large_batch']}/{R})², would be "
+                         f"{s['reference_predicted_peak_bytes_at_large_batch'] / 2**30:,.1f} GiB")
+    lines += ["", "## All measurements", "",
+              "| dtype | provider | B | median ms | [20 %, 80 %] ms | peak extra MiB | GFLOP/s | status |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] == "ok":
             lines.append(f"| {r['dtype']} | {r['provider']} | {r['B']} | {r['time_median_s'] * 1e3:,.1f} | "
@@ -162,34 +191,9 @@ def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args)
         else:
             lines.append(f"| {r['dtype']} | {r['provider']} | {r.get('B', '')} | | | | | {r['status']}: "
                          f"{r.get('reason', '')} |")
-    lines += ["", "## Ratios", ""]
-    for dt, s in summary.items():
-        R = s["B"]
-        for p, v in s.items():
-            if not isinstance(v, dict) or p in ("reference", "matmul4", "largest_B"):
-                continue
-            parts = []
-            if "time_over_reference" in v:
-                parts.append(f"time {p} / reference = {v['time_over_reference']:.3f}, "
-                             f"peak memory reference / {p} = {v['reference_mem_over_fused_mem']:.1f}×")
-            if "time_over_matmul4" in v:
-                parts.append(f"time {p} / four matmuls = {v['time_over_matmul4']:.3f}")
-            Bc = v.get("largest_common_B_with_reference")
-            if Bc and Bc != R:
-                parts.append(f"at B = {Bc}, the largest the reference ran: time {p} / reference = "
-                             f"{v['time_over_reference_there']:.3f}, peak memory reference / {p} = "
-                             f"{v['reference_mem_over_fused_mem_there']:.1f}×")
-            if parts:
-                lines.append(f"- {dt}, B = {R}: " + "; ".join(parts))
-        if "reference_predicted_peak_bytes_at_large_batch" in s:
-            lines.append(f"- {dt}: the reference's peak at B = {s['large_batch']}, predicted from its measured "
-                         f"peak at B = {R} × ({s['large_batch']}/{R})², would be "
-                         f"{s['reference_predicted_peak_bytes_at_large_batch'] / 2**30:,.1f} GiB")
-        lines.append(f"- {dt}: largest B run: " + ", ".join(f"{p} {b}" for p, b in s["largest_B"].items()))
-    text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
-        f.write(text)
-    return text
+        f.write("\n".join(head + lines) + "\n")
+    return "\n".join(head + lines[:lines.index("## All measurements")]) + "\n"
 
 
 def main(argv=None) -> int:
