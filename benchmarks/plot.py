@@ -74,13 +74,28 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         "## Where each provider stops",
         "",
         "Largest B that ran, and why the next did not (`time`, `memory`, `oom`, `timeout`, `max B`); "
-        "`skipped`: not available here or not applicable (reasons in the JSON).",
+        "`skipped`: not available here or not applicable (reasons below).",
         "",
         "| case | " + " | ".join(providers) + " |",
         "|---|" + "---|" * len(providers),
     ]
     for case in cases:
         lines.append(f"| {case} | " + " | ".join(stop_summary(rows, case, p) for p in providers) + " |")
+    skipped = {}
+    for r in rows:
+        if r["status"] == "skipped":
+            skipped.setdefault(r["provider"], {}).setdefault(r["reason"], []).append(r["case"])
+    if skipped:
+        lines += ["", "Skipped:", ""]
+        for p in _ordered(skipped):
+            for reason, which in skipped[p].items():
+                where = "every case" if len(which) == len(cases) else f"{len(which)} case(s)"
+                lines.append(f"- `{p}` ({where}): {reason}")
+    failed = [r for r in rows if r["status"] in ("mismatch", "error", "oom", "timeout")]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- `{r['provider']}` {r['case']} B={r.get('B')}: {r['status']}: {r.get('reason', '')}"
+                  for r in failed]
     ok = [r for r in rows if r["status"] == "ok"]
     lines += ["", "## Fused vs reference at the largest B both ran", "",
               "| case | B | fused | fused ms | reference ms | speed-up | fused MiB | reference MiB | memory ÷ |",

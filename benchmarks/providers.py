@@ -201,13 +201,12 @@ def skip_reason(name: str, case: Case, device: str, dtype: torch.dtype = torch.f
     """Why ``name`` cannot run ``case`` on ``device`` here, or None when it can."""
     if name in FUSED:
         if name == "triton" and device == "cpu" and not os.environ.get("UCA_BENCH_TRITON_CPU"):
-            return "the Triton CPU interpreter is for tests, not timing (UCA_BENCH_TRITON_CPU=1 to force)"
+            return ("the Triton CPU interpreter is for tests, not timing "
+                    "(to force: UCA_BENCH_TRITON_CPU=1 TRITON_INTERPRET=1)")
         probe = torch.zeros(2, 2, device=device, dtype=dtype)
         reasons = dispatch.get_backend(name).not_supported_reasons(A=probe, B=probe, loss=case.loss,
                                                                    exclude_self=case.intra, explicit=True)
         return "; ".join(reasons) or None
-    if name == "compile" and device == "cpu" and dtype not in (torch.float32, torch.float64):
-        return "the reference computes in float32 on CPU"
     if name == "keops":
         if importlib.util.find_spec("pykeops") is None:
             return "pykeops is not installed"
