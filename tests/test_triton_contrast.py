@@ -478,13 +478,17 @@ def test_gpu_peak_extra_memory_below_one_percent_of_reference():
 
 
 def test_gpu_tile_candidates_are_pruned():
-    """Autotune candidates: no BLOCK_E far above E; float64 only tiles whose backward fits."""
+    """Autotune candidates: those of the dot path (fp16/bf16, tf32, ieee fp32, fp64), none with
+    BLOCK_E far above E, never an empty list."""
     configs = [triton.Config({"BLOCK_A": a, "BLOCK_B": b, "BLOCK_E": e}, num_warps=w, num_stages=s)
-               for a, b, e, w, s in tc._GPU_TILES]
-    f32, f64 = torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.float64)
-    small = tc._prune_tiles(configs, {"E": 16, "a_ptr": f32})
-    assert small and all(cfg.kwargs["BLOCK_E"] <= 32 for cfg in small)
-    assert len(tc._prune_tiles(configs, {"E": 1024, "a_ptr": f32})) == len(configs)
-    wide64 = tc._prune_tiles(configs, {"E": 1024, "a_ptr": f64})
-    assert wide64 and all(cfg.kwargs["BLOCK_E"] <= 64 and cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] <= 4096
-                          for cfg in wide64)
+               for a, b, e, w, s, _ in tc._GPU_TILES]
+    x = {dt: torch.zeros(1, 1, dtype=dt) for dt in (torch.float32, torch.bfloat16, torch.float64)}
+    for dtype, precision, path in [(torch.float32, "ieee", "ieee"), (torch.float32, "tf32", "tf32"),
+                                   (torch.float32, "tf32x3", "tf32"), (torch.bfloat16, "ieee", "f16"),
+                                   (torch.float64, "ieee", "f64")]:
+        want = {(a, b, e, w, s) for a, b, e, w, s, paths in tc._GPU_TILES if path in paths}
+        wide = tc._prune_tiles(configs, {"E": 1024, "a_ptr": x[dtype]}, PRECISION=precision)
+        assert {(c.kwargs["BLOCK_A"], c.kwargs["BLOCK_B"], c.kwargs["BLOCK_E"], c.num_warps, c.num_stages)
+                for c in wide} == want, (dtype, precision)
+        narrow = tc._prune_tiles(configs, {"E": 8, "a_ptr": x[dtype]}, PRECISION=precision)
+        assert narrow and all(c.kwargs["BLOCK_E"] == min(c2.kwargs["BLOCK_E"] for c2 in wide) for c in narrow)

@@ -122,23 +122,31 @@ def get_input_precision() -> str:
 if triton is not None:
     from triton.runtime.errors import OutOfResources
 
-    # Tile candidates on a GPU: (BLOCK_A, BLOCK_B, BLOCK_E, num_warps, num_stages). One fixed big
-    # tile under the interpreter, where big tiles are ~20× faster than small ones.
+    # Tile candidates on a GPU: (BLOCK_A, BLOCK_B, BLOCK_E, num_warps, num_stages, dot paths).
+    # A path is how tl.dot runs: "f16" (fp16/bf16 tensor cores), "tf32" (fp32 with tf32/tf32x3),
+    # "ieee" (fp32 FMA), "f64". Chosen so that the *backward* kernels do not spill on sm_90
+    # (ptxas stack 0–32 bytes, compiled for sm_90 here); larger tiles (128×64, 128×128) spill
+    # hundreds of bytes per thread in the backward. Retune with a profiler on the GPU.
     _GPU_TILES = [
-        (64, 64, 32, 4, 3),
-        (64, 64, 64, 4, 3),
-        (128, 64, 32, 4, 3),
-        (128, 64, 64, 8, 3),
-        (64, 128, 64, 8, 3),
-        (128, 128, 32, 8, 3),
-        (64, 64, 128, 4, 2),
+        (64, 64, 32, 8, 2, ("f16", "tf32")),
+        (64, 64, 32, 8, 3, ("f16", "tf32", "ieee")),
+        (64, 64, 32, 8, 4, ("f16", "tf32")),
+        (64, 64, 64, 8, 3, ("f16",)),
+        (32, 64, 32, 4, 3, ("f16", "tf32", "ieee")),
+        (64, 64, 16, 8, 3, ("ieee", "f64")),
+        (32, 32, 16, 4, 2, ("f64",)),
     ]
-    _INTERPRETER_TILE = (64, 64, 64, 4, 1)
+    _INTERPRETER_TILE = (64, 64, 64, 4, 1, ("f16", "tf32", "ieee", "f64"))
+
+    def _tile_id(ba, bb, be, w, s):
+        return ba, bb, be, w, s
+
+    _TILE_PATHS = {_tile_id(*t[:5]): t[5] for t in _GPU_TILES + [_INTERPRETER_TILE]}
 
     def _configs():
         tiles = [_INTERPRETER_TILE] if INTERPRET else _GPU_TILES
         return [triton.Config({"BLOCK_A": ba, "BLOCK_B": bb, "BLOCK_E": be}, num_warps=w, num_stages=s)
-                for ba, bb, be, w, s in tiles]
+                for ba, bb, be, w, s, _ in tiles]
 
     @triton.jit
     def _mma(a, b, acc, UPCAST_DOT: tl.constexpr, PRECISION: tl.constexpr):
@@ -346,15 +354,21 @@ if triton is not None:
         tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
         tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
 
+    def _dot_path(dtype: torch.dtype, precision: str) -> str:
+        if dtype in (torch.float16, torch.bfloat16):
+            return "f16"
+        if dtype == torch.float64:
+            return "f64"
+        return "ieee" if precision == "ieee" else "tf32"
+
     def _prune_tiles(configs, named_args, **kwargs):
-        """Drop candidates that only waste tuning time (BLOCK_E far above E) and, for float64,
-        tiles whose backward (same tile, plus the dX GEMM) would not fit in shared memory."""
-        cap = max(32, triton.next_power_of_2(named_args["E"]))
-        fp64 = named_args["a_ptr"].dtype == torch.float64
-        kept = [cfg for cfg in configs
-                if cfg.kwargs["BLOCK_E"] <= cap
-                and not (fp64 and (cfg.kwargs["BLOCK_E"] > 64 or cfg.kwargs["BLOCK_A"] * cfg.kwargs["BLOCK_B"] > 64 * 64))]
-        return kept or configs[:1]
+        """Keep the candidates of this dot path (see _GPU_TILES) whose BLOCK_E is not far above E."""
+        path = _dot_path(named_args["a_ptr"].dtype, kwargs.get("PRECISION", "ieee"))
+        cap = max(16, triton.next_power_of_2(named_args["E"]))
+        paths = lambda c: _TILE_PATHS.get(  # noqa: E731
+            _tile_id(c.kwargs["BLOCK_A"], c.kwargs["BLOCK_B"], c.kwargs["BLOCK_E"], c.num_warps, c.num_stages), ())
+        ours = [cfg for cfg in configs if path in paths(cfg)] or configs
+        return [cfg for cfg in ours if cfg.kwargs["BLOCK_E"] <= cap] or [min(ours, key=lambda c: c.kwargs["BLOCK_E"])]
 
     # The row launch picks the tile of a problem; every other launch reuses it (_TILE_CONFIGS).
     _contrast_fwd_tuned = triton.autotune(configs=_configs(), key=["M", "N", "E", "PRECISION"],
