@@ -186,9 +186,10 @@ def _reset_grads(x: dict) -> None:
 
 
 def time_and_memory(step, device: str, reset=None, min_reps: int = 3, max_reps: int = 20, target_s: float = 1.0,
-                    warmup: bool = True) -> dict:
+                    warmup: bool = True, slow_s: float | None = None) -> dict:
     """Wall time (median, 20/80 % quantiles) and peak extra memory of ``step()``; ``reset()`` runs
-    before every call, outside the timed region."""
+    before every call, outside the timed region. A point whose first timed call shows that
+    ``min_reps`` calls would take longer than ``slow_s`` gets fewer (at least one; ``reps`` says)."""
     warmup_s = None
     if warmup:
         t0 = time.perf_counter()
@@ -200,7 +201,7 @@ def time_and_memory(step, device: str, reset=None, min_reps: int = 3, max_reps: 
     mem = PeakMemory(device)
     mem.start()
     times: list[float] = []
-    while len(times) < min_reps or (sum(times) < target_s and len(times) < max_reps):
+    while True:
         if reset is not None:
             reset()
         _sync(device)
@@ -208,9 +209,13 @@ def time_and_memory(step, device: str, reset=None, min_reps: int = 3, max_reps: 
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        wanted = min_reps if slow_s is None else max(1, min(min_reps, int(slow_s // times[0])))
+        if len(times) >= wanted and (sum(times) >= target_s or len(times) >= max_reps):
+            break
     peak = mem.stop()
     return {"status": "ok", "time_median_s": statistics.median(times), "time_q20_s": quantile(times, 0.2),
-            "time_q80_s": quantile(times, 0.8), "reps": len(times), "warmup_s": warmup_s, "peak_mem_bytes": peak}
+            "time_q80_s": quantile(times, 0.8), "reps": len(times), "warmup_s": warmup_s, "peak_mem_bytes": peak,
+            "load_1m": round(os.getloadavg()[0], 2)}  # > core count: other work shared the CPU
 
 
 def measure(provider: str, case: Case, B: int, device: str = "cpu", dtype=torch.float32, seed: int = 0,

@@ -149,9 +149,10 @@ def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args)
     title = f"Headline: W2 + SDM forward+backward, D = {args.dim} (E = {2 * args.dim}) — {meta['device_name']}"
     head = [f"# {title}", "",
             f"torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}, {meta['threads']} threads"
-            + (f", float32 matmuls as {meta['fp32_matmul']}" if "fp32_matmul" in meta else "") + ". "
+            + (f", float32 matmuls as {meta['fp32_matmul']}" if "fp32_matmul" in meta else "")
+            + f"; load average {meta['load_1m_start']} at the start, {meta['load_1m_end']} at the end. "
             f"Command: `python -m benchmarks.headline {' '.join(meta.get('argv', []))}`. Medians of ≥ "
-            f"{args.min_reps} calls; memory = peak extra memory of a call; `matmul4` = four torch.matmul "
+            f"{args.min_reps} calls (one at the large batch); memory = peak extra memory of a call; `matmul4` = four torch.matmul "
             "[B, E] @ [E, B] (the fused op's forward+backward work). Each provider passed the check against "
             "the float64 reference first (errors in the JSON).", ""]
     lines = ["## Summary", "",
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
     configure_fp32(args.device, args.fp32_matmul)  # recorded in every row (environment)
     env = environment(args.device)
     meta = {**env, "kind": "headline", "settings": {k: v for k, v in vars(args).items() if k not in ("out", "name")},
-            "argv": sys.argv[1:] if argv is None else list(argv)}
+            "argv": sys.argv[1:] if argv is None else list(argv), "load_1m_start": round(os.getloadavg()[0], 2)}
     stem = os.path.join(args.out, args.name or f"headline-{args.device}")
     case = Case("dist", args.dim, True, metric="w2", loss="sdm")
     timing = dict(min_reps=args.min_reps, max_reps=args.max_reps, target_s=args.target_s)
@@ -244,6 +245,7 @@ def main(argv=None) -> int:
         write_results(stem, meta, rows)
     summary = summarize(rows, args, fused_all)
     meta["summary"] = summary
+    meta["load_1m_end"] = round(os.getloadavg()[0], 2)
     write_results(stem, meta, rows)
     text = write_markdown(stem + ".md", meta, rows, summary, args)
     print(f"wrote {stem}.json, {stem}.csv, {stem}.md\n")

@@ -60,12 +60,15 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         f"# Benchmark sweep: {meta['device_name']}",
         "",
         f"torch {meta['torch']}, commit `{meta['commit']}`, {meta['date']}, {s.get('dtype', '')}, "
-        f"{meta.get('threads', '?')} threads; {meta.get('elapsed_s', '?')} s in all. "
+        f"{meta.get('threads', '?')} threads; {meta.get('elapsed_s', '?')} s in all; load average "
+        f"{meta.get('load_1m_start', '?')} at the start, {meta.get('load_1m_end', '?')} at the end "
+        "(above the core count, other work shared the machine and the times are not to be trusted). "
         f"Command: `python -m benchmarks.sweep {' '.join(meta.get('argv', []))}`.",
         "",
         "Each provider is checked against the float64 reference before it is timed (error = max |x − x₆₄| / "
         "max |x₆₄| over the loss and every input gradient). Times are medians of wall time "
-        f"(≥ {s.get('min_reps', 3)} calls, 20/80 % quantiles in the CSV); memory is the peak extra memory of a "
+        f"(≥ {s.get('min_reps', 3)} calls, fewer where one call is slow; `reps` and 20/80 % quantiles in the "
+        "CSV); memory is the peak extra memory of a "
         "call (CPU: peak RSS of a fresh process minus its baseline; GPU: `max_memory_allocated`). "
         f"B doubles from {s.get('b_min')} until a call is predicted to take more than {s.get('max_call_s')} s or "
         f"to need more than {s.get('max_mem_gb', 0):.1f} GiB, or fails. GFLOP/s count the fused op's useful "

@@ -104,7 +104,8 @@ def sweep_provider(provider: str, case, args, base: dict, log, deadline: float |
     base = {**base, **{k: chk[k] for k in ("check_B", "check_err", "check_tol")}}
     b_max = args.b_max_fused if provider in FUSED else args.b_max
     batches = [args.b_min * 2**i for i in range(40) if args.b_min * 2**i <= b_max]
-    timing = dict(min_reps=args.min_reps, max_reps=args.max_reps, target_s=args.target_s)
+    timing = dict(min_reps=args.min_reps, max_reps=args.max_reps, target_s=args.target_s,
+                  slow_s=4 * args.max_call_s)  # a slow first point (e.g. keops) gets fewer calls
 
     def run_at(B):
         res = run(measure, args.device, 300 + 12 * args.max_call_s, provider=provider, case=case, B=B,
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
     stem = os.path.join(args.out, args.name or f"sweep-{args.device}")
     env = environment(args.device)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "name", "compare")}
-    meta = {**env, "kind": "sweep", "settings": settings, "argv": sys.argv[1:] if argv is None else list(argv)}
+    meta = {**env, "kind": "sweep", "settings": settings, "argv": sys.argv[1:] if argv is None else list(argv),
+            "load_1m_start": round(os.getloadavg()[0], 2)}
     providers = [p for p in args.providers.split(",") if p]
     unknown = set(providers) - set(PROVIDERS)
     if unknown:
@@ -153,6 +155,7 @@ def main(argv=None) -> int:
             meta["elapsed_s"] = round(time.time() - t_start, 1)
             write_results(stem, meta, rows)
     meta["elapsed_s"] = round(time.time() - t_start, 1)
+    meta["load_1m_end"] = round(os.getloadavg()[0], 2)
     json_path, csv_path = write_results(stem, meta, rows)
     log(f"wrote {json_path} and {csv_path} ({len(rows)} rows, {meta['elapsed_s']:.0f} s)")
     from . import plot
