@@ -152,9 +152,9 @@ def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args)
             + (f", float32 matmuls as {meta['fp32_matmul']}" if "fp32_matmul" in meta else "")
             + f"; load average {meta['load_1m_start']} at the start, {meta['load_1m_end']} at the end. "
             f"Command: `python -m benchmarks.headline {' '.join(meta.get('argv', []))}`. Medians of ≥ "
-            f"{args.min_reps} calls (one at the large batch); memory = peak extra memory of a call; `matmul4` = four torch.matmul "
-            "[B, E] @ [E, B] (the fused op's forward+backward work). Each provider passed the check against "
-            "the float64 reference first (errors in the JSON).", ""]
+            f"{args.min_reps} calls (one at the large batch); memory = peak extra memory of a call; `matmul4` = "
+            "four torch.matmul [B, E] @ [E, B] (the fused op's forward+backward work). Each provider passed "
+            "the check against the float64 reference first (errors in the JSON).", ""]
     lines = ["## Summary", "",
              "| dtype | provider | largest B run | ms at B = R | MiB at B = R | time ÷ four matmuls | "
              "time ÷ reference | reference memory ÷ this |".replace("R", str(args.ratio_batch)),
