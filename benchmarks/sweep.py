@@ -69,7 +69,9 @@ def parse_args(argv=None):
                     help="timed calls continue until they add up to this much time (at least --min-reps)")
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--max-reps", type=int, default=20)
-    ap.add_argument("--budget-min", type=float, default=None, help="start no new measurement after this many minutes")
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="start no new measurement after this many minutes (default 50 on CPU, none on GPU; "
+                    "0: none); what was not measured is recorded as stopped/skipped by the budget")
     ap.add_argument("--no-plot", action="store_true", help="write JSON/CSV/markdown only")
     ap.add_argument("--compare", default=None, metavar="OLD.json", help="afterwards, compare with an earlier run")
     args = ap.parse_args(argv)
@@ -85,6 +87,10 @@ def parse_args(argv=None):
         args.max_mem_gb = total / 2**30
     if args.compile_cases is None:
         args.compile_cases = "all" if cuda else CPU_COMPILE_CASES
+    if args.budget_min is None:
+        args.budget_min = 0 if cuda else 50  # a safety net: the CPU sweep takes about 25-40 min when quiet
+    if not args.budget_min:
+        args.budget_min = None
     return args
 
 
