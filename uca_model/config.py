@@ -1,0 +1,508 @@
+"""Typed run configuration: one dataclass per part, each passed only to the part that uses it.
+
+    RunConfig
+      model: ModelConfig            -> uca_model.model.UCAModel
+        encoder: EncoderConfig      -> uca_model.encoders (vision: VisionConfig, text: TextConfig)
+        head: HeadConfig            -> uca_model.heads.ProbabilisticHead
+        decoder: DecoderConfig      -> uca_model.decoder.ReconstructionDecoder
+        loss: LossConfig            -> uca_model.model.UCALoss
+      data: DataConfig              -> the trainer's data set-up
+      optim: OptimConfig            -> the optimiser and LR schedule
+      train: TrainConfig            -> the training loop
+      eval: EvalConfig              -> uca_model.evaluation
+
+The defaults are the CPU demo (tiny random-initialised CLIP towers on SynthPedes "demo"); a JSON
+file only needs the fields it changes. Unknown keys, wrong types and bad values raise
+:class:`ConfigError` naming the field (``model.loss.metric``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = [
+    "ConfigError",
+    "VisionConfig",
+    "TextConfig",
+    "EncoderConfig",
+    "HeadConfig",
+    "DecoderConfig",
+    "LossConfig",
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "from_dict",
+    "to_dict",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "diff_configs",
+    "ENCODER_PRESETS",
+    "MODES",
+]
+
+ENCODER_PRESETS = ("tiny", "clip-vit-b16")
+MODES = ("uca", "baseline")
+METRICS = ("w2", "kl", "jeffreys", "csd")  # uca_kernels.METRICS (kept here so configs load without torch)
+CONTRAST_LOSSES = ("sdm", "infonce")
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid (the message names the field)."""
+
+
+def _need(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def _choice(where: str, value, choices) -> None:
+    _need(value in choices, where, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _positive(where: str, value, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    _need(ok and math.isfinite(value), where, f"must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VisionConfig:
+    """Image tower (CLIP ViT). For ``clip-vit-b16`` the sizes come from the pretrained folder and
+    only ``image_size`` is used (position embeddings are resized to its patch grid)."""
+
+    image_size: tuple[int, int] = (96, 48)  # (H, W) input size; images are resized to it
+    patch_size: int = 8  # square patch side; H and W must be multiples of it
+    hidden_size: int = 128  # transformer width (tiny preset)
+    num_layers: int = 2  # transformer blocks (tiny preset)
+    num_heads: int = 4  # attention heads (tiny preset)
+    mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
+
+    def validate(self, where: str = "vision") -> None:
+        _need(len(self.image_size) == 2 and all(isinstance(v, int) and v > 0 for v in self.image_size),
+              f"{where}.image_size", f"must be (H, W) positive ints, got {self.image_size!r}")
+        for name in ("patch_size", "hidden_size", "num_layers", "num_heads"):
+            _positive(f"{where}.{name}", getattr(self, name))
+        _need(all(v % self.patch_size == 0 for v in self.image_size), f"{where}.image_size",
+              f"{tuple(self.image_size)} is not a multiple of patch_size={self.patch_size}")
+        _need(self.hidden_size % self.num_heads == 0, f"{where}.hidden_size",
+              f"{self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        _positive(f"{where}.mlp_ratio", self.mlp_ratio)
+
+
+@dataclass
+class TextConfig:
+    """Text tower (CLIP text transformer, causal). The vocabulary size comes from the tokenizer."""
+
+    max_len: int = 40  # tokens per caption including start/end (77 for CLIP)
+    hidden_size: int = 128  # transformer width (tiny preset)
+    num_layers: int = 2  # transformer blocks (tiny preset)
+    num_heads: int = 4  # attention heads (tiny preset)
+    mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
+
+    def validate(self, where: str = "text") -> None:
+        _need(isinstance(self.max_len, int) and self.max_len >= 4, f"{where}.max_len", f"must be an int >= 4, got {self.max_len!r}")
+        for name in ("hidden_size", "num_layers", "num_heads"):
+            _positive(f"{where}.{name}", getattr(self, name))
+        _need(self.hidden_size % self.num_heads == 0, f"{where}.hidden_size",
+              f"{self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        _positive(f"{where}.mlp_ratio", self.mlp_ratio)
+
+
+@dataclass
+class EncoderConfig:
+    """Which towers: ``tiny`` (random init, CPU) or ``clip-vit-b16`` (a local pretrained folder)."""
+
+    preset: str = "tiny"  # "tiny" | "clip-vit-b16"
+    pretrained_path: Optional[str] = None  # clip-vit-b16: local folder of openai/clip-vit-base-patch16
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def validate(self, where: str = "model.encoder") -> None:
+        _choice(f"{where}.preset", self.preset, ENCODER_PRESETS)
+        if self.preset == "clip-vit-b16":
+            _need(bool(self.pretrained_path), f"{where}.pretrained_path",
+                  "the clip-vit-b16 preset needs a local folder with the pretrained CLIP ViT-B/16 "
+                  "(config.json + model weights, e.g. a download of openai/clip-vit-base-patch16)")
+        self.vision.validate(f"{where}.vision")
+        self.text.validate(f"{where}.text")
+
+
+@dataclass
+class HeadConfig:
+    """Probabilistic heads: ``mu`` from the global token, ``logvar`` from the global token or
+    pooled over all tokens (one head per modality)."""
+
+    embed_dim: int = 128  # D of the joint space (clip-vit-b16: 512 to reuse CLIP's projections)
+    mu_source: str = "tokens"  # "global" (class / end token) | "tokens" (masked mean of all tokens)
+    normalize_mu: bool = True  # put mu on the unit sphere (then ||dmu||^2 = 2 - 2 cos)
+    logvar_source: str = "tokens"  # "global" | "tokens" (masked mean of all tokens)
+    init_logvar: float = -6.0  # initial log sigma^2 (bias of the logvar layer)
+    min_logvar: float = -12.0  # soft lower bound of logvar
+    max_logvar: float = 2.0  # soft upper bound of logvar
+
+    def validate(self, where: str = "model.head") -> None:
+        _positive(f"{where}.embed_dim", self.embed_dim)
+        _choice(f"{where}.mu_source", self.mu_source, ("global", "tokens"))
+        _choice(f"{where}.logvar_source", self.logvar_source, ("global", "tokens"))
+        _need(self.min_logvar < self.init_logvar < self.max_logvar, f"{where}.init_logvar",
+              f"must lie strictly between min_logvar={self.min_logvar} and max_logvar={self.max_logvar}, "
+              f"got {self.init_logvar}")
+
+
+@dataclass
+class DecoderConfig:
+    """Cross-modal reconstruction decoder of UA-AMLR (queries: masked text tokens; keys/values:
+    one sampled image point plus the patch tokens)."""
+
+    width: int = 128  # decoder width
+    num_layers: int = 1  # transformer decoder blocks (self-attn over text, cross-attn to the image)
+    num_heads: int = 4  # attention heads
+    dropout: float = 0.0  # dropout inside the decoder
+
+    def validate(self, where: str = "model.decoder") -> None:
+        for name in ("width", "num_layers", "num_heads"):
+            _positive(f"{where}.{name}", getattr(self, name))
+        _need(self.width % self.num_heads == 0, f"{where}.width", f"{self.width} is not divisible by num_heads={self.num_heads}")
+        _need(0.0 <= self.dropout < 1.0, f"{where}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LossConfig:
+    """Loss terms and weights. Total = dcl_weight·dcl + pcl_weight·(pcl_inter + pcl_intra_image +
+    pcl_intra_text) + amlr_weight·amlr + kl_weight·(kl_image + kl_text) + id_weight·id, or in
+    ``baseline`` mode sdm + id_weight·id. A weight of 0 switches the term (and its modules) off."""
+
+    dcl_weight: float = 1.0  # distribution contrast (DCL)
+    metric: str = "w2"  # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd
+    contrast_loss: str = "sdm"  # sdm | infonce, for DCL, PCL and the baseline
+    dcl_scale: float = 25.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02)
+    learn_dcl_scale: bool = False  # learn dcl_scale (through its log)
+    pcl_weight: float = 0.2  # point contrast, lambda_p (inter + intra)
+    num_samples: int = 4  # K samples per distribution (PCL and UA-AMLR)
+    pcl_similarity: str = "cosine"  # cosine | euclidean
+    pcl_scale: float = 50.0  # point logits = pcl_scale * cos (1/0.02)
+    pcl_intra: bool = True  # include the intra-modal point terms
+    amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
+    mask_rate: float = 0.5  # share of a caption's attribute words masked
+    kl_weight: float = 1e-4  # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl
+    id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
+    id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
+    baseline_scale: float = 50.0  # baseline: SDM logits = baseline_scale * cos (1/0.02)
+    backend: str = "auto"  # uca_kernels backend for every contrast
+
+    def validate(self, where: str = "model.loss") -> None:
+        for name in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "id_weight"):
+            _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
+        _choice(f"{where}.metric", self.metric, METRICS)
+        _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
+        _choice(f"{where}.pcl_similarity", self.pcl_similarity, ("cosine", "euclidean"))
+        for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale"):
+            _positive(f"{where}.{name}", getattr(self, name))
+        _need(isinstance(self.num_samples, int) and self.num_samples >= 1, f"{where}.num_samples",
+              f"must be an int >= 1, got {self.num_samples!r}")
+        _need(0.0 < self.mask_rate <= 1.0, f"{where}.mask_rate", f"must be in (0, 1], got {self.mask_rate}")
+        _choice(f"{where}.backend", self.backend, ("auto", "reference", "cpu", "triton", "cuda"))
+
+
+@dataclass
+class ModelConfig:
+    """The whole model: ``uca`` (probabilistic, all losses) or ``baseline`` (IRRA-style fixed points,
+    SDM on cosine, no MLM)."""
+
+    mode: str = "uca"  # "uca" | "baseline"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self, where: str = "model") -> None:
+        _choice(f"{where}.mode", self.mode, MODES)
+        self.encoder.validate(f"{where}.encoder")
+        self.head.validate(f"{where}.head")
+        self.decoder.validate(f"{where}.decoder")
+        self.loss.validate(f"{where}.loss")
+        L = self.loss
+        if self.mode == "baseline":
+            on = [n for n in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight") if getattr(L, n) != 0]
+            _need(not on, f"{where}.mode", "'baseline' has fixed-point embeddings and only the SDM (+ id) loss; "
+                  f"set {', '.join(f'loss.{n}' for n in on)} to 0 or use mode 'uca'")
+        else:
+            _need(L.dcl_weight + L.pcl_weight + L.amlr_weight > 0, f"{where}.loss",
+                  "mode 'uca' needs at least one of dcl_weight, pcl_weight, amlr_weight > 0")
+
+    @property
+    def probabilistic(self) -> bool:
+        return self.mode == "uca"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, optimisation, training, evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how batches are formed."""
+
+    root: str = "data/synthpedes-demo"  # dataset folder (annotation file + imgs/)
+    name: str = "synthpedes"  # cuhk-pedes | icfg-pedes | rstpreid | synthpedes
+    synth_preset: Optional[str] = "demo"  # generate SynthPedes with this preset at root if missing (None: never)
+    synth_seed: int = 0  # seed of that generation
+    tokenizer: Optional[str] = None  # tokenizer.json or a HF folder; default <root>/tokenizer.json
+    val_from_train: Optional[int] = None  # hold out this many training identities as val (ICFG-PEDES)
+    batch_size: int = 64  # global batch (split evenly over processes)
+    flip_prob: float = 0.5  # horizontal flip augmentation
+    num_workers: int = 0  # DataLoader workers per process
+    cache_images: bool = True  # keep decoded, resized images in memory
+
+    def validate(self, where: str = "data") -> None:
+        _need(bool(self.root), f"{where}.root", "must be a folder path")
+        _need(isinstance(self.batch_size, int) and self.batch_size >= 2, f"{where}.batch_size",
+              f"must be an int >= 2, got {self.batch_size!r}")
+        _need(0.0 <= self.flip_prob <= 1.0, f"{where}.flip_prob", f"must be in [0, 1], got {self.flip_prob}")
+        _need(self.num_workers >= 0, f"{where}.num_workers", f"must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (per step)."""
+
+    lr: float = 1e-3  # peak learning rate of the new modules (heads, decoder)
+    encoder_lr_scale: float = 1.0  # encoder LR = lr * this (e.g. 0.2 with pretrained towers)
+    weight_decay: float = 0.02  # on matrices only (tensors with >= 2 dims)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    eps: float = 1e-6  # AdamW eps
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs
+    min_lr_ratio: float = 0.01  # final LR / peak LR of the cosine decay
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+
+    def validate(self, where: str = "optim") -> None:
+        _positive(f"{where}.lr", self.lr)
+        _positive(f"{where}.encoder_lr_scale", self.encoder_lr_scale, allow_zero=True)
+        _positive(f"{where}.weight_decay", self.weight_decay, allow_zero=True)
+        _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
+              f"must be two numbers in [0, 1), got {self.betas!r}")
+        _positive(f"{where}.eps", self.eps)
+        _positive(f"{where}.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        _need(0.0 <= self.min_lr_ratio <= 1.0, f"{where}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _positive(f"{where}.grad_clip", self.grad_clip, allow_zero=True)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 12  # passes over the training captions
+    seed: int = 0  # the single source of randomness (init, data order, masking, sampling, dropout)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | off
+    eval_every: int = 1  # evaluate on val every this many epochs (and after the last)
+    select_metric: str = "R1"  # val metric that picks the best checkpoint: R1 | R5 | R10 | mAP | mINP
+    ckpt_every: int = 50  # write the resumable checkpoint every this many steps (and each epoch end)
+    log_every: int = 10  # log averaged loss terms every this many steps
+    progress: bool = True  # tqdm progress bars
+    stop_after_steps: Optional[int] = None  # stop abruptly after this global step, as if killed (tests)
+
+    def validate(self, where: str = "train") -> None:
+        for name in ("epochs", "eval_every", "ckpt_every", "log_every"):
+            v = getattr(self, name)
+            _need(isinstance(v, int) and v >= 1, f"{where}.{name}", f"must be an int >= 1, got {v!r}")
+        _need(isinstance(self.seed, int) and self.seed >= 0, f"{where}.seed", f"must be an int >= 0, got {self.seed!r}")
+        _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"{where}.device",
+              f"{self.device!r} is not auto, cpu, cuda or cuda:N")
+        _choice(f"{where}.amp", self.amp, ("auto", "bf16", "off"))
+        _choice(f"{where}.select_metric", self.select_metric, ("R1", "R5", "R10", "mAP", "mINP"))
+        _need(self.stop_after_steps is None or self.stop_after_steps >= 1, f"{where}.stop_after_steps",
+              f"must be None or >= 1, got {self.stop_after_steps!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation (captions are queries, images the gallery)."""
+
+    score: str = "auto"  # auto (distance for uca, cosine for baseline) | distance | cosine
+    batch_size: int = 256  # images / captions per encoding batch
+
+    def validate(self, where: str = "eval") -> None:
+        _choice(f"{where}.score", self.score, ("auto", "distance", "cosine"))
+        _positive(f"{where}.batch_size", self.batch_size)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``config.json`` beside the run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate("model")
+        self.data.validate("data")
+        self.optim.validate("optim")
+        self.train.validate("train")
+        self.eval.validate("eval")
+        if self.eval.score == "distance":
+            _need(self.model.probabilistic, "eval.score", "'distance' needs mode 'uca' (the baseline has no distributions)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# (De)serialisation
+# ----------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain JSON-able dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, where: str):
+    """Check/convert a JSON value to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object (section), got {type(value).__name__}")
+        return _from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # pragma: no cover
+
+
+def _from_dict(cls, d: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in d:
+            kwargs[name] = _convert(d[name], hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def from_dict(d: dict, *, base: RunConfig | None = None) -> RunConfig:
+    """A validated :class:`RunConfig` from a (partial) nested dict applied over ``base`` (defaults)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+    merged = _deep_merge(to_dict(base) if base is not None else {}, d)
+    return _from_dict(RunConfig, merged, "").validate()
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read a JSON config (partial allowed), apply ``key=value`` overrides, validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} not found")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    return from_dict(apply_overrides(d, overrides or []))
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as JSON (atomically)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (value parsed as JSON, else taken as a string)."""
+    out = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts (``key: a -> b``)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out
