@@ -1,0 +1,183 @@
+"""Encoders, probabilistic heads, the reconstruction decoder and the model's loss terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import uca_kernels as uk
+from uca_model.config import DecoderConfig, EncoderConfig, HeadConfig, from_dict
+from uca_model.decoder import ReconstructionDecoder
+from uca_model.encoders import PretrainedCLIPError, build_encoders, resize_position_embedding
+from uca_model.heads import ProbabilisticHead
+from uca_model.model import UCAModel
+
+SPECIAL = {"pad": 0, "bos": 2, "eos": 3, "mask": 4}
+VOCAB = 50
+
+
+def _tiny_model_cfg(mode="uca", **loss):
+    return from_dict({"model": {"mode": mode,
+        "encoder": {"vision": {"image_size": [32, 16], "patch_size": 8, "hidden_size": 32, "num_layers": 1,
+                               "num_heads": 2},
+                    "text": {"max_len": 12, "hidden_size": 32, "num_layers": 1, "num_heads": 2}},
+        "head": {"embed_dim": 8}, "decoder": {"width": 16, "num_heads": 2},
+        "loss": {"num_samples": 3, "backend": "reference", **loss}}}).model
+
+
+def _batch(b=6, L=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (b, L), generator=g)
+    lengths = torch.randint(4, L + 1, (b,), generator=g)
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    ids[:, 0] = 2
+    ids[torch.arange(b), lengths - 1] = 3
+    ids = ids * mask
+    labels = torch.full_like(ids, -100)
+    mlm = ids.clone()
+    labels[:, 1] = ids[:, 1]
+    mlm[:, 1] = 4
+    return {"images": torch.randn(b, 3, 32, 16, generator=g), "input_ids": ids, "attention_mask": mask,
+            "pids": torch.tensor([0, 1, 0, 2, 3, 1])[:b], "mlm_input_ids": mlm, "mlm_labels": labels}
+
+
+def test_resize_position_embedding_keeps_class_and_grid():
+    pos = torch.randn(1 + 16, 5)
+    out = resize_position_embedding(pos, (6, 2))
+    assert out.shape == (13, 5) and torch.equal(out[0], pos[0])
+    assert torch.equal(resize_position_embedding(pos, (4, 4)), pos)
+    with pytest.raises(ValueError, match="not a square grid"):
+        resize_position_embedding(torch.randn(1 + 15, 5), (3, 5))
+
+
+def test_tiny_towers_shapes_and_wrong_sizes():
+    cfg = _tiny_model_cfg().encoder
+    vision, text, proj = build_encoders(cfg, VOCAB, SPECIAL)
+    assert proj is None
+    b = _batch()
+    tokens = vision(b["images"])
+    assert tokens.shape == (6, 1 + 4 * 2, 32)
+    toks, glob = text(b["input_ids"], b["attention_mask"])
+    assert toks.shape == (6, 12, 32) and glob.shape == (6, 32)
+    last = b["attention_mask"].sum(1) - 1
+    assert torch.equal(glob, toks[torch.arange(6), last])
+    with pytest.raises(ValueError, match="expects 32x16"):
+        vision(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="at most 12"):
+        text(torch.ones(1, 13, dtype=torch.long), torch.ones(1, 13, dtype=torch.long))
+
+
+def test_pretrained_preset_errors_and_local_folder(tmp_path):
+    cfg = EncoderConfig(preset="clip-vit-b16", pretrained_path=str(tmp_path / "nope"))
+    with pytest.raises(PretrainedCLIPError, match="is not a folder"):
+        build_encoders(cfg, VOCAB, SPECIAL)
+    (tmp_path / "empty").mkdir()
+    cfg.pretrained_path = str(tmp_path / "empty")
+    with pytest.raises(PretrainedCLIPError, match="no config.json"):
+        build_encoders(cfg, VOCAB, SPECIAL)
+    # a (tiny) CLIP saved the Hugging Face way loads, with 4x4 positions resized to the 4x2 grid and the
+    # vocabulary grown by one (an added mask token)
+    from transformers import CLIPConfig, CLIPModel
+
+    hf = CLIPConfig(text_config={"vocab_size": VOCAB - 1, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
+                    vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                    projection_dim=8)
+    torch.manual_seed(0)
+    CLIPModel(hf).save_pretrained(tmp_path / "clip")
+    cfg = _tiny_model_cfg().encoder
+    cfg.preset, cfg.pretrained_path = "clip-vit-b16", str(tmp_path / "clip")
+    vision, text, proj = build_encoders(cfg, VOCAB, SPECIAL)
+    assert proj["image"].shape == (8, 32) and proj["text"].shape == (8, 32)
+    assert vision(torch.randn(2, 3, 32, 16)).shape == (2, 9, 32)
+    assert text.clip.embeddings.token_embedding.num_embeddings == VOCAB
+    cfg.vision.patch_size = 16
+    cfg.vision.image_size = (32, 16)
+    with pytest.raises(ValueError, match="patch_size=16 but the pretrained model"):
+        build_encoders(cfg, VOCAB, SPECIAL)
+
+
+def test_head_initial_logvar_bounds_and_baseline():
+    cfg = HeadConfig(embed_dim=4, init_logvar=-3.0, min_logvar=-8.0, max_logvar=1.0)
+    head = ProbabilisticHead(cfg, 10)
+    glob, tokens = torch.randn(5, 10), torch.randn(5, 7, 10)
+    mu, logvar = head(glob, tokens, torch.ones(5, 7))
+    torch.testing.assert_close(logvar, torch.full((5, 4), -3.0))
+    torch.testing.assert_close(mu.norm(dim=1), torch.ones(5))
+    with torch.no_grad():
+        head.logvar.weight.normal_(std=100.0)
+    _, logvar = head(glob, tokens)
+    assert logvar.min() >= -8.0 and logvar.max() <= 1.0
+    mu, logvar = ProbabilisticHead(cfg, 10, probabilistic=False)(glob, tokens)
+    assert logvar is None and mu.shape == (5, 4)
+    # masked mean: padding tokens do not change mu
+    mask = torch.ones(5, 7)
+    mask[:, 5:] = 0
+    tokens2 = tokens.clone()
+    tokens2[:, 5:] = 1e3
+    torch.testing.assert_close(head(glob, tokens, mask)[0], head(glob, tokens2, mask)[0])
+
+
+def test_decoder_averages_over_samples_and_handles_no_mask():
+    torch.manual_seed(0)
+    dec = ReconstructionDecoder(DecoderConfig(width=16, num_heads=2), 12, 10, 8, 30)
+    text, patches = torch.randn(3, 6, 12), torch.randn(3, 5, 10)
+    labels = torch.full((3, 6), -100)
+    labels[0, 2], labels[1, 1], labels[1, 4], labels[2, 5] = 7, 3, 9, 1
+    one = torch.randn(3, 1, 8)
+    # K copies of the same sample give the single-sample loss
+    torch.testing.assert_close(dec(text, one.expand(3, 4, 8), patches, labels), dec(text, one, patches, labels))
+    # the loss is the mean over samples of per-sample losses (equal counts per sample)
+    two = torch.randn(3, 2, 8)
+    mean = 0.5 * (dec(text, two[:, :1], patches, labels) + dec(text, two[:, 1:], patches, labels))
+    torch.testing.assert_close(dec(text, two, patches, labels), mean)
+    # a masked position's prediction depends on its own caption's query only (not on other positions)
+    text2 = text.clone()
+    text2[0, 0] += 10.0  # not masked, caption 0
+    torch.testing.assert_close(dec(text2, one, patches, labels), dec(text, one, patches, labels))
+    none = dec(text.requires_grad_(), one, patches, torch.full((3, 6), -100))
+    assert float(none.detach()) == 0.0 and none.requires_grad
+
+
+def test_model_terms_weights_and_gradients():
+    torch.manual_seed(0)
+    cfg = _tiny_model_cfg(id_weight=0.5)
+    model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    out = model(_batch(), generator=torch.Generator().manual_seed(1))
+    w = model.loss_weights()
+    assert set(out["terms"]) == set(w) == {"dcl", "pcl_inter", "pcl_intra_image", "pcl_intra_text", "amlr",
+                                           "kl_image", "kl_text", "id"}
+    assert w["pcl_inter"] == cfg.loss.pcl_weight and w["kl_text"] == cfg.loss.kl_weight
+    assert set(out["stats"]) == {"sigma_image", "sigma_text", "dcl_scale"}
+    total = sum(w[k] * out["terms"][k] for k in w)
+    total.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # the reconstruction reaches the image distribution's logvar through the sampled points
+    model.zero_grad()
+    model(_batch(), generator=torch.Generator().manual_seed(1))["terms"]["amlr"].backward()
+    assert model.image_head.logvar.bias.grad.abs().sum() > 0
+    # the DCL term is uca_kernels' loss on the model's distributions
+    b = _batch()
+    img, txt = model.encode_image(b["images"]), model.encode_text(b["input_ids"], b["attention_mask"])
+    ref = uk.distribution_contrast_loss(img["mu"], img["logvar"], txt["mu"], txt["logvar"], b["pids"], metric="w2",
+                                        scale=cfg.loss.dcl_scale, backend="reference")
+    torch.testing.assert_close(model(b)["terms"]["dcl"], ref, rtol=1e-5, atol=1e-5)
+    # same generator -> same samples -> same loss
+    a = model(b, generator=torch.Generator().manual_seed(5))["terms"]["pcl_inter"]
+    c = model(b, generator=torch.Generator().manual_seed(5))["terms"]["pcl_inter"]
+    assert torch.equal(a, c)
+
+
+def test_switched_off_terms_build_no_modules_and_baseline():
+    cfg = _tiny_model_cfg(amlr_weight=0.0, pcl_intra=False)
+    model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    assert model.decoder is None and model.classifier is None
+    assert set(model(_batch())["terms"]) == {"dcl", "pcl_inter", "kl_image", "kl_text"}
+    cfg = _tiny_model_cfg("baseline", dcl_weight=0.0, pcl_weight=0.0, amlr_weight=0.0, kl_weight=0.0)
+    model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    out = model(_batch())
+    assert set(out["terms"]) == {"sdm"} and model.loss_weights() == {"sdm": 1.0} and out["stats"] == {}
+    assert model.encode_image(_batch()["images"])["logvar"] is None
+    assert not hasattr(model.image_head, "logvar")

@@ -1,0 +1,208 @@
+"""The UCA model: CLIP towers, probabilistic heads, the reconstruction decoder and every loss term.
+
+``UCAModel.forward(batch)`` returns the *unweighted* named loss terms and a few statistics;
+``UCAModel.loss_weights()`` gives the weight of every term it computes (from
+:class:`~uca_model.config.LossConfig`), and the trainer forms ``Σ weight · term``.
+
+Terms (mode ``uca``), all contrasts through ``uca_kernels`` and over the global batch in
+data-parallel runs (:mod:`uca_model.distributed`):
+
+==================  ==============================================================================
+``dcl``             distribution contrast: SDM/InfoNCE on −scale·d(N_v, N_t), d = ``loss.metric``
+``pcl_inter``       point contrast of K image points vs K text points per pair (identity positives)
+``pcl_intra_image`` image points vs image points, self pairs excluded
+``pcl_intra_text``  text points vs text points, self pairs excluded
+``amlr``            attribute-masking reconstruction from K sampled image points + patch tokens
+``kl_image``        KL(N(μ_v, σ_v²) ‖ N(0, I)) (mean over the batch)
+``kl_text``         the same for texts
+``id``              identity classification of μ by a cosine classifier shared by both modalities
+                    (image and text cross-entropies averaged), optional
+==================  ==============================================================================
+
+Mode ``baseline`` (IRRA without MLM): fixed-point embeddings and ``sdm`` = SDM on cosine / τ,
+plus the optional ``id`` term.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import uca_kernels
+
+from .config import ModelConfig
+from .decoder import ReconstructionDecoder
+from .distributed import DistContext, cosine_contrast_loss, dcl_loss, pcl_loss
+from .encoders import build_encoders
+from .heads import ProbabilisticHead
+
+__all__ = ["UCAModel", "special_token_ids", "build_model"]
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """``{"pad", "bos", "eos", "mask"}`` ids of a tokenizer from :func:`uca_model.text.load_tokenizer`."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    out = {"pad": tokenizer.pad_token_id, "bos": bos, "eos": eos, "mask": tokenizer.mask_token_id}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise ValueError(f"the tokenizer has no {', '.join(missing)} token(s)")
+    return out
+
+
+class UCAModel(nn.Module):
+    """Args:
+        cfg: the model config (encoders, heads, decoder, losses).
+        vocab_size: ``len(tokenizer)``.
+        special: :func:`special_token_ids` of the tokenizer.
+        num_train_ids: training identities (size of the optional ID classifier).
+        ctx: data-parallel context (rank, world size) for the contrastive losses.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, special: dict[str, int], num_train_ids: int,
+                 ctx: DistContext = DistContext()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.ctx = ctx
+        self.vocab_size = vocab_size
+        self.num_train_ids = num_train_ids
+        self.vision, self.text, proj = build_encoders(cfg.encoder, vocab_size, special)
+        prob = cfg.probabilistic
+        self.image_head = ProbabilisticHead(cfg.head, self.vision.hidden_size, prob, proj["image"] if proj else None)
+        self.text_head = ProbabilisticHead(cfg.head, self.text.hidden_size, prob, proj["text"] if proj else None)
+        L = cfg.loss
+        self.decoder = None
+        if prob and L.amlr_weight > 0:
+            self.decoder = ReconstructionDecoder(cfg.decoder, self.text.hidden_size, self.vision.hidden_size,
+                                                 cfg.head.embed_dim, vocab_size)
+        self.classifier = nn.Linear(cfg.head.embed_dim, num_train_ids, bias=False) if L.id_weight > 0 else None
+        log_scale = torch.tensor(math.log(L.dcl_scale))
+        if prob and L.learn_dcl_scale:
+            self.dcl_log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("dcl_log_scale", log_scale)
+
+    # -- parameter groups (by module, for the optimiser) --
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for m in (self.vision, self.text) for p in m.parameters() if p.requires_grad]
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        enc = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in enc]
+
+    # -- encoding --
+
+    def encode_image(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, 1 + P, H]}``."""
+        tokens = self.vision(pixels)
+        mu, logvar = self.image_head(tokens[:, 0], tokens)
+        return {"mu": mu, "logvar": logvar, "tokens": tokens}
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, L, H]}``."""
+        tokens, glob = self.text(input_ids, attention_mask)
+        mu, logvar = self.text_head(glob, tokens, attention_mask)
+        return {"mu": mu, "logvar": logvar, "tokens": tokens}
+
+    @property
+    def dcl_scale(self) -> torch.Tensor:
+        return self.dcl_log_scale.exp()
+
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of every term :meth:`forward` returns."""
+        L = self.cfg.loss
+        if not self.cfg.probabilistic:
+            w = {"sdm": 1.0}
+        else:
+            w = {}
+            if L.dcl_weight > 0:
+                w["dcl"] = L.dcl_weight
+            if L.pcl_weight > 0:
+                w["pcl_inter"] = L.pcl_weight
+                if L.pcl_intra:
+                    w["pcl_intra_image"] = L.pcl_weight
+                    w["pcl_intra_text"] = L.pcl_weight
+            if L.amlr_weight > 0:
+                w["amlr"] = L.amlr_weight
+            if L.kl_weight > 0:
+                w["kl_image"] = L.kl_weight
+                w["kl_text"] = L.kl_weight
+        if L.id_weight > 0:
+            w["id"] = L.id_weight
+        return w
+
+    def noise(self, batch_size: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard-normal ``eps_v, eps_t`` [b, K, D] for the sampled points (drawn on the CPU so
+        that a seeded generator gives the same points on every device)."""
+        K, D = self.cfg.loss.num_samples, self.cfg.head.embed_dim
+        e = torch.randn(2, batch_size, K, D, generator=generator)
+        return e[0].to(device), e[1].to(device)
+
+    # -- training forward --
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        """Loss terms for one (local) batch.
+
+        Args:
+            batch: ``images`` [b, 3, H, W], ``input_ids`` / ``attention_mask`` [b, L] (clean captions),
+                ``pids`` [b]; for UA-AMLR also ``mlm_input_ids`` [b, L] (masked captions) and
+                ``mlm_labels`` [b, L] (original ids at masked positions, -100 elsewhere).
+            generator: CPU generator for the point samples (reproducible runs).
+
+        Returns:
+            ``{"terms": {name: scalar}, "stats": {name: detached scalar}}``.
+        """
+        L, ctx = self.cfg.loss, self.ctx
+        pids = batch["pids"]
+        img = self.encode_image(batch["images"])
+        txt = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        terms: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {}
+        mu_v, mu_t = img["mu"].float(), txt["mu"].float()
+        with torch.autocast(mu_v.device.type, enabled=False):
+            if not self.cfg.probabilistic:
+                terms["sdm"] = cosine_contrast_loss(mu_v, mu_t, pids, scale=L.baseline_scale, loss=L.contrast_loss,
+                                                    backend=L.backend, ctx=ctx)
+            else:
+                lv_v, lv_t = img["logvar"].float(), txt["logvar"].float()
+                stats["sigma_image"] = (0.5 * lv_v.detach()).exp().mean()
+                stats["sigma_text"] = (0.5 * lv_t.detach()).exp().mean()
+                if L.dcl_weight > 0:
+                    scale = self.dcl_scale.float()
+                    terms["dcl"] = dcl_loss(mu_v, lv_v, mu_t, lv_t, pids, metric=L.metric, loss=L.contrast_loss,
+                                            scale=scale, backend=L.backend, ctx=ctx)
+                    stats["dcl_scale"] = scale.detach()
+                z_v = z_t = None
+                if L.pcl_weight > 0 or L.amlr_weight > 0:
+                    eps_v, eps_t = self.noise(mu_v.shape[0], generator, mu_v.device)
+                    z_v = uca_kernels.losses.sample_points(mu_v, lv_v, L.num_samples, eps_v)  # [b*K, D]
+                    z_t = uca_kernels.losses.sample_points(mu_t, lv_t, L.num_samples, eps_t)
+                if L.pcl_weight > 0:
+                    plab = pids.repeat_interleave(L.num_samples)
+                    p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=L.pcl_scale, loss=L.contrast_loss,
+                                 intra=L.pcl_intra, backend=L.backend, ctx=ctx)
+                    terms.update({f"pcl_{k}": v for k, v in p.items()})
+                if L.kl_weight > 0:
+                    terms["kl_image"] = uca_kernels.prior_kl(mu_v, lv_v)
+                    terms["kl_text"] = uca_kernels.prior_kl(mu_t, lv_t)
+        if self.decoder is not None:
+            masked = self.text(batch["mlm_input_ids"], batch["attention_mask"])[0]
+            points = z_v.reshape(mu_v.shape[0], L.num_samples, -1).to(masked.dtype)
+            terms["amlr"] = self.decoder(masked, points, img["tokens"][:, 1:], batch["mlm_labels"]).float()
+        if self.classifier is not None:
+            # cosine classifier shared by both modalities: one prototype per training identity
+            w = F.normalize(self.classifier.weight.float(), dim=1)
+            logits_v = L.id_scale * F.normalize(mu_v, dim=1) @ w.T
+            logits_t = L.id_scale * F.normalize(mu_t, dim=1) @ w.T
+            terms["id"] = 0.5 * (F.cross_entropy(logits_v, pids) + F.cross_entropy(logits_t, pids))
+        return {"terms": terms, "stats": stats}
+
+
+def build_model(cfg: ModelConfig, tokenizer, num_train_ids: int, ctx: DistContext = DistContext()) -> UCAModel:
+    """A :class:`UCAModel` sized for ``tokenizer`` (its vocabulary and special tokens)."""
+    return UCAModel(cfg, vocab_size=len(tokenizer), special=special_token_ids(tokenizer),
+                    num_train_ids=num_train_ids, ctx=ctx)
