@@ -1,0 +1,157 @@
+"""The data-parallel contrastive losses equal the single-process loss on the concatenated batch.
+
+Two gloo processes on the CPU (torch.multiprocessing.spawn, file:// rendezvous in tmp_path), float64,
+the materialised ``reference`` backend. Checked: loss values (mean over ranks), gradients of each
+rank's inputs (``W · ∂L/∂x_k``, see uca_model.distributed), and parameter gradients after
+DistributedDataParallel's averaging.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import uca_kernels as uk
+from uca_model.distributed import DistContext, cosine_contrast_loss, dcl_loss, pcl_loss
+
+WORLD = 2
+B_LOCAL, D, K, IN = 4, 6, 3, 5
+CASES = [("w2", "sdm"), ("kl", "infonce"), ("csd", "sdm")]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    B = WORLD * B_LOCAL
+    mu_v = torch.randn(B, D, generator=g, dtype=torch.float64)
+    lv_v = torch.randn(B, D, generator=g, dtype=torch.float64) * 0.3 - 1.0
+    mu_t = mu_v + 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64)
+    lv_t = torch.randn(B, D, generator=g, dtype=torch.float64) * 0.3 - 1.0
+    labels = torch.tensor([0, 1, 2, 0, 3, 1, 4, 5])  # identities shared across the two ranks
+    eps_v = torch.randn(B, K, D, generator=g, dtype=torch.float64)
+    eps_t = torch.randn(B, K, D, generator=g, dtype=torch.float64)
+    x = torch.randn(B, IN, generator=g, dtype=torch.float64)
+    return mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x
+
+
+def _losses(mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ctx, metric, loss):
+    """Every distributed term on (local) inputs: dict name -> scalar."""
+    out = {"dcl": dcl_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7,
+                           backend="reference", ctx=ctx)}
+    zv = uk.losses.sample_points(mu_v, lv_v, K, eps_v)
+    zt = uk.losses.sample_points(mu_t, lv_t, K, eps_t)
+    p = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="cosine", scale=5.0, loss=loss, intra=True,
+                 backend="reference", ctx=ctx)
+    out.update({f"pcl_{k}": v for k, v in p.items()})
+    pe = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="euclidean", scale=0.5, loss=loss, intra=True,
+                  backend="reference", ctx=ctx)
+    out.update({f"pcl_euclid_{k}": v for k, v in pe.items()})
+    out["baseline"] = cosine_contrast_loss(mu_v, mu_t, labels, scale=4.0, loss=loss, backend="reference", ctx=ctx)
+    return out
+
+
+def _head(seed=1):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(IN, 4 * D).double()
+
+
+def _head_loss(head, x, labels, eps_v, eps_t, ctx, metric, loss):
+    h = head(x)
+    mu_v, lv_v, mu_t, lv_t = h.split(D, dim=1)
+    terms = _losses(mu_v, lv_v - 1.0, mu_t, lv_t - 1.0, labels, eps_v, eps_t, ctx, metric, loss)
+    return sum(terms.values())
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        ctx = DistContext.current()
+        assert ctx == DistContext(rank, WORLD)
+        mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x = _data()
+        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        results = {}
+        for metric, loss in CASES:
+            leaves = [t[sl].clone().requires_grad_() for t in (mu_v, lv_v, mu_t, lv_t)]
+            terms = _losses(*leaves, labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss)
+            grads = {}
+            for name, value in terms.items():
+                gs = torch.autograd.grad(value, leaves, retain_graph=True, allow_unused=True)
+                grads[name] = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
+            # parameters of a shared head under DistributedDataParallel (gradients averaged over ranks)
+            head = torch.nn.parallel.DistributedDataParallel(_head())
+            total = _head_loss(head, x[sl], labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss)
+            total.backward()
+            results[(metric, loss)] = {
+                "values": {k: v.detach() for k, v in terms.items()},
+                "grads": grads,
+                "total": total.detach(),
+                "head_grads": [p.grad.clone() for p in head.module.parameters()],
+            }
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _single(metric, loss):
+    mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x = _data()
+    leaves = [t.clone().requires_grad_() for t in (mu_v, lv_v, mu_t, lv_t)]
+    terms = _losses(*leaves, labels, eps_v, eps_t, DistContext(), metric, loss)
+    grads = {}
+    for name, value in terms.items():
+        gs = torch.autograd.grad(value, leaves, retain_graph=True, allow_unused=True)
+        grads[name] = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
+    head = _head()
+    total = _head_loss(head, x, labels, eps_v, eps_t, DistContext(), metric, loss)
+    total.backward()
+    return terms, grads, [p.grad for p in head.parameters()], total.detach()
+
+
+@pytest.mark.parametrize("metric,loss", CASES)
+def test_single_process_path_is_the_library_loss(metric, loss):
+    """World size 1 gives exactly uca_kernels' own DCL and PCL on the batch."""
+    mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, _ = _data()
+    terms, _, _, _ = _single(metric, loss)
+    ref = uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7,
+                                        backend="reference")
+    torch.testing.assert_close(terms["dcl"], ref, rtol=1e-12, atol=1e-12)
+    p = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, num_samples=K, eps_v=eps_v, eps_t=eps_t, scale=5.0,
+                               loss=loss, backend="reference")
+    for k in ("inter", "intra_image", "intra_text"):
+        torch.testing.assert_close(terms[f"pcl_{k}"], p[k], rtol=1e-12, atol=1e-12)
+    pe = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, num_samples=K, eps_v=eps_v, eps_t=eps_t,
+                                similarity="euclidean", scale=0.5, loss=loss, backend="reference")
+    for k in ("inter", "intra_image", "intra_text"):
+        torch.testing.assert_close(terms[f"pcl_euclid_{k}"], pe[k], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("metric,loss", CASES)
+def test_two_processes_equal_single_process(two_process_results, metric, loss):
+    terms, grads, head_grads, head_total = _single(metric, loss)
+    ranks = [r[(metric, loss)] for r in two_process_results]
+    for name, value in terms.items():
+        # the mean over ranks of each rank's value is the global loss
+        got = sum(r["values"][name] for r in ranks) / WORLD
+        torch.testing.assert_close(got, value.detach(), rtol=1e-10, atol=1e-12, msg=f"{name} value")
+        # a rank's input gradient is W times the global gradient of its rows
+        for rank, r in enumerate(ranks):
+            sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+            for i, (g_dist, g_ref) in enumerate(zip(r["grads"][name], grads[name])):
+                torch.testing.assert_close(g_dist / WORLD, g_ref[sl], rtol=1e-9, atol=1e-12,
+                                           msg=f"{name} grad of input {i} on rank {rank}")
+    # DDP-averaged parameter gradients equal the single-process gradients
+    for rank, r in enumerate(ranks):
+        for g_dist, g_ref in zip(r["head_grads"], head_grads):
+            torch.testing.assert_close(g_dist, g_ref, rtol=1e-9, atol=1e-12, msg=f"head grad on rank {rank}")
+    total = sum(r["total"] for r in ranks) / WORLD
+    torch.testing.assert_close(total, head_total, rtol=1e-10, atol=1e-12)

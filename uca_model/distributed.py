@@ -1,0 +1,186 @@
+"""Contrastive losses over the global batch of a data-parallel run (and the single-process case).
+
+With W processes each holding a local batch of b pairs (global batch B = W·b), the loss we want is
+the single-process loss on the concatenated batch: mean over the B rows (image→text) plus mean over
+the B columns (text→image). On rank k:
+
+- **cross-modal terms** (DCL, PCL inter, the baseline's SDM): gather the *other* modality from all
+  ranks with gradients (an all-gather whose backward all-reduces), compute the local rows
+  against the global columns and the global rows against the local columns, keep the local rows
+  and the local columns: ``L_k = (rows_k.sum() + cols_k.sum()) / B`` and ``Σ_k L_k = L``. The
+  all-gather's backward sums every rank's gradient into the owner of each row.
+- **intra-modal point terms**: a point is never its own pair. The fused op excludes self pairs only
+  on a square problem, so every rank gathers the global points of the modality and computes the
+  whole intra term (``L_k = L``); gradients reach each point's owner through the all-gather. (The
+  cost is that of the global intra problem on every rank; a fused "exclude (i, i + offset)" option
+  would make it local rows × global columns like the cross-modal terms.)
+
+**Scaling convention.** Every function here returns a value whose *mean over ranks* is the global
+loss and whose gradient, *averaged over ranks* as DistributedDataParallel does, is the global
+gradient: cross-modal terms return ``W · L_k``, intra terms ``L``. (For an input tensor of rank k
+the local ``.grad`` is therefore ``W · ∂L/∂x_k``.) Local means such as a reconstruction
+cross-entropy follow the same convention as they are. With W = 1 everything reduces to the plain
+single-process loss: the same code, no communication.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from uca_kernels import contrast, distribution_contrast_loss
+
+__all__ = [
+    "DistContext",
+    "gather",
+    "gather_labels",
+    "dcl_loss",
+    "pcl_loss",
+    "cosine_contrast_loss",
+]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Rank and world size of this process (1 process: rank 0, world_size 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "DistContext":
+        """From the initialised default process group, else single-process."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @staticmethod
+    def launched_by_torchrun() -> bool:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of the gathered tensor and
+    hands each rank the rows it owns (all-reduce + slice: works on gloo and NCCL alike)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+
+
+def gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate ``x`` [b, ...] of every rank along dim 0 (rank order), with gradients."""
+    if not ctx.distributed:
+        return x
+    return _GatherWithGrad.apply(x, ctx.rank, ctx.world_size)
+
+
+def gather_labels(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate an integer tensor of every rank (no gradients)."""
+    if not ctx.distributed:
+        return x
+    out = [torch.empty_like(x) for _ in range(ctx.world_size)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, 0)
+
+
+def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """``fn(rows_side, cols_side, labels_rows, labels_cols) -> (loss_rows, loss_cols)`` evaluated as
+    local rows × global columns and global rows × local columns (see the module docstring)."""
+    if not ctx.distributed:
+        rows, cols = fn(a, b, labels, labels)
+        return rows.mean() + cols.mean()
+    gl = gather_labels(labels, ctx)
+    ga = tuple(gather(x, ctx) for x in a)
+    gb = tuple(gather(x, ctx) for x in b)
+    rows, _ = fn(a, gb, labels, gl)
+    _, cols = fn(ga, b, gl, labels)
+    n_global = gl.shape[0]
+    return ctx.world_size * (rows.sum() + cols.sum()) / n_global
+
+
+def dcl_loss(mu_v, logvar_v, mu_t, logvar_t, labels, *, metric="w2", loss="sdm", scale=1.0, backend="auto",
+             ctx: DistContext = DistContext()) -> torch.Tensor:
+    """Distribution contrast (images = rows, texts = columns) over the global batch.
+
+    Args:
+        mu_v, logvar_v, mu_t, logvar_t: [b, D] local image and text Gaussians (pair i ↔ i).
+        labels: [b] identities. scale: positive number or 0-d tensor (logits = −scale·d).
+    """
+
+    def fn(a, b, la, lb):
+        return distribution_contrast_loss(a[0], a[1], b[0], b[1], labels=la, labels_t=lb, metric=metric,
+                                          loss=loss, scale=scale, reduction="none", backend=backend)
+
+    return _cross_term(fn, (mu_v, logvar_v), (mu_t, logvar_t), labels, ctx)
+
+
+def _point_maps(za: torch.Tensor, zb: torch.Tensor, similarity: str):
+    """``(A, B, r, c, sign)`` of the point similarity (cosine: +cos; euclidean: −‖zᵢ − zⱼ‖²)."""
+    if similarity == "cosine":
+        a, b = F.normalize(za, dim=1), F.normalize(zb, dim=1)
+        return a, b, a.new_zeros(a.shape[0]), b.new_zeros(b.shape[0]), 1.0
+    shift = torch.cat([za, zb]).mean(0).detach()  # exact: distances are translation-invariant
+    za, zb = za - shift, zb - shift
+    return za, -2.0 * zb, za.square().sum(1), zb.square().sum(1), -1.0
+
+
+def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, similarity="cosine", scale=50.0,
+             loss="sdm", intra=True, backend="auto", ctx: DistContext = DistContext()) -> dict[str, torch.Tensor]:
+    """Point contrast over the global batch.
+
+    Args:
+        z_v, z_t: [b·K, D] local sampled points (row i·K + k is sample k of pair i).
+        labels: [b·K] identities of the points (``pids.repeat_interleave(K)``).
+        similarity, scale, loss, backend: as :func:`uca_kernels.point_contrast_loss`.
+        intra: compute the image–image and text–text terms (self pairs excluded).
+
+    Returns:
+        ``{"inter", "intra_image", "intra_text"}`` (intra terms absent when ``intra`` is False).
+    """
+
+    def fn(a, b, la, lb):
+        A, B, r, c, sign = _point_maps(a[0], b[0], similarity)
+        return contrast(A, B, r, c, sign * scale, 0.0, la, lb, loss=loss, backend=backend)
+
+    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx)}
+    if intra:
+        gl = gather_labels(labels, ctx)
+        for name, z in (("intra_image", z_v), ("intra_text", z_t)):
+            gz = gather(z, ctx)
+            A, B, r, c, sign = _point_maps(gz, gz, similarity)
+            rows, cols = contrast(A, B, r, c, sign * scale, 0.0, gl, gl, loss=loss, exclude_self=True, backend=backend)
+            out[name] = rows.mean() + cols.mean()
+    return out
+
+
+def cosine_contrast_loss(f_v: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor, *, scale=50.0, loss="sdm",
+                         backend="auto", ctx: DistContext = DistContext()) -> torch.Tensor:
+    """The baseline's SDM (or InfoNCE) on cosine similarities of fixed-point embeddings [b, D]."""
+
+    def fn(a, b, la, lb):
+        A, B, r, c, _ = _point_maps(a[0], b[0], "cosine")
+        return contrast(A, B, r, c, scale, 0.0, la, lb, loss=loss, backend=backend)
+
+    return _cross_term(fn, (f_v,), (f_t,), labels, ctx)
