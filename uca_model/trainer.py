@@ -1,0 +1,529 @@
+"""Training: AdamW + warm-up/cosine, clipping, AMP, DDP, resumable checkpoints, val selection.
+
+    train(cfg, run_dir) -> final metrics          # one process, or each rank under torchrun
+
+**Reproducibility.** Model initialisation uses ``train.seed``; every training step draws *all* its
+randomness (data order of the epoch, flips, attribute masking, point samples, dropout) from
+generators seeded by ``(seed, epoch)`` or ``(seed, step, rank)``. A run resumed from a checkpoint
+written at any step therefore continues exactly as the uninterrupted run would (the RNG states are
+saved as well, for code outside this loop).
+
+**Checkpoints** (:mod:`uca_model.checkpoint`): ``checkpoint_last.pt`` every ``train.ckpt_every``
+steps and at each epoch end (model, optimiser, schedule, position, best-so-far, evaluation
+history, RNG states; atomic), ``checkpoint_best.pt`` whenever the val ``train.select_metric``
+improves. After the last epoch the best weights are evaluated once on ``test``.
+
+**Logs** in the run folder: ``config.json`` (resolved config), ``history.csv`` (every
+``train.log_every`` steps: lr, each unweighted loss term and the weighted total, mean sigma per
+modality, gradient norm, samples/s, data and step time), ``eval.csv`` (val per evaluation, test at
+the end), ``metrics.json``, ``curves.png``, TensorBoard events under ``tb/`` when ``tensorboard``
+is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import data as data_mod
+from .checkpoint import (
+    FORMAT,
+    RESUME_MUTABLE,
+    VERSION,
+    CheckpointError,
+    atomic_save,
+    check_config_match,
+    check_state_dict,
+    load_checkpoint,
+)
+from .config import DataConfig, OptimConfig, RunConfig, save_config, to_dict
+from .distributed import DistContext
+from .evaluation import METRIC_KEYS, evaluate_split
+from .model import UCAModel, build_model
+from .text import AttributeMasker, encode, load_tokenizer
+
+__all__ = [
+    "train",
+    "TrainingStopped",
+    "RunExistsError",
+    "EpochBatchSampler",
+    "init_distributed",
+    "resolve_device",
+    "prepare_data",
+    "build_optimizer",
+    "lr_lambda",
+    "seed_for",
+    "eval_score",
+]
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when ``train.stop_after_steps`` is reached (a simulated kill; resume continues)."""
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run and resuming was not asked for."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy SeedSequence): independent streams per purpose."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    if DistContext.launched_by_torchrun() and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistContext.current()
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        if name == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", ctx.rank if ctx.distributed else 0)))
+    return torch.device(name)
+
+
+def prepare_data(cfg: DataConfig, ctx: DistContext, progress: bool = True):
+    """Generate SynthPedes if asked and missing (rank 0), load the dataset and the tokenizer."""
+    root = Path(cfg.root)
+    is_synth = cfg.name.strip().lower().replace("-", "").startswith("synth")
+    if is_synth and cfg.synth_preset is not None:
+        if ctx.is_main:
+            from .synth import generate_synthpedes
+
+            generate_synthpedes(root, cfg.synth_preset, seed=cfg.synth_seed, progress=progress)
+        if ctx.distributed:
+            dist.barrier()
+    ds = data_mod.load_dataset(root, cfg.name, val_from_train=cfg.val_from_train)
+    tok_path = Path(cfg.tokenizer) if cfg.tokenizer else root / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"tokenizer {str(tok_path)!r} not found: set data.tokenizer to a tokenizer.json or a "
+                                "local CLIP folder (SynthPedes writes <root>/tokenizer.json)")
+    return ds, load_tokenizer(tok_path)
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of one rank: epoch ``e`` shuffles all samples with a generator seeded by
+    ``(seed, e)``; global batch ``j`` is ``perm[j·B:(j+1)·B]`` and rank ``r`` takes its ``r``-th
+    slice of ``B / W``. The incomplete last batch is dropped (equal batch sizes on all ranks).
+    ``set_position(epoch, start)`` starts an epoch at batch ``start`` (resume)."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, ctx: DistContext) -> None:
+        if global_batch % ctx.world_size:
+            raise ValueError(f"data.batch_size={global_batch} is not divisible by the {ctx.world_size} processes")
+        self.n, self.global_batch, self.seed, self.ctx = n, global_batch, seed, ctx
+        self.local = global_batch // ctx.world_size
+        self.steps_per_epoch = n // global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"data.batch_size={global_batch} exceeds the {n} training samples")
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(seed_for(self.seed, 1, self.epoch))
+        perm = torch.randperm(self.n, generator=g)
+        r, b, B = self.ctx.rank, self.local, self.global_batch
+        for j in range(self.start, self.steps_per_epoch):
+            yield perm[j * B + r * b: j * B + (r + 1) * b].tolist()
+
+
+def _param_groups(params: list, lr: float, weight_decay: float) -> list[dict]:
+    decay = [p for p in params if p.ndim >= 2]  # matrices and embeddings; not biases, norms, scalars
+    other = [p for p in params if p.ndim < 2]
+    return [g for g in ({"params": decay, "lr": lr, "weight_decay": weight_decay},
+                        {"params": other, "lr": lr, "weight_decay": 0.0}) if g["params"]]
+
+
+def build_optimizer(model: UCAModel, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; encoder parameters at ``lr · encoder_lr_scale``, the rest at ``lr``; decay on matrices."""
+    groups = _param_groups(model.encoder_parameters(), cfg.lr * cfg.encoder_lr_scale, cfg.weight_decay) + \
+        _param_groups(model.new_parameters(), cfg.lr, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the peak LR at step ``s``: linear warm-up, then cosine to ``min_ratio``."""
+
+    def f(s: int) -> float:
+        if warmup_steps > 0 and s < warmup_steps:
+            return (s + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        t = min(1.0, (s - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def eval_score(cfg: RunConfig) -> str:
+    """The ranking of a run: ``eval.score`` with ``auto`` resolved by the model mode."""
+    if cfg.eval.score != "auto":
+        return cfg.eval.score
+    return "distance" if cfg.model.probabilistic else "cosine"
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class _CsvLog:
+    """Append rows to a CSV file with a fixed header; ``truncate_after(step)`` drops later rows."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if float(r["step"]) <= step]
+        self.rewrite(rows)
+
+    def rewrite(self, rows: list[dict]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.is_file()
+        with self.path.open("a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def _eval_row(split: str, epoch: int, step: int, m: dict) -> dict:
+    row = {"split": split, "epoch": epoch, "step": step, **{k: round(m[k], 4) for k in METRIC_KEYS}}
+    if "alt" in m:
+        row.update({f"{m['alt']['score']}_{k}": round(m["alt"][k], 4) for k in ("R1", "mAP")})
+        row["sigma_image"], row["sigma_text"] = m["sigma_image"], m["sigma_text"]
+    return row
+
+
+EVAL_FIELDS = ["split", "epoch", "step", *METRIC_KEYS, "cosine_R1", "cosine_mAP", "distance_R1", "distance_mAP",
+               "sigma_image", "sigma_text"]
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - optional dependency (ImportError, or a broken install)
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "auto",
+          log: Callable[[str], None] = print) -> dict:
+    """Train ``cfg`` into ``run_dir`` and return the final metrics (``metrics.json``).
+
+    Args:
+        cfg: a validated :class:`RunConfig`.
+        run_dir: the run folder (created).
+        resume: ``"auto"`` continues a run found in ``run_dir``; ``True`` requires one; ``False``
+            refuses to touch a folder that already holds a run.
+        log: where progress lines go (rank 0 only).
+
+    Raises:
+        TrainingStopped: ``train.stop_after_steps`` was reached (the last checkpoint is on disk).
+        RunExistsError, CheckpointError, ConfigError, FileNotFoundError: with what to do.
+    """
+    cfg.validate()
+    ctx = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, ctx)
+    tc, oc = cfg.train, cfg.optim
+    main = ctx.is_main
+    say = log if main else (lambda *_: None)
+    run = Path(run_dir)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+    if ctx.distributed:
+        dist.barrier()
+    last_path, best_path = run / "checkpoint_last.pt", run / "checkpoint_best.pt"
+
+    # -- resume or start --
+    state = None
+    if last_path.exists():
+        if resume is False:
+            raise RunExistsError(f"{run} already holds a run (checkpoint_last.pt); resume it (--resume) or choose "
+                                 "another output folder")
+        state = load_checkpoint(last_path)
+        check_config_match(state["config"], cfg, f"{last_path}", mutable=RESUME_MUTABLE)
+        if state.get("finished") and (run / "metrics.json").is_file():
+            say(f"{run} is a finished run; its metrics are in metrics.json")
+            return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    elif resume is True:
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    elif main and any(run.glob("*.pt")):
+        raise RunExistsError(f"{run} holds checkpoints but no checkpoint_last.pt; choose another output folder")
+    if main:
+        save_config(cfg, run / "config.json")
+
+    # -- data --
+    ds, tok = prepare_data(cfg.data, ctx, progress=tc.progress and main)
+    if "val" not in ds.eval_splits:
+        raise ValueError(f"{cfg.data.root} has no val split for model selection: set data.val_from_train to hold "
+                         "out some training identities (e.g. ICFG-PEDES)")
+    val_q, val_g = ds.eval_split("val")
+    mcfg = cfg.model
+    image_size = tuple(mcfg.encoder.vision.image_size)
+    max_len = mcfg.encoder.text.max_len
+    train_set = data_mod.TrainImageTextDataset(ds.train, image_size, flip_prob=0.0, cache=cfg.data.cache_images)
+    sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, tc.seed, ctx)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = steps_per_epoch * tc.epochs
+
+    # -- model, optimiser, schedule --
+    torch.manual_seed(seed_for(tc.seed, 0))
+    model = build_model(mcfg, tok, ds.num_train_ids, ctx).to(device)
+    masker = AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate) if model.decoder is not None else None
+    weights = model.loss_weights()
+    opt = build_optimizer(model, oc)
+    warmup = int(round(oc.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps, oc.min_lr_ratio))
+    amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    net = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    epoch, start_batch, step = 0, 0, 0
+    best = {"value": -math.inf, "epoch": None, "metrics": None}
+    eval_history: list[dict] = []
+    train_time = 0.0
+    if state is not None:
+        check_state_dict(model, state["model"], str(last_path))
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, start_batch, step = state["position"]["epoch"], state["position"]["batch"], state["position"]["step"]
+        best, eval_history, train_time = state["best"], state["eval_history"], state["train_time"]
+        rng = state["rng"]  # one entry per rank of the run that wrote it
+        _set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
+        say(f"resuming {run} at epoch {epoch + 1}, batch {start_batch}, step {step}")
+
+    term_names = list(weights)
+    hist_fields = ["step", "epoch", "lr", "loss/total", *[f"loss/{k}" for k in term_names], "grad_norm",
+                   "sigma_image", "sigma_text", "samples_per_s", "data_time", "step_time"]
+    hist = _CsvLog(run / "history.csv", hist_fields)
+    evlog = _CsvLog(run / "eval.csv", EVAL_FIELDS)
+    if main:
+        if state is not None:
+            hist.truncate_after(step)
+        else:
+            for p in (run / "history.csv", run / "eval.csv", run / "metrics.json"):
+                p.unlink(missing_ok=True)
+    tb = _tensorboard(run) if main else None
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"run {run}: {len(train_set)} training pairs, {ds.num_train_ids} identities, {steps_per_epoch} steps/epoch x "
+        f"{tc.epochs} epochs, batch {cfg.data.batch_size} on {ctx.world_size} process(es), {device}, "
+        f"{'bf16' if amp else 'fp32'}; model {mcfg.mode} ({n_params / 1e6:.2f} M parameters), terms: "
+        + ", ".join(f"{k}x{w:g}" for k, w in weights.items()))
+
+    def save_last(position: dict, finished: bool = False) -> None:
+        rng = [_rng_state()]
+        if ctx.distributed:
+            rng = [None] * ctx.world_size
+            dist.all_gather_object(rng, _rng_state())
+        if main:
+            atomic_save({"format": FORMAT, "version": VERSION, "kind": "last", "config": to_dict(cfg),
+                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "position": position, "best": best, "eval_history": eval_history,
+                         "train_time": train_time, "rng": rng, "finished": finished,
+                         "vocab_size": model.vocab_size, "num_train_ids": model.num_train_ids}, last_path)
+
+    def evaluate(split: str) -> dict:
+        q, g = ds.eval_split(split)
+        return evaluate_split(model, tok, q, g, score=eval_score(cfg), metric=mcfg.loss.metric, image_size=image_size,
+                              max_len=max_len, batch_size=cfg.eval.batch_size, device=device, amp=amp)
+
+    # -- epochs --
+    model.train()
+    acc: dict[str, torch.Tensor] = {}
+    acc_n, acc_samples, acc_data, acc_step = 0, 0, 0.0, 0.0
+    from tqdm.auto import tqdm
+
+    while epoch < tc.epochs:
+        sampler.set_position(epoch, start_batch)
+        bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not (tc.progress and main), dynamic_ncols=True, leave=False)
+        t_prev = time.perf_counter()
+        for batch_idx, (pids, _image_ids, images, captions) in enumerate(loader, start=start_batch):
+            t_data = time.perf_counter()
+            g = torch.Generator().manual_seed(seed_for(tc.seed, 2, step, ctx.rank))
+            torch.manual_seed(seed_for(tc.seed, 3, step, ctx.rank))  # dropout and any other global draws
+            if device.type == "cuda":
+                torch.cuda.manual_seed(seed_for(tc.seed, 4, step, ctx.rank))
+            b = pids.shape[0]
+            if cfg.data.flip_prob > 0:
+                flip = torch.rand(b, generator=g) < cfg.data.flip_prob
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            batch = {"images": images, "pids": pids}
+            if masker is not None:
+                mk = masker(list(captions), max_len, generator=g)
+                batch.update(input_ids=mk["clean_ids"], attention_mask=mk["attention_mask"],
+                             mlm_input_ids=mk["input_ids"], mlm_labels=mk["mlm_labels"])
+            else:
+                batch.update(encode(tok, list(captions), max_len))
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+            with autocast():
+                out = net(batch, generator=g)
+            terms = out["terms"]
+            if set(terms) != set(weights):
+                raise RuntimeError(f"the model returned terms {sorted(terms)} but has weights for {sorted(weights)}")
+            total = sum(weights[k] * terms[k] for k in term_names)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip if oc.grad_clip > 0 else math.inf)
+            opt.step()
+            sched.step()
+            step += 1
+            t_end = time.perf_counter()
+
+            # -- accumulate (no host sync until a log step) --
+            vals = {"loss/total": total.detach(), **{f"loss/{k}": terms[k].detach() for k in term_names},
+                    "grad_norm": gnorm.detach(), **{k: v for k, v in out["stats"].items() if k.startswith("sigma")}}
+            for k, v in vals.items():
+                acc[k] = acc[k] + v if k in acc else v.clone()
+            acc_n += 1
+            acc_samples += b * ctx.world_size
+            acc_data += t_data - t_prev
+            acc_step += t_end - t_data
+            train_time += t_end - t_prev
+            t_prev = t_end
+            bar.update(1)
+            if step % tc.log_every == 0 or batch_idx + 1 == steps_per_epoch:
+                means = {k: float(v) / acc_n for k, v in acc.items()}
+                sps = acc_samples / max(1e-9, acc_data + acc_step)
+                row = {"step": step, "epoch": round(epoch + (batch_idx + 1) / steps_per_epoch, 4),
+                       "lr": sched.get_last_lr()[-1], **{k: round(v, 6) for k, v in means.items()},
+                       "samples_per_s": round(sps, 2), "data_time": round(acc_data / acc_n, 4),
+                       "step_time": round(acc_step / acc_n, 4)}
+                if main:
+                    hist.append(row)
+                    if tb is not None:
+                        for k, v in row.items():
+                            if k not in ("step", "epoch"):
+                                tb.add_scalar(k, v, step)
+                shown = {k[5:]: f"{v:.3g}" for k, v in means.items() if k.startswith("loss/")}
+                if "sigma_image" in means:
+                    shown["σv"], shown["σt"] = f"{means['sigma_image']:.3g}", f"{means['sigma_text']:.3g}"
+                shown["samples/s"] = f"{sps:.0f}"
+                bar.set_postfix(shown, refresh=False)
+                acc, acc_n, acc_samples, acc_data, acc_step = {}, 0, 0, 0.0, 0.0
+            if step % tc.ckpt_every == 0 and batch_idx + 1 < steps_per_epoch:
+                save_last({"epoch": epoch, "batch": batch_idx + 1, "step": step})
+            if tc.stop_after_steps is not None and step >= tc.stop_after_steps:
+                bar.close()
+                raise TrainingStopped(f"stopped after step {step} (train.stop_after_steps); the last checkpoint is "
+                                      f"{last_path}, resume to continue")
+            t_prev = time.perf_counter()
+        bar.close()
+
+        # -- epoch end: evaluate on val, keep the best --
+        epoch += 1
+        start_batch = 0
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            if main:
+                m = evaluate("val")
+                eval_history.append(_eval_row("val", epoch, step, m))
+                evlog.rewrite(eval_history)
+                value = m[tc.select_metric]
+                msg = (f"epoch {epoch}/{tc.epochs} step {step}: val R1 {m['R1']:.2f} R5 {m['R5']:.2f} "
+                       f"R10 {m['R10']:.2f} mAP {m['mAP']:.2f} mINP {m['mINP']:.2f}")
+                if "sigma_image" in m:
+                    msg += f" | sigma image {m['sigma_image']:.4f} text {m['sigma_text']:.4f}"
+                if tb is not None:
+                    for k in METRIC_KEYS:
+                        tb.add_scalar(f"val/{k}", m[k], step)
+                if value > best["value"]:
+                    best = {"value": value, "epoch": epoch, "metrics": m}
+                    atomic_save({"format": FORMAT, "version": VERSION, "kind": "best", "config": to_dict(cfg),
+                                 "model": model.state_dict(), "epoch": epoch, "step": step, "val": m,
+                                 "vocab_size": model.vocab_size, "num_train_ids": model.num_train_ids}, best_path)
+                    msg += "  (best)"
+                say(msg)
+            if ctx.distributed:
+                dist.barrier()
+        save_last({"epoch": epoch, "batch": 0, "step": step})
+
+    # -- the single test evaluation, with the weights selected on val --
+    result = {}
+    if main:
+        if best_path.is_file():
+            check_state_dict(model, load_checkpoint(best_path)["model"], str(best_path))
+        test = evaluate("test")
+        eval_history.append(_eval_row("test", best["epoch"], step, test))
+        evlog.rewrite(eval_history)
+        result = {"run": str(run), "mode": mcfg.mode, "score": eval_score(cfg), "seed": tc.seed,
+                  "best_epoch": best["epoch"], "select_metric": tc.select_metric, "steps": step,
+                  "train_time_s": round(train_time, 1), "world_size": ctx.world_size,
+                  "val": best["metrics"], "test": test}
+        tmp = run / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, run / "metrics.json")
+        try:
+            from .plots import plot_curves
+
+            plot_curves(run / "history.csv", run / "eval.csv", run / "curves.png",
+                        title=f"{run.name}: {mcfg.mode}, test R1 {test['R1']:.1f} mAP {test['mAP']:.1f}")
+        except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished run
+            say(f"warning: could not draw curves.png: {e}")
+        if tb is not None:
+            tb.close()
+    save_last({"epoch": epoch, "batch": 0, "step": step}, finished=True)
+    if ctx.distributed:
+        obj = [result]
+        dist.broadcast_object_list(obj, src=0)
+        result = obj[0]
+    return result
