@@ -310,6 +310,9 @@ UCA_LEAVES(double)
 #undef UCA_LEAVES
 
 constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column passes
+// Tiles with fewer logits run their epilogue on one thread: a parallel region's fork and barrier
+// cost more than the work there, and far more when other processes share the cores.
+constexpr int64_t kParallelMin = 1 << 17;
 
 // Finalise one row/column: statistics (LSE, positive LSE, n) and the loss.
 template <typename T>
@@ -417,7 +420,7 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
       T* s = tile.data();
       gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, s, nj);
       // -- row pass: logits + online row statistics --
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
       for (int64_t ii = 0; ii < mi; ++ii) {
         const int64_t i = i0 + ii;
         fwd_row(nj, s + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
@@ -426,7 +429,7 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
       }
       // -- column pass: online column statistics --
       const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
       for (int64_t ch = 0; ch < n_chunks; ++ch) {
         const int64_t jc = ch * kColChunk, nc = std::min(kColChunk, nj - jc), j = j0 + jc;
         T* tmp = scratch.data() + 3 * kColChunk * ch;
@@ -440,9 +443,9 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
       }
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M >= kParallelMin / 16)
   for (int64_t i = 0; i < M; ++i) finalize(rs, i, a.loss, loss_rows, row_stats);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N >= kParallelMin / 16)
   for (int64_t j = 0; j < N; ++j) finalize(cs, j, a.loss, loss_cols, col_stats);
 }
 
@@ -473,7 +476,7 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
       gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, g, nj);
       const bool cols_fast = ck.all_fast(j0, nj);
       // -- dS from saved statistics, dT in place, row sums --
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
       for (int64_t ii = 0; ii < mi; ++ii) {
         const int64_t i = i0 + ii;
         T* out3 = partial.data() + 3 * ii;
@@ -491,7 +494,7 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
       }
       // -- column sums --
       const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
       for (int64_t ch = 0; ch < n_chunks; ++ch) {
         const int64_t jc = ch * kColChunk;
         col_sum(mi, std::min(kColChunk, nj - jc), nj, g + jc, dc + j0 + jc);
