@@ -91,6 +91,9 @@ register("synth", "write the SynthPedes dataset (CUHK-PEDES layout) with its car
          _synth_arguments, _synth_run)
 
 
+# the model commands (demo, train, eval, search) live in uca_model.commands and register themselves
+from . import commands as _model_commands  # noqa: E402,F401
+
 # ----------------------------------------------------------------------------------------------
 
 
