@@ -152,7 +152,7 @@ class _FeatureMaps(torch.autograd.Function):
         shift, sshift = _centres(mu_a, logvar_a, mu_b, logvar_b, metric, center)
         ctx.save_for_backward(mu_a, logvar_a, mu_b, logvar_b)
         ctx.metric, ctx.shift, ctx.sshift = metric, shift, sshift
-        if metric not in ("w2", "csd"):
+        if metric not in ("w2", "csd") or torch.compiler.is_compiling():  # (dynamo rejects out= views)
             return _maps_impl(mu_a, logvar_a, mu_b, logvar_b, metric, shift, sshift)
         # w2 and csd written straight into A and B (no [B, D] temporaries; same values as _maps_impl)
         D = mu_a.shape[1]
