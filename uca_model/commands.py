@@ -148,6 +148,9 @@ def _train_run(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / (args.config.stem if args.config else "default")
         t0 = time.perf_counter()
         result = train(cfg, out, resume=True if args.resume else False)
+        from .distributed import DistContext
+
+        is_main = DistContext.current().is_main  # under torchrun only rank 0 reports
     except TrainingStopped as e:
         print(f"uca train: {e}", file=sys.stderr)
         return 3
@@ -155,7 +158,7 @@ def _train_run(args: argparse.Namespace) -> int:
         return _fail("train", e)
     finally:
         _shutdown_distributed()
-    if result:
+    if result and is_main:
         print(f"\n{result['run']}: trained in {time.perf_counter() - t0:.0f} s ({result['steps']} steps); "
               f"best val {result['select_metric']} at epoch {result['best_epoch']}; ranking by {result['score']}")
         print(format_metrics_table([("val (best)", result["val"]), ("test", result["test"])]))

@@ -87,11 +87,11 @@ class VisionConfig:
     """Image tower (CLIP ViT). For ``clip-vit-b16`` the sizes come from the pretrained folder and
     only ``image_size`` is used (position embeddings are resized to its patch grid)."""
 
-    image_size: tuple[int, int] = (96, 48)  # (H, W) input size; images are resized to it
+    image_size: tuple[int, int] = (64, 32)  # (H, W) input size; images are resized to it
     patch_size: int = 8  # square patch side; H and W must be multiples of it
-    hidden_size: int = 128  # transformer width (tiny preset)
+    hidden_size: int = 64  # transformer width (tiny preset)
     num_layers: int = 2  # transformer blocks (tiny preset)
-    num_heads: int = 4  # attention heads (tiny preset)
+    num_heads: int = 2  # attention heads (tiny preset)
     mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
 
     def validate(self, where: str = "vision") -> None:
@@ -110,10 +110,10 @@ class VisionConfig:
 class TextConfig:
     """Text tower (CLIP text transformer, causal). The vocabulary size comes from the tokenizer."""
 
-    max_len: int = 40  # tokens per caption including start/end (77 for CLIP)
-    hidden_size: int = 128  # transformer width (tiny preset)
+    max_len: int = 32  # tokens per caption including start/end (77 for CLIP)
+    hidden_size: int = 64  # transformer width (tiny preset)
     num_layers: int = 2  # transformer blocks (tiny preset)
-    num_heads: int = 4  # attention heads (tiny preset)
+    num_heads: int = 2  # attention heads (tiny preset)
     mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
 
     def validate(self, where: str = "text") -> None:
@@ -149,7 +149,7 @@ class HeadConfig:
     """Probabilistic heads: ``mu`` from the global token, ``logvar`` from the global token or
     pooled over all tokens (one head per modality)."""
 
-    embed_dim: int = 128  # D of the joint space (clip-vit-b16: 512 to reuse CLIP's projections)
+    embed_dim: int = 64  # D of the joint space (clip-vit-b16: 512 to reuse CLIP's projections)
     mu_source: str = "tokens"  # "global" (class / end token) | "tokens" (masked mean of all tokens)
     normalize_mu: bool = True  # put mu on the unit sphere (then ||dmu||^2 = 2 - 2 cos)
     logvar_source: str = "tokens"  # "global" | "tokens" (masked mean of all tokens)
@@ -171,9 +171,9 @@ class DecoderConfig:
     """Cross-modal reconstruction decoder of UA-AMLR (queries: masked text tokens; keys/values:
     one sampled image point plus the patch tokens)."""
 
-    width: int = 128  # decoder width
-    num_layers: int = 1  # transformer decoder blocks (self-attn over text, cross-attn to the image)
-    num_heads: int = 4  # attention heads
+    width: int = 64  # decoder width
+    num_layers: int = 1  # blocks (cross-attention to the image + MLP)
+    num_heads: int = 2  # attention heads
     dropout: float = 0.0  # dropout inside the decoder
 
     def validate(self, where: str = "model.decoder") -> None:
@@ -191,20 +191,21 @@ class LossConfig:
 
     dcl_weight: float = 1.0  # distribution contrast (DCL)
     metric: str = "w2"  # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd
-    contrast_loss: str = "sdm"  # sdm | infonce, for DCL, PCL and the baseline
-    dcl_scale: float = 25.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02)
-    learn_dcl_scale: bool = False  # learn dcl_scale (through its log)
+    contrast_loss: str = "infonce"  # sdm | infonce, for DCL, PCL and the baseline (sdm: IRRA, for pretrained towers)
+    dcl_scale: float = 5.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02 as in IRRA)
     pcl_weight: float = 0.2  # point contrast, lambda_p (inter + intra)
     num_samples: int = 4  # K samples per distribution (PCL and UA-AMLR)
     pcl_similarity: str = "cosine"  # cosine | euclidean
-    pcl_scale: float = 50.0  # point logits = pcl_scale * cos (1/0.02)
+    pcl_scale: float = 10.0  # point logits = pcl_scale * cos (50 = 1/0.02 as in IRRA)
     pcl_intra: bool = True  # include the intra-modal point terms
     amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
     mask_rate: float = 0.5  # share of a caption's attribute words masked
     kl_weight: float = 1e-4  # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl
     id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
     id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
-    baseline_scale: float = 50.0  # baseline: SDM logits = baseline_scale * cos (1/0.02)
+    baseline_scale: float = 10.0  # baseline: logits = baseline_scale * cos (50 = 1/0.02 as in IRRA)
+    learn_scale: bool = True  # learn the contrastive logit scales (from the values above, CLIP-style)
+    max_scale: float = 100.0  # upper clamp of a learned scale
     backend: str = "auto"  # uca_kernels backend for every contrast
 
     def validate(self, where: str = "model.loss") -> None:
@@ -213,7 +214,7 @@ class LossConfig:
         _choice(f"{where}.metric", self.metric, METRICS)
         _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
         _choice(f"{where}.pcl_similarity", self.pcl_similarity, ("cosine", "euclidean"))
-        for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale"):
+        for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale", "max_scale"):
             _positive(f"{where}.{name}", getattr(self, name))
         _need(isinstance(self.num_samples, int) and self.num_samples >= 1, f"{where}.num_samples",
               f"must be an int >= 1, got {self.num_samples!r}")
@@ -309,7 +310,7 @@ class OptimConfig:
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = 12  # passes over the training captions
+    epochs: int = 20  # passes over the training captions
     seed: int = 0  # the single source of randomness (init, data order, masking, sampling, dropout)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | off

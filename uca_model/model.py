@@ -79,11 +79,15 @@ class UCAModel(nn.Module):
             self.decoder = ReconstructionDecoder(cfg.decoder, self.text.hidden_size, self.vision.hidden_size,
                                                  cfg.head.embed_dim, vocab_size)
         self.classifier = nn.Linear(cfg.head.embed_dim, num_train_ids, bias=False) if L.id_weight > 0 else None
-        log_scale = torch.tensor(math.log(L.dcl_scale))
-        if prob and L.learn_dcl_scale:
-            self.dcl_log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("dcl_log_scale", log_scale)
+        # logit scales (1 / temperature) of the contrastive terms: fixed, or learned through their log
+        # (CLIP-style, clamped at loss.max_scale) when loss.learn_scale
+        scales = {"baseline": L.baseline_scale} if not prob else {"dcl": L.dcl_scale, "pcl": L.pcl_scale}
+        for name, value in scales.items():
+            t = torch.tensor(math.log(value))
+            if L.learn_scale:
+                setattr(self, f"{name}_log_scale", nn.Parameter(t))
+            else:
+                self.register_buffer(f"{name}_log_scale", t)
 
     # -- parameter groups (by module, for the optimiser) --
 
@@ -108,9 +112,17 @@ class UCAModel(nn.Module):
         mu, logvar = self.text_head(glob, tokens, attention_mask)
         return {"mu": mu, "logvar": logvar, "tokens": tokens}
 
-    @property
-    def dcl_scale(self) -> torch.Tensor:
-        return self.dcl_log_scale.exp()
+    def scale_names(self) -> list[str]:
+        """Names of the contrastive logit scales this model uses (for logging)."""
+        if not self.cfg.probabilistic:
+            return ["baseline"]
+        L = self.cfg.loss
+        return [n for n, on in (("dcl", L.dcl_weight > 0), ("pcl", L.pcl_weight > 0)) if on]
+
+    def scale(self, name: str) -> torch.Tensor:
+        """The logit scale of ``name`` ("baseline", "dcl", "pcl") as a float32 0-d tensor."""
+        log_scale = getattr(self, f"{name}_log_scale").float()
+        return log_scale.clamp(max=math.log(self.cfg.loss.max_scale)).exp()
 
     def loss_weights(self) -> dict[str, float]:
         """Weight of every term :meth:`forward` returns."""
@@ -165,17 +177,19 @@ class UCAModel(nn.Module):
         mu_v, mu_t = img["mu"].float(), txt["mu"].float()
         with torch.autocast(mu_v.device.type, enabled=False):
             if not self.cfg.probabilistic:
-                terms["sdm"] = cosine_contrast_loss(mu_v, mu_t, pids, scale=L.baseline_scale, loss=L.contrast_loss,
+                scale = self.scale("baseline")
+                terms["sdm"] = cosine_contrast_loss(mu_v, mu_t, pids, scale=scale, loss=L.contrast_loss,
                                                     backend=L.backend, ctx=ctx)
+                stats["scale_baseline"] = scale.detach()
             else:
                 lv_v, lv_t = img["logvar"].float(), txt["logvar"].float()
                 stats["sigma_image"] = (0.5 * lv_v.detach()).exp().mean()
                 stats["sigma_text"] = (0.5 * lv_t.detach()).exp().mean()
                 if L.dcl_weight > 0:
-                    scale = self.dcl_scale.float()
+                    scale = self.scale("dcl")
                     terms["dcl"] = dcl_loss(mu_v, lv_v, mu_t, lv_t, pids, metric=L.metric, loss=L.contrast_loss,
                                             scale=scale, backend=L.backend, ctx=ctx)
-                    stats["dcl_scale"] = scale.detach()
+                    stats["scale_dcl"] = scale.detach()
                 z_v = z_t = None
                 if L.pcl_weight > 0 or L.amlr_weight > 0:
                     eps_v, eps_t = self.noise(mu_v.shape[0], generator, mu_v.device)
@@ -183,8 +197,10 @@ class UCAModel(nn.Module):
                     z_t = uca_kernels.losses.sample_points(mu_t, lv_t, L.num_samples, eps_t)
                 if L.pcl_weight > 0:
                     plab = pids.repeat_interleave(L.num_samples)
-                    p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=L.pcl_scale, loss=L.contrast_loss,
+                    scale = self.scale("pcl")
+                    p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=scale, loss=L.contrast_loss,
                                  intra=L.pcl_intra, backend=L.backend, ctx=ctx)
+                    stats["scale_pcl"] = scale.detach()
                     terms.update({f"pcl_{k}": v for k, v in p.items()})
                 if L.kl_weight > 0:
                     terms["kl_image"] = uca_kernels.prior_kl(mu_v, lv_v)

@@ -67,7 +67,10 @@ def clip_vit_b16_config(pretrained_path: str, data_root: str, dataset: str = "cu
                               "vision": {"image_size": [384, 128], "patch_size": 16},
                               "text": {"max_len": 77}},
                   "head": {"embed_dim": 512, "mu_source": "global"},
-                  "decoder": {"width": 512, "num_layers": 4, "num_heads": 8}},
+                  "decoder": {"width": 512, "num_layers": 4, "num_heads": 8},
+                  # IRRA's SDM with fixed temperatures suits pretrained towers
+                  "loss": {"contrast_loss": "sdm", "learn_scale": False, "dcl_scale": 25.0, "pcl_scale": 50.0,
+                           "baseline_scale": 50.0}},
         "data": {"root": data_root, "name": dataset, "synth_preset": None,
                  "tokenizer": pretrained_path, "batch_size": 128, "num_workers": 8},
         "optim": {"lr": 5e-5, "encoder_lr_scale": 0.2, "warmup_epochs": 5, "weight_decay": 4e-5},

@@ -353,7 +353,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
 
     term_names = list(weights)
     hist_fields = ["step", "epoch", "lr", "loss/total", *[f"loss/{k}" for k in term_names], "grad_norm",
-                   "sigma_image", "sigma_text", "samples_per_s", "data_time", "step_time"]
+                   "sigma_image", "sigma_text", *[f"scale_{n}" for n in model.scale_names()],
+                   "samples_per_s", "data_time", "step_time"]
     hist = _CsvLog(run / "history.csv", hist_fields)
     evlog = _CsvLog(run / "eval.csv", EVAL_FIELDS)
     if main:
@@ -432,7 +433,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
 
             # -- accumulate (no host sync until a log step) --
             vals = {"loss/total": total.detach(), **{f"loss/{k}": terms[k].detach() for k in term_names},
-                    "grad_norm": gnorm.detach(), **{k: v for k, v in out["stats"].items() if k.startswith("sigma")}}
+                    "grad_norm": gnorm.detach(), **out["stats"]}
             for k, v in vals.items():
                 acc[k] = acc[k] + v if k in acc else v.clone()
             acc_n += 1
@@ -443,7 +444,12 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
             t_prev = t_end
             bar.update(1)
             if step % tc.log_every == 0 or batch_idx + 1 == steps_per_epoch:
-                means = {k: float(v) / acc_n for k, v in acc.items()}
+                keys = sorted(acc)
+                vec = torch.stack([acc[k].float() for k in keys]) / acc_n
+                if ctx.distributed:  # one collective per log interval: the global batch's values
+                    dist.all_reduce(vec)
+                    vec /= ctx.world_size
+                means = dict(zip(keys, vec.tolist()))
                 sps = acc_samples / max(1e-9, acc_data + acc_step)
                 row = {"step": step, "epoch": round(epoch + (batch_idx + 1) / steps_per_epoch, 4),
                        "lr": sched.get_last_lr()[-1], **{k: round(v, 6) for k, v in means.items()},

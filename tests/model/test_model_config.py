@@ -15,7 +15,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     back = load_config(tmp_path / "c.json")
     assert to_dict(back) == to_dict(cfg)
-    assert back.model.encoder.vision.image_size == (96, 48)  # lists come back as tuples
+    assert back.model.encoder.vision.image_size == (64, 32)  # lists come back as tuples
 
 
 def test_partial_file_and_overrides(tmp_path):

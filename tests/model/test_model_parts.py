@@ -149,7 +149,7 @@ def test_model_terms_weights_and_gradients():
     assert set(out["terms"]) == set(w) == {"dcl", "pcl_inter", "pcl_intra_image", "pcl_intra_text", "amlr",
                                            "kl_image", "kl_text", "id"}
     assert w["pcl_inter"] == cfg.loss.pcl_weight and w["kl_text"] == cfg.loss.kl_weight
-    assert set(out["stats"]) == {"sigma_image", "sigma_text", "dcl_scale"}
+    assert set(out["stats"]) == {"sigma_image", "sigma_text", "scale_dcl", "scale_pcl"}
     total = sum(w[k] * out["terms"][k] for k in w)
     total.backward()
     for name, p in model.named_parameters():
@@ -162,7 +162,7 @@ def test_model_terms_weights_and_gradients():
     b = _batch()
     img, txt = model.encode_image(b["images"]), model.encode_text(b["input_ids"], b["attention_mask"])
     ref = uk.distribution_contrast_loss(img["mu"], img["logvar"], txt["mu"], txt["logvar"], b["pids"], metric="w2",
-                                        scale=cfg.loss.dcl_scale, backend="reference")
+                                        loss=cfg.loss.contrast_loss, scale=cfg.loss.dcl_scale, backend="reference")
     torch.testing.assert_close(model(b)["terms"]["dcl"], ref, rtol=1e-5, atol=1e-5)
     # same generator -> same samples -> same loss
     a = model(b, generator=torch.Generator().manual_seed(5))["terms"]["pcl_inter"]
@@ -178,6 +178,22 @@ def test_switched_off_terms_build_no_modules_and_baseline():
     cfg = _tiny_model_cfg("baseline", dcl_weight=0.0, pcl_weight=0.0, amlr_weight=0.0, kl_weight=0.0)
     model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
     out = model(_batch())
-    assert set(out["terms"]) == {"sdm"} and model.loss_weights() == {"sdm": 1.0} and out["stats"] == {}
+    assert set(out["terms"]) == {"sdm"} and model.loss_weights() == {"sdm": 1.0}
+    assert set(out["stats"]) == {"scale_baseline"} and model.scale_names() == ["baseline"]
     assert model.encode_image(_batch()["images"])["logvar"] is None
     assert not hasattr(model.image_head, "logvar")
+
+
+def test_learned_and_fixed_logit_scales():
+    model = UCAModel(_tiny_model_cfg(learn_scale=True, max_scale=6.0), vocab_size=VOCAB, special=SPECIAL,
+                     num_train_ids=4)
+    assert isinstance(model.dcl_log_scale, torch.nn.Parameter) and model.scale_names() == ["dcl", "pcl"]
+    out = model(_batch())
+    sum(out["terms"].values()).backward()
+    assert model.dcl_log_scale.grad is not None and model.pcl_log_scale.grad is not None
+    with torch.no_grad():
+        model.pcl_log_scale.fill_(5.0)  # exp(5) > max_scale
+    assert float(model.scale("pcl").detach()) == pytest.approx(6.0)
+    fixed = UCAModel(_tiny_model_cfg(learn_scale=False), vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    assert "dcl_log_scale" in dict(fixed.named_buffers()) and "dcl_log_scale" not in dict(fixed.named_parameters())
+    assert float(fixed.scale("dcl")) == pytest.approx(fixed.cfg.loss.dcl_scale)
