@@ -1,0 +1,181 @@
+"""Ablation of UCA on SynthPedes: baseline, +DCL, +DCL+PCL, full UCA (+UA-AMLR), several seeds.
+
+    python -m benchmarks.ablation                      # defaults below; restartable
+    python -m benchmarks.ablation --seeds 0 1 2 --epochs 12 --parallel 2 --threads 1
+
+Every (variant, seed) run is an ordinary ``uca train`` run (config = the demo config + the
+variant's changes + ``--set`` overrides) in ``--runs/<variant>-s<seed>``; a finished run is not
+retrained, so an interrupted ablation continues where it stopped. Model selection uses val, the
+reported numbers are the single test evaluation of each run.
+
+Writes to ``--out`` (default ``benchmarks/results/ablation``):
+
+- ``runs.csv`` / ``runs.json``: one row per run (test R@1/5/10, mAP, mINP, the alternative ranking,
+  mean sigma per modality, best epoch, training time),
+- ``summary.json`` / ``table.md``: mean ± std over seeds per variant (the README table),
+- ``ablation.png``: grouped bars with error bars,
+- ``command.txt``: the command line and the resolved base config,
+- ``progress.log``: one line per finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def _config(args, variant: str, seed: int):
+    from uca_model.config import _deep_merge, apply_overrides, from_dict, to_dict
+    from uca_model.presets import demo_config, variant_overrides
+
+    base = to_dict(demo_config(args.data, seed=seed, epochs=args.epochs))
+    base["data"]["synth_preset"] = args.preset
+    base = apply_overrides(base, args.overrides)
+    d = _deep_merge(base, variant_overrides(variant))
+    d["train"]["progress"] = False
+    return from_dict(d)
+
+
+def _run_one(args, variant: str, seed: int) -> dict:
+    """Train (or reuse) one run; returns its row. Runs in a worker process."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from uca_model.trainer import train
+
+    cfg = _config(args, variant, seed)
+    run = Path(args.runs) / f"{variant}-s{seed}"
+    t0 = time.perf_counter()
+    res = train(cfg, run, resume="auto", log=lambda *a: None)
+    row = {"variant": variant, "seed": seed, "run": str(run), "score": res["score"], "best_epoch": res["best_epoch"],
+           "steps": res["steps"], "train_time_s": res["train_time_s"], "wall_s": round(time.perf_counter() - t0, 1)}
+    row.update({k: round(res["test"][k], 3) for k in METRICS})
+    row.update({f"val_{k}": round(res["val"][k], 3) for k in ("R1", "mAP")})
+    if "alt" in res["test"]:
+        row.update({f"{res['test']['alt']['score']}_{k}": round(res["test"]["alt"][k], 3) for k in ("R1", "mAP")})
+        row["sigma_image"] = round(res["test"]["sigma_image"], 5)
+        row["sigma_text"] = round(res["test"]["sigma_text"], 5)
+    return row
+
+
+def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
+    out = []
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        if not rs:
+            continue
+        s = {"variant": v, "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
+        for k in METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                s[f"{k}_mean"] = statistics.fmean(vals)
+                s[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def _table(summary: list[dict]) -> str:
+    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | mean σ image / text | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        cells = [f"{s[f'{k}_mean']:.2f} ± {s[f'{k}_std']:.2f}" for k in METRICS]
+        sig = (f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–")
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {sig} | {s['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from uca_model.presets import ABLATION_VARIANTS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="demo", help="SynthPedes preset (demo | large)")
+    ap.add_argument("--data", default=None, help="dataset folder (default data/synthpedes-<preset>)")
+    ap.add_argument("--variants", nargs="+", default=list(ABLATION_VARIANTS), choices=list(ABLATION_VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo config's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field for every run (repeatable)")
+    ap.add_argument("--runs", default="runs/ablation", help="folder of the run folders")
+    ap.add_argument("--out", default="benchmarks/results/ablation", help="results folder (committed)")
+    ap.add_argument("--parallel", type=int, default=1, help="runs trained at the same time (processes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    args = ap.parse_args(argv)
+    if args.data is None:
+        args.data = f"data/synthpedes-{args.preset}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+
+    # the data once, before the workers start
+    from uca_model.config import to_dict
+    from uca_model.synth import generate_synthpedes
+
+    generate_synthpedes(args.data, args.preset, seed=0, progress=True)
+    base = _config(args, "UCA", args.seeds[0])
+    (out / "command.txt").write_text(
+        "python -m benchmarks.ablation " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n\n"
+        "# base config (full UCA, first seed); each variant changes:\n"
+        + json.dumps({v: ABLATION_VARIANTS[v] for v in args.variants}, indent=2) + "\n\n"
+        + json.dumps(to_dict(base), indent=2) + "\n", encoding="utf-8")
+
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
+    rows: list[dict] = []
+    log = (out / "progress.log").open("a", encoding="utf-8")
+    t0 = time.perf_counter()
+
+    def done(row):
+        rows.append(row)
+        msg = (f"[{len(rows)}/{len(jobs)} {time.perf_counter() - t0:7.0f}s] {row['variant']:9s} seed {row['seed']}: "
+               + " ".join(f"{k} {row[k]:.2f}" for k in METRICS)
+               + (f" sigma {row['sigma_image']:.4f}/{row['sigma_text']:.4f}" if "sigma_image" in row else "")
+               + f" ({row['train_time_s']:.0f} s training)")
+        print(msg, flush=True)
+        log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        log.flush()
+
+    if args.parallel > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, args, v, s) for v, s in jobs]
+            for f in as_completed(futures):
+                done(f.result())
+    else:
+        for v, s in jobs:
+            done(_run_one(args, v, s))
+    log.close()
+
+    order = {(v, s): i for i, (v, s) in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["variant"], r["seed"])])
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("variant", "seed"), k))
+    with (out / "runs.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "runs.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    summary = _summary(rows, args.variants)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    table = _table(summary)
+    (out / "table.md").write_text(
+        f"SynthPedes '{args.preset}', test split, mean ± std over seeds {args.seeds} "
+        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others).\n\n"
+        + table + "\n", encoding="utf-8")
+    from uca_model.plots import plot_ablation
+
+    plot_ablation(summary, out / "ablation.png", title=f"UCA ablation on SynthPedes '{args.preset}' (test)")
+    print("\n" + table)
+    print(f"\nwritten to {out}/ in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
