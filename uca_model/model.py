@@ -81,10 +81,11 @@ class UCAModel(nn.Module):
         self.classifier = nn.Linear(cfg.head.embed_dim, num_train_ids, bias=False) if L.id_weight > 0 else None
         # logit scales (1 / temperature) of the contrastive terms: fixed, or learned through their log
         # (CLIP-style, clamped at loss.max_scale) when loss.learn_scale
+        # (a term that is switched off keeps its scale as a buffer: no unused parameters under DDP)
         scales = {"baseline": L.baseline_scale} if not prob else {"dcl": L.dcl_scale, "pcl": L.pcl_scale}
         for name, value in scales.items():
             t = torch.tensor(math.log(value))
-            if L.learn_scale:
+            if L.learn_scale and name in self.scale_names():
                 setattr(self, f"{name}_log_scale", nn.Parameter(t))
             else:
                 self.register_buffer(f"{name}_log_scale", t)

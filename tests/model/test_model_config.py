@@ -78,3 +78,14 @@ def test_presets_are_valid(tmp_path):
     assert c.model.encoder.vision.image_size == (384, 128) and c.model.encoder.text.max_len == 77
     with pytest.raises(ValueError, match="unknown variant"):
         demo_config(variant="nope")
+
+
+def test_committed_config_files_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+    assert files, "configs/*.json missing"
+    for f in files:
+        load_config(f)
+    real = load_config(Path(__file__).resolve().parents[2] / "configs" / "cuhk-pedes-clip-vit-b16.json")
+    assert to_dict(real) == to_dict(clip_vit_b16_config("models/clip-vit-base-patch16", "data/CUHK-PEDES"))

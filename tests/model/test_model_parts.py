@@ -197,3 +197,9 @@ def test_learned_and_fixed_logit_scales():
     fixed = UCAModel(_tiny_model_cfg(learn_scale=False), vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
     assert "dcl_log_scale" in dict(fixed.named_buffers()) and "dcl_log_scale" not in dict(fixed.named_parameters())
     assert float(fixed.scale("dcl")) == pytest.approx(fixed.cfg.loss.dcl_scale)
+    # a switched-off term's scale is not a parameter (DDP rejects parameters without gradients)
+    dcl_only = UCAModel(_tiny_model_cfg(learn_scale=True, pcl_weight=0.0, amlr_weight=0.0), vocab_size=VOCAB,
+                        special=SPECIAL, num_train_ids=4)
+    params = dict(dcl_only.named_parameters())
+    assert "dcl_log_scale" in params and "pcl_log_scale" not in params
+    assert "pcl_log_scale" in dcl_only.state_dict()
