@@ -17,7 +17,7 @@ $(STAMP): requirements.txt setup.py pyproject.toml CMakeLists.txt $(SOURCES)
 	touch $@
 
 demo: setup
-	$(BIN)/python -m uca_kernels.demo
+	$(BIN)/uca demo
 
 test: setup ctest pytest
 
