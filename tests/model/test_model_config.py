@@ -72,6 +72,8 @@ def test_presets_are_valid(tmp_path):
         cfg = demo_config("d", seed=3, epochs=2, variant=v)
         assert cfg.train.seed == 3 and cfg.train.epochs == 2
     assert demo_config(variant="baseline").model.mode == "baseline"
+    large = demo_config("d", preset="large")
+    assert large.data.synth_preset == "large" and large.train.epochs == 8 and demo_config().train.epochs == 20
     assert demo_config(variant="+DCL").model.loss.pcl_weight == 0
     assert smoke_config(tmp_path).model.encoder.vision.hidden_size == 32
     c = clip_vit_b16_config("/models/clip", "/data/CUHK-PEDES")
