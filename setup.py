@@ -52,6 +52,10 @@ def _prepare_cuda_env(torch) -> None:
 
 
 def extensions():
+    # CUDA_HOME first: torch.utils.cpp_extension reads it once, on import (without it, it guesses
+    # from `which nvcc`, and /usr/local/bin/nvcc is a wrapper: it would pick /usr/local).
+    if not os.environ.get("CUDA_HOME") and os.path.isdir("/usr/local/cuda"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
@@ -60,7 +64,8 @@ def extensions():
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     if _want_cuda(torch):
         _prepare_cuda_env(torch)
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-Xptxas=-v"]
+        # no --use_fast_math: the kernels use accurate expf/logf and fixed-rounding adds
+        nvcc = ["-O3", "-lineinfo", "-Xptxas=-v"]
         ext = CUDAExtension(
             "uca_kernels._C",
             CPU_SOURCES + CUDA_SOURCES,

@@ -108,6 +108,7 @@ def configure_fp32(device: str, precision: str = "tf32") -> None:
         return
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     os.environ["UCA_TRITON_PRECISION"] = precision  # read by the Triton backend at every call
+    os.environ["UCA_CUDA_PRECISION"] = precision  # and by the CUDA backend
 
 
 # -- memory ----------------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Resource report of the CUDA kernels: registers, shared memory, spills and stack per kernel and
+architecture, from ``nvcc -Xptxas -v`` on the torch-free core (csrc/cuda/contrast_cuda.cu).
+
+    python benchmarks/ptxas_report.py                        # -> benchmarks/results/ptxas-cuda.md
+    python benchmarks/ptxas_report.py --arch 80 90 --out report.md
+
+No GPU needed. Exits 1 when nvcc is missing or the compile fails; prints the table either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "csrc" / "cuda" / "contrast_cuda.cu"
+KINDS = {"0": "mma16", "1": "tf32", "2": "fma"}
+
+
+def find_nvcc() -> str | None:
+    for cand in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+def short_name(mangled: str) -> str:
+    """'fwd_kernel<float, 2, false, true>' -> 'fwd float fma cols=0 sdm' (demangled with c++filt)."""
+    name = mangled
+    if shutil.which("c++filt"):
+        name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
+    m = re.search(r"(fwd|bwd)_kernel<([^,]+), \(?(?:uca::cuda::\(anonymous namespace\)::)?(\w+)\)?, (true|false), (true|false)>",
+                  name)
+    if not m:
+        return name
+    kind, dtype, k, columns, sdm = m.groups()
+    k = KINDS.get(k, k.lower())
+    dtype = {"__half": "f16", "__nv_bfloat16": "bf16", "float": "f32", "double": "f64"}.get(dtype, dtype)
+    return f"{kind} {dtype} {k} {'cols' if columns == 'true' else 'rows'} {'sdm' if sdm == 'true' else 'infonce'}"
+
+
+def parse(log: str) -> list[dict]:
+    """Rows (kernel, arch, registers, smem, spill bytes, stack bytes) from ptxas -v output."""
+    rows, cur = [], None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", line)
+        if m:
+            cur = {"kernel": short_name(m.group(1)), "arch": m.group(2), "stack": 0, "spill": 0}
+            rows.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur["stack"], cur["spill"] = int(m.group(1)), int(m.group(2)) + int(m.group(3))
+        m = re.search(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", line)
+        if m:
+            cur["registers"], cur["smem"] = int(m.group(1)), int(m.group(2) or 0)
+    return [r for r in rows if "registers" in r]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="+", default=["80", "90"], help="compute capabilities (default 80 90)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ptxas-cuda.md")
+    args = ap.parse_args(argv)
+    nvcc = find_nvcc()
+    if nvcc is None:
+        print("nvcc not found (PATH or $CUDA_HOME/bin)", file=sys.stderr)
+        return 1
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in args.arch]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [nvcc, "-c", str(SOURCE), "-o", os.path.join(tmp, "k.o"), "-O3", "-std=c++17", "-Xptxas=-v",
+               f"-I{ROOT / 'csrc'}", *gencode]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        print(log, file=sys.stderr)
+        return 1
+    rows = sorted(parse(log), key=lambda r: (r["arch"], r["kernel"]))
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    lines = [
+        "# ptxas resources of the CUDA kernels",
+        "",
+        f"`{' '.join(['nvcc'] + cmd[1:2] + cmd[4:])}` ({version}), "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}. Kernel: pass, feature dtype, "
+        "product path (mma16 = fp16/bf16 tensor cores, tf32 = TF32 tensor cores, fma = exact FMA), owner side, loss. "
+        "Shared memory is dynamic (sized per launch) and so not in the `smem` column.",
+        "",
+        "| kernel | arch | registers | smem | spill bytes | stack bytes |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| `{r['kernel']}` | {r['arch']} | {r['registers']} | {r['smem']} | {r['spill']} | {r['stack']} |"
+              for r in rows]
+    spilling = [r for r in rows if r["spill"] or r["stack"]]
+    lines += ["", f"{len(rows)} kernels; {len(spilling)} with spills or stack."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
