@@ -154,8 +154,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                    sum_dst_rows.data_ptr(), sum_ds_cols.data_ptr(), at::cuda::getCurrentCUDAStream()),
              "uca contrast_backward (CUDA)");
   // -- fixed-order O(M + N) reductions (deterministic) --
-  auto dA = dA_acc.narrow(0, 0, M).narrow(1, 0, E).to(A.scalar_type()).contiguous();
-  auto dB = dB_acc.narrow(0, 0, N).narrow(1, 0, E).to(B.scalar_type()).contiguous();
+  // fresh tensors (a view would keep the padded scratch alive), cast to the feature dtype
+  auto dA = at::empty({M, E}, A.options());
+  auto dB = at::empty({N, E}, B.options());
+  dA.copy_(dA_acc.narrow(0, 0, M).narrow(1, 0, E));
+  dB.copy_(dB_acc.narrow(0, 0, N).narrow(1, 0, E));
   auto dr = scale * sum_ds_rows;
   auto dc = scale * sum_ds_cols;
   auto dbias = sum_ds_rows.sum(at::kDouble).to(acc);

@@ -264,17 +264,18 @@ __device__ __forceinline__ Online<Acc> online_merge(const Online<Acc>& a, const 
     const Acc fa = ha ? ex(a.m - o.m) : Acc(0), fb = hb ? ex(b.m - o.m) : Acc(0);
     const Acc wa = ha ? fa * (a.w + (a.m - o.m) * a.l) : Acc(0);
     const Acc wb = hb ? fb * (b.w + (b.m - o.m) * b.l) : Acc(0);
-    o.l = a.l * fa + b.l * fb;
-    o.w = wa + wb;
-    o.lneg = a.lneg * fa + b.lneg * fb;
+    // explicit rounding: nvcc would contract x * f + y * g into an FMA, which is not symmetric
+    o.l = add_rn(mul_rn(a.l, fa), mul_rn(b.l, fb));
+    o.w = add_rn(wa, wb);
+    o.lneg = add_rn(mul_rn(a.lneg, fa), mul_rn(b.lneg, fb));
   }
   o.mp = fmax(a.mp, b.mp);
   if (o.mp == neg_inf<Acc>()) {
     o.lp = Acc(0);
   } else {
-    const Acc pa = a.mp != neg_inf<Acc>() ? a.lp * ex(a.mp - o.mp) : Acc(0);
-    const Acc pb = b.mp != neg_inf<Acc>() ? b.lp * ex(b.mp - o.mp) : Acc(0);
-    o.lp = pa + pb;
+    const Acc pa = a.mp != neg_inf<Acc>() ? mul_rn(a.lp, ex(a.mp - o.mp)) : Acc(0);
+    const Acc pb = b.mp != neg_inf<Acc>() ? mul_rn(b.lp, ex(b.mp - o.mp)) : Acc(0);
+    o.lp = add_rn(pa, pb);
   }
   return o;
 }
