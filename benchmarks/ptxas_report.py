@@ -66,6 +66,37 @@ def parse(log: str) -> list[dict]:
     return [r for r in rows if "registers" in r]
 
 
+SMEM_PROBE = r"""
+#include <cstdio>
+#include "cuda/contrast_cuda.h"
+int main() {
+  using namespace uca::cuda;
+  std::printf("f16 %zu\nbf16 %zu\nf32-tf32 %zu\nf32-fma %zu\nf64-fma %zu\n",
+              shared_bytes(DType::F16, Precision::IEEE), shared_bytes(DType::BF16, Precision::IEEE),
+              shared_bytes(DType::F32, Precision::TF32), shared_bytes(DType::F32, Precision::IEEE),
+              shared_bytes(DType::F64, Precision::IEEE));
+}
+"""
+
+
+def dynamic_shared_bytes(nvcc: str) -> dict[str, int]:
+    """Bytes of dynamic shared memory per block for each dtype/path, from a host program linked
+    with the kernels (it makes no CUDA call, so it runs without a GPU)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.cu")
+        Path(probe).write_text(SMEM_PROBE)
+        exe = os.path.join(tmp, "probe")
+        build = subprocess.run([nvcc, "-O1", "-std=c++17", "-arch=sm_80", f"-I{ROOT / 'csrc'}", probe, str(SOURCE),
+                                "-o", exe], capture_output=True, text=True)
+        if build.returncode != 0:
+            print(build.stdout + build.stderr, file=sys.stderr)
+            return {}
+        out = subprocess.run([exe], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return {k: int(v) for k, v in (line.split() for line in out.stdout.splitlines() if line.strip())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="+", default=["80", "90"], help="compute capabilities (default 80 90)")
@@ -85,14 +116,18 @@ def main(argv=None) -> int:
         print(log, file=sys.stderr)
         return 1
     rows = sorted(parse(log), key=lambda r: (r["arch"], r["kernel"]))
+    smem = dynamic_shared_bytes(nvcc)
+    shown = ["nvcc", "-c", str(SOURCE.relative_to(ROOT)), *cmd[5:8], "-Icsrc", *gencode]  # as run, paths relative
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     lines = [
         "# ptxas resources of the CUDA kernels",
         "",
-        f"`{' '.join(['nvcc'] + cmd[1:2] + cmd[4:])}` ({version}), "
+        f"`{' '.join(shown)}` ({version}), "
         f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}. Kernel: pass, feature dtype, "
         "product path (mma16 = fp16/bf16 tensor cores, tf32 = TF32 tensor cores, fma = exact FMA), owner side, loss. "
-        "Shared memory is dynamic (sized per launch) and so not in the `smem` column.",
+        "Shared memory is dynamic, so ptxas reports 0 static bytes; the dynamic bytes per block "
+        "(the same for every kernel of a dtype and path, from `uca::cuda::shared_bytes`): "
+        + (", ".join(f"{k} {v}" for k, v in smem.items()) if smem else "not available (host program failed)") + ".",
         "",
         "| kernel | arch | registers | smem | spill bytes | stack bytes |",
         "|---|---|---:|---:|---:|---:|",

@@ -769,6 +769,16 @@ int64_t padded_cols(DType dtype, Precision precision, int64_t E) {
   return round_up(E, simt ? 32 : 64);
 }
 
+size_t shared_bytes(DType dtype, Precision precision) {
+  switch (dtype) {
+    case DType::F16: return Cfg<__half, MMA16>::kSmem;
+    case DType::BF16: return Cfg<__nv_bfloat16, MMA16>::kSmem;
+    case DType::F32: return precision == Precision::TF32 ? Cfg<float, MMA_TF32>::kSmem : Cfg<float, SIMT>::kSmem;
+    case DType::F64: return Cfg<double, SIMT>::kSmem;
+  }
+  return 0;
+}
+
 cudaError_t contrast_forward(const Args& a, void* loss_rows, void* loss_cols, void* row_stats,
                              void* col_stats, cudaStream_t stream) {
   if (!sizes_ok(a)) return cudaErrorInvalidValue;

@@ -14,6 +14,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace uca {
@@ -48,6 +49,10 @@ struct Args {
 // backward accumulates dX in Acc buffers of at least padded_rows(n) x padded_cols(E) elements.
 int64_t padded_rows(DType dtype, int64_t n);
 int64_t padded_cols(DType dtype, Precision precision, int64_t E);
+
+// Dynamic shared memory of one block (bytes) for these features; the same for every kernel of a
+// dtype and precision (forward and backward, rows and columns launches).
+size_t shared_bytes(DType dtype, Precision precision);
 
 // loss_rows [M], loss_cols [N], row_stats [M, 3], col_stats [N, 3] (Acc).
 cudaError_t contrast_forward(const Args& a, void* loss_rows, void* loss_cols, void* row_stats,
