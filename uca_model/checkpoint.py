@@ -9,14 +9,13 @@ the previous or the new file, never a torn one.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, diff_configs, from_dict, to_dict
+from .config import RunConfig, diff_configs, load_config, to_dict
 
 __all__ = [
     "FORMAT",
@@ -100,11 +99,7 @@ def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
     p = run / "config.json"
     if not p.is_file():
         raise FileNotFoundError(f"{run} holds no config.json: not a run folder written by uca train")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    return from_dict(d)
+    return load_config(p)
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
