@@ -79,19 +79,18 @@ int main() {
 """
 
 
-def dynamic_shared_bytes(nvcc: str) -> dict[str, int]:
+def dynamic_shared_bytes(nvcc: str, kernels_obj: str) -> dict[str, int]:
     """Bytes of dynamic shared memory per block for each dtype/path, from a host program linked
-    with the kernels (it makes no CUDA call, so it runs without a GPU)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = os.path.join(tmp, "probe.cu")
-        Path(probe).write_text(SMEM_PROBE)
-        exe = os.path.join(tmp, "probe")
-        build = subprocess.run([nvcc, "-O1", "-std=c++17", "-arch=sm_80", f"-I{ROOT / 'csrc'}", probe, str(SOURCE),
-                                "-o", exe], capture_output=True, text=True)
-        if build.returncode != 0:
-            print(build.stdout + build.stderr, file=sys.stderr)
-            return {}
-        out = subprocess.run([exe], capture_output=True, text=True)
+    with the compiled kernels (it makes no CUDA call, so it runs without a GPU)."""
+    tmp = os.path.dirname(kernels_obj)
+    probe, exe = os.path.join(tmp, "probe.cu"), os.path.join(tmp, "probe")
+    Path(probe).write_text(SMEM_PROBE)
+    build = subprocess.run([nvcc, "-std=c++17", f"-I{ROOT / 'csrc'}", probe, kernels_obj, "-o", exe],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        print(build.stdout + build.stderr, file=sys.stderr)
+        return {}
+    out = subprocess.run([exe], capture_output=True, text=True)
     if out.returncode != 0:
         return {}
     return {k: int(v) for k, v in (line.split() for line in out.stdout.splitlines() if line.strip())}
@@ -111,12 +110,12 @@ def main(argv=None) -> int:
         cmd = [nvcc, "-c", str(SOURCE), "-o", os.path.join(tmp, "k.o"), "-O3", "-std=c++17", "-Xptxas=-v",
                f"-I{ROOT / 'csrc'}", *gencode]
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        smem = dynamic_shared_bytes(nvcc, cmd[4]) if proc.returncode == 0 else {}
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         print(log, file=sys.stderr)
         return 1
     rows = sorted(parse(log), key=lambda r: (r["arch"], r["kernel"]))
-    smem = dynamic_shared_bytes(nvcc)
     shown = ["nvcc", "-c", str(SOURCE.relative_to(ROOT)), *cmd[5:8], "-Icsrc", *gencode]  # as run, paths relative
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     lines = [
