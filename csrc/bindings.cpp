@@ -4,15 +4,8 @@
 
 #include <cstdlib>
 
+#include "contrast_checks.h"
 #include "core/contrast.h"
-
-#define CHECK_SHAPE(x, ...)                                                              \
-  TORCH_CHECK((x).sizes() == torch::IntArrayRef({__VA_ARGS__}), #x " must have shape (" \
-              #__VA_ARGS__ "), got ", (x).sizes())
-#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
-#define CHECK_DEVICE(x, dev) \
-  TORCH_CHECK((x).device() == (dev), #x " is on ", (x).device(), " but A is on ", (dev))
-#define CHECK_DTYPE(x, dt) TORCH_CHECK((x).scalar_type() == (dt), #x " must be ", (dt), ", got ", (x).scalar_type())
 
 namespace {
 
@@ -53,42 +46,10 @@ uca::Tiles cpu_tiles() {
   return t;
 }
 
-uca::Loss parse_loss(c10::string_view loss) {
-  if (loss == "sdm") return uca::Loss::SDM;
-  if (loss == "infonce") return uca::Loss::INFONCE;
-  TORCH_CHECK(false, "loss must be 'sdm' or 'infonce', got '", std::string(loss), "'");
-}
-
-void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
-                  const at::Tensor& c, const at::Tensor& scale, const at::Tensor& bias,
-                  const at::Tensor& labels_a, const at::Tensor& labels_b, bool exclude_self) {
-  TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
-  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1),
-              ", got ", B.sizes());
-  const int64_t M = A.size(0), N = B.size(0);
-  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, "empty input: A ", A.sizes(), ", B ", B.sizes());
-  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble,
-              "A must be float32 or float64, got ", A.scalar_type());
-  CHECK_DTYPE(B, A.scalar_type());
-  CHECK_DTYPE(r, A.scalar_type());
-  CHECK_DTYPE(c, A.scalar_type());
-  CHECK_DTYPE(scale, A.scalar_type());
-  CHECK_DTYPE(bias, A.scalar_type());
-  CHECK_DTYPE(labels_a, at::kLong);
-  CHECK_DTYPE(labels_b, at::kLong);
-  CHECK_SHAPE(r, M);
-  CHECK_SHAPE(c, N);
-  CHECK_SHAPE(labels_a, M);
-  CHECK_SHAPE(labels_b, N);
-  TORCH_CHECK(scale.numel() == 1 && bias.numel() == 1, "scale and bias must be 0-d tensors");
-  for (const at::Tensor* t : {&A, &B, &r, &c, &labels_a, &labels_b}) CHECK_CONTIGUOUS(*t);
-  const auto dev = A.device();
-  CHECK_DEVICE(B, dev);
-  CHECK_DEVICE(r, dev);
-  CHECK_DEVICE(c, dev);
-  CHECK_DEVICE(labels_a, dev);
-  CHECK_DEVICE(labels_b, dev);
-  TORCH_CHECK(!exclude_self || M == N, "exclude_self needs M == N, got M=", M, ", N=", N);
+void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
+                  const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
+                  const at::Tensor& labels_b, bool exclude_self) {
+  uca::checks::check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self, {at::kFloat, at::kDouble});
 }
 
 template <typename T>
@@ -109,7 +70,7 @@ uca::ContrastArgs<T> make_args(const at::Tensor& A, const at::Tensor& B, const a
   a.bias = bias.item<T>();
   a.labels_a = labels_a.data_ptr<int64_t>();
   a.labels_b = labels_b.data_ptr<int64_t>();
-  a.loss = parse_loss(loss);
+  a.loss = uca::checks::is_sdm(loss) ? uca::Loss::SDM : uca::Loss::INFONCE;
   a.exclude_self = exclude_self;
   return a;
 }
@@ -140,21 +101,7 @@ contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, 
                       const at::Tensor& loss_cols, const at::Tensor& row_stats,
                       const at::Tensor& col_stats, c10::string_view loss, bool exclude_self) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
-  const int64_t M = A.size(0), N = B.size(0);
-  for (const at::Tensor* t : {&grad_rows, &loss_rows}) {
-    CHECK_SHAPE(*t, M);
-    CHECK_DTYPE(*t, A.scalar_type());
-    CHECK_CONTIGUOUS(*t);
-  }
-  for (const at::Tensor* t : {&grad_cols, &loss_cols}) {
-    CHECK_SHAPE(*t, N);
-    CHECK_DTYPE(*t, A.scalar_type());
-    CHECK_CONTIGUOUS(*t);
-  }
-  CHECK_SHAPE(row_stats, M, uca::kStats);
-  CHECK_SHAPE(col_stats, N, uca::kStats);
-  CHECK_CONTIGUOUS(row_stats);
-  CHECK_CONTIGUOUS(col_stats);
+  uca::checks::check_backward_inputs(A, B, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats);
   auto dA = at::empty_like(A), dB = at::empty_like(B), dr = at::empty_like(r),
        dc = at::empty_like(c), dscale = at::empty_like(scale), dbias = at::empty_like(bias);
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "contrast_backward_cpu", [&] {

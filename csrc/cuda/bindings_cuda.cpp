@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "contrast_checks.h"
 #include "cuda/contrast_cuda.h"
 
 namespace {
@@ -38,47 +39,17 @@ uc::Precision precision_from_env() {
   TORCH_CHECK(false, "UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got '", s, "'");
 }
 
-at::ScalarType acc_type(const at::Tensor& A) {
-  return A.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_vector(const at::Tensor& x, const char* name, int64_t n, at::ScalarType dt, const at::Device& dev) {
-  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape [", n, "], got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == dt, name, " must be ", dt, ", got ", x.scalar_type());
-  TORCH_CHECK(x.device() == dev, name, " is on ", x.device(), " but A is on ", dev);
-  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
-}
-
 void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
                   const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
                   const at::Tensor& labels_b, bool exclude_self) {
   TORCH_CHECK(A.is_cuda(), "A must be a CUDA tensor, got ", A.device());
-  TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
-  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1), ", got ", B.sizes());
-  const int64_t M = A.size(0), N = B.size(0);
-  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, "empty input: A ", A.sizes(), ", B ", B.sizes());
-  feature_dtype(A);
-  TORCH_CHECK(B.scalar_type() == A.scalar_type(), "B must be ", A.scalar_type(), ", got ", B.scalar_type());
-  TORCH_CHECK(A.is_contiguous() && B.is_contiguous(), "A and B must be contiguous");
-  const auto dev = A.device();
-  TORCH_CHECK(B.device() == dev, "B is on ", B.device(), " but A is on ", dev);
-  const auto acc = acc_type(A);
-  check_vector(r, "r", M, acc, dev);
-  check_vector(c, "c", N, acc, dev);
-  check_vector(labels_a, "labels_a", M, at::kLong, dev);
-  check_vector(labels_b, "labels_b", N, at::kLong, dev);
-  for (const auto* t : {&scale, &bias}) {
-    TORCH_CHECK(t->numel() == 1 && t->dim() == 0, "scale and bias must be 0-d tensors, got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == acc, "scale and bias must be ", acc, ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == dev, "scale and bias must be on ", dev, ", got ", t->device());
-  }
-  TORCH_CHECK(!exclude_self || M == N, "exclude_self needs M == N, got M=", M, ", N=", N);
+  uca::checks::check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self,
+                            {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
 }
 
 uc::Args make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
                    const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
                    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self) {
-  TORCH_CHECK(loss == "sdm" || loss == "infonce", "loss must be 'sdm' or 'infonce', got '", std::string(loss), "'");
   uc::Args a;
   a.M = A.size(0);
   a.N = B.size(0);
@@ -93,7 +64,7 @@ uc::Args make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r
   a.bias = bias.data_ptr();
   a.labels_a = labels_a.data_ptr<int64_t>();
   a.labels_b = labels_b.data_ptr<int64_t>();
-  a.sdm = loss == "sdm";
+  a.sdm = uca::checks::is_sdm(loss);
   a.exclude_self = exclude_self;
   return a;
 }
@@ -128,20 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
   const c10::cuda::CUDAGuard guard(A.device());
   const int64_t M = A.size(0), N = B.size(0), E = A.size(1);
-  const auto acc = acc_type(A);
-  const auto dev = A.device();
-  check_vector(grad_rows, "grad_rows", M, acc, dev);
-  check_vector(grad_cols, "grad_cols", N, acc, dev);
-  check_vector(loss_rows, "loss_rows", M, acc, dev);
-  check_vector(loss_cols, "loss_cols", N, acc, dev);
-  const auto check_stats = [&](const at::Tensor& t, int64_t n, const char* name) {
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == uc::kStats, name, " must have shape [", n,
-                ", 3], got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == acc && t.device() == dev && t.is_contiguous(), name, " must be a contiguous ",
-                acc, " tensor on ", dev);
-  };
-  check_stats(row_stats, M, "row_stats");
-  check_stats(col_stats, N, "col_stats");
+  uca::checks::check_backward_inputs(A, B, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats);
   const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
   const auto opts = r.options();
   const int64_t ldx = uc::padded_cols(args.dtype, args.precision, E);
@@ -161,6 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   dB.copy_(dB_acc.narrow(0, 0, N).narrow(1, 0, E));
   auto dr = scale * sum_ds_rows;
   auto dc = scale * sum_ds_cols;
+  const auto acc = uca::checks::acc_type(A);
   auto dbias = sum_ds_rows.sum(at::kDouble).to(acc);
   auto dscale = sum_dst_rows.sum(at::kDouble).to(acc);
   return {dA, dB, dr, dc, dscale, dbias};

@@ -86,15 +86,16 @@ template <>
 __device__ __forceinline__ double zero_of<double>() { return 0.0; }
 
 // x (Acc) rounded to the operand type T (nearest even)
-template <typename T>
-__device__ __forceinline__ T to_operand(float x);
+template <typename T, typename Acc>
+__device__ __forceinline__ T to_operand(Acc x);
 template <>
-__device__ __forceinline__ __half to_operand<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half to_operand<__half, float>(float x) { return __float2half_rn(x); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 to_operand<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 to_operand<__nv_bfloat16, float>(float x) { return __float2bfloat16_rn(x); }
 template <>
-__device__ __forceinline__ float to_operand<float>(float x) { return x; }
-__device__ __forceinline__ double to_operand_d(double x) { return x; }
+__device__ __forceinline__ float to_operand<float, float>(float x) { return x; }
+template <>
+__device__ __forceinline__ double to_operand<double, double>(double x) { return x; }
 
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
@@ -626,10 +627,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
       }
       sum_ds += ds;
       if (!COLUMNS) sum_dst += ds * t;
-      if constexpr (std::is_same<T, double>::value)
-        sDT[me.lrow * C::LDT + j] = to_operand_d(me.scale * ds);
-      else
-        sDT[me.lrow * C::LDT + j] = to_operand<T>(me.scale * ds);
+      sDT[me.lrow * C::LDT + j] = to_operand<T>(me.scale * ds);
     }
     __syncthreads();  // dT complete; the operand stages are free for Y
 

@@ -1,0 +1,86 @@
+// Argument checks of the contrast op's schema (csrc/bindings.cpp), shared by the CPU and CUDA
+// implementations: the same rules and messages whichever backend runs.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <initializer_list>
+#include <string>
+
+namespace uca {
+namespace checks {
+
+constexpr int64_t kStats = 3;  // per row / column statistics: LSE, positive LSE, #positives
+
+// dtype of r, c, scale, bias, losses and statistics: float64 for float64 features, else float32.
+inline at::ScalarType acc_type(const at::Tensor& A) {
+  return A.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// true for "sdm", false for "infonce"; anything else is an error.
+inline bool is_sdm(c10::string_view loss) {
+  TORCH_CHECK(loss == "sdm" || loss == "infonce", "loss must be 'sdm' or 'infonce', got '", std::string(loss), "'");
+  return loss == "sdm";
+}
+
+inline void check_vector(const at::Tensor& x, const char* name, int64_t n, at::ScalarType dt, const at::Device& dev) {
+  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape [", n, "], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == dt, name, " must be ", dt, ", got ", x.scalar_type());
+  TORCH_CHECK(x.device() == dev, name, " is on ", x.device(), " but A is on ", dev);
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+}
+
+// The forward's inputs (and the same arguments of the backward). `features`: the dtypes this
+// backend takes for A and B.
+inline void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
+                         const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
+                         const at::Tensor& labels_b, bool exclude_self,
+                         std::initializer_list<at::ScalarType> features) {
+  TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
+  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1), ", got ", B.sizes());
+  const int64_t M = A.size(0), N = B.size(0);
+  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, "empty input: A ", A.sizes(), ", B ", B.sizes());
+  bool known = false;
+  for (auto dt : features) known = known || A.scalar_type() == dt;
+  TORCH_CHECK(known, "A must be one of ", c10::ArrayRef<at::ScalarType>(features), " for this backend, got ",
+              A.scalar_type());
+  TORCH_CHECK(B.scalar_type() == A.scalar_type(), "B must be ", A.scalar_type(), ", got ", B.scalar_type());
+  TORCH_CHECK(A.is_contiguous() && B.is_contiguous(), "A and B must be contiguous");
+  const auto dev = A.device();
+  TORCH_CHECK(B.device() == dev, "B is on ", B.device(), " but A is on ", dev);
+  const auto acc = acc_type(A);
+  check_vector(r, "r", M, acc, dev);
+  check_vector(c, "c", N, acc, dev);
+  check_vector(labels_a, "labels_a", M, at::kLong, dev);
+  check_vector(labels_b, "labels_b", N, at::kLong, dev);
+  for (const auto* t : {&scale, &bias}) {
+    TORCH_CHECK(t->dim() == 0, "scale and bias must be 0-d tensors, got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc, "scale and bias must be ", acc, ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == dev, "scale and bias must be on ", dev, ", got ", t->device());
+  }
+  TORCH_CHECK(!exclude_self || M == N, "exclude_self needs M == N, got M=", M, ", N=", N);
+}
+
+// The backward's own inputs: upstream gradients and the forward's losses and statistics.
+inline void check_backward_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& grad_rows,
+                                  const at::Tensor& grad_cols, const at::Tensor& loss_rows,
+                                  const at::Tensor& loss_cols, const at::Tensor& row_stats,
+                                  const at::Tensor& col_stats) {
+  const int64_t M = A.size(0), N = B.size(0);
+  const auto acc = acc_type(A);
+  const auto dev = A.device();
+  check_vector(grad_rows, "grad_rows", M, acc, dev);
+  check_vector(grad_cols, "grad_cols", N, acc, dev);
+  check_vector(loss_rows, "loss_rows", M, acc, dev);
+  check_vector(loss_cols, "loss_cols", N, acc, dev);
+  for (const auto& [t, n, name] : {std::tuple<const at::Tensor*, int64_t, const char*>{&row_stats, M, "row_stats"},
+                                   {&col_stats, N, "col_stats"}}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == n && t->size(1) == kStats, name, " must have shape [", n,
+                ", 3], got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == acc && t->device() == dev && t->is_contiguous(), name,
+                " must be a contiguous ", acc, " tensor on ", dev);
+  }
+}
+
+}  // namespace checks
+}  // namespace uca
