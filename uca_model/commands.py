@@ -17,7 +17,7 @@ from typing import Sequence
 
 from .cli import register
 
-__all__ = ["load_run", "search_rows", "format_metrics_table", "DEMO_RUN", "DEMO_DATA"]
+__all__ = ["load_run", "search_rows", "format_metrics_table", "ceiling_lines", "DEMO_RUN", "DEMO_DATA"]
 
 DEMO_RUN = Path("runs/demo")
 DEMO_DATA = Path("data/synthpedes-demo")  # the default; data/synthpedes-<preset> in general
@@ -54,6 +54,29 @@ def format_metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
     for label, m in rows:
         out.append(f"| {label} | " + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
     return "\n".join(out)
+
+
+CEILING_LABEL = "ceiling (Bayes oracle)"
+
+
+def ceiling_lines(fractions: dict) -> list[str]:
+    """One line per split: the model's R@1/5/10 and mAP as a percentage of the Bayes ceiling."""
+    return [f"{split} R@1 = {f['R1']:.0f} % of the ceiling, R@5 = {f['R5']:.0f} %, R@10 = {f['R10']:.0f} %, "
+            f"mAP = {f['mAP']:.0f} %" for split, f in fractions.items()]
+
+
+def _with_ceiling(result: dict, root) -> dict:
+    """``result`` (``val`` / ``test`` metrics) with ``ceiling`` / ``fraction_of_ceiling`` filled in if missing
+    (a run finished before they were recorded); unchanged for data that is not SynthPedes."""
+    if "ceiling" in result:
+        return result
+    from .ceiling import ceiling_report
+
+    try:
+        return {**result, **ceiling_report(root, {s: result[s] for s in ("val", "test") if result.get(s)})}
+    except (OSError, ValueError, KeyError) as e:
+        print(f"warning: could not compute the Bayes ceiling of {root}: {e}", file=sys.stderr)
+        return result
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"):
@@ -161,7 +184,11 @@ def _train_run(args: argparse.Namespace) -> int:
     if result and is_main:
         print(f"\n{result['run']}: trained in {time.perf_counter() - t0:.0f} s ({result['steps']} steps); "
               f"best val {result['select_metric']} at epoch {result['best_epoch']}; ranking by {result['score']}")
-        print(format_metrics_table([("val (best)", result["val"]), ("test", result["test"])]))
+        rows = [("val (best)", result["val"]), ("test", result["test"])]
+        rows += [(f"{CEILING_LABEL}, {s}", c) for s, c in result.get("ceiling", {}).items()]
+        print(format_metrics_table(rows))
+        for line in ceiling_lines(result.get("fraction_of_ceiling", {})):
+            print(line)
     return 0
 
 
@@ -189,6 +216,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_run(args: argparse.Namespace) -> int:
+    from .ceiling import ceiling_from_root, fraction_of_ceiling
     from .evaluation import evaluate_split
     from .trainer import eval_score
 
@@ -203,6 +231,10 @@ def _eval_run(args: argparse.Namespace) -> int:
         m = evaluate_split(model, tok, q, g, score=score, metric=cfg.model.loss.metric,
                            image_size=cfg.model.encoder.vision.image_size, max_len=cfg.model.encoder.text.max_len,
                            batch_size=cfg.eval.batch_size, device=dev)
+        held_out_val = args.split == "val" and cfg.data.val_from_train is not None  # not the card's val split
+        ceil = None if held_out_val else ceiling_from_root(cfg.data.root, args.split)
+        if ceil is not None:
+            m["ceiling"], m["fraction_of_ceiling"] = ceil, fraction_of_ceiling(m, ceil)
     except _user_errors() as e:
         return _fail("eval", e)
     what = f"{args.run} ({args.checkpoint} checkpoint, {ckpt.get('kind', '?')}), {args.split}: {len(q)} queries, " \
@@ -211,7 +243,11 @@ def _eval_run(args: argparse.Namespace) -> int:
     rows = [(f"{args.split} ({score})", m)]
     if "alt" in m:
         rows.append((f"{args.split} ({m['alt']['score']})", m["alt"]))
+    if "ceiling" in m:
+        rows.append((f"{CEILING_LABEL}, {args.split}", m["ceiling"]))
     print(format_metrics_table(rows))
+    if "ceiling" in m:
+        print(ceiling_lines({f"{args.split} ({score})": m["fraction_of_ceiling"]})[0])
     if "sigma_image" in m:
         print(f"mean sigma: image {m['sigma_image']:.4f}, text {m['sigma_text']:.4f}")
     print(f"({time.perf_counter() - t0:.1f} s)")
@@ -313,8 +349,14 @@ def _demo_run(args: argparse.Namespace) -> int:
             print(f"      {s:5s}: {c['identities']:4d} identities, {c['images']:5d} images, {c['captions']:5d} captions")
         amb = card["ambiguity"]["test"]
         print(f"      {amb['fraction_ambiguous']:.0%} of test captions fit more than one test identity")
+        from .ceiling import ceiling_from_root
+
+        ceil = ceiling_from_root(data, "test")
+        if ceil is not None:
+            print(f"      Bayes ceiling on test: R@1 {ceil['R1']:.1f}, mAP {ceil['mAP']:.1f} "
+                  f"(a random ranking: R@1 {ceil['random']['R1']:.1f}, mAP {ceil['random']['mAP']:.1f})")
         print(f"[2/3] training {cfg.model.mode} ({cfg.train.epochs} epochs) into {args.out}")
-        result = train(cfg, args.out, resume="auto")
+        result = _with_ceiling(train(cfg, args.out, resume="auto"), data)
         print("[3/3] evaluation and pictures")
         from .evaluation import METRIC_KEYS  # noqa: F401
 
@@ -340,7 +382,10 @@ def _demo_run(args: argparse.Namespace) -> int:
     rows = [(f"val (best, epoch {result['best_epoch']})", val), ("test", test)]
     if "alt" in test:
         rows.append((f"test, ranked by {test['alt']['score']}", test["alt"]))
+    rows += [(f"{CEILING_LABEL}, {s}", c) for s, c in result.get("ceiling", {}).items()]
     print(format_metrics_table(rows))
+    for line in ceiling_lines(result.get("fraction_of_ceiling", {})):
+        print(line)
     if "sigma_image" in test:
         print(f"mean sigma on test: image {test['sigma_image']:.4f}, text {test['sigma_text']:.4f}")
     print(f"\nretrieval examples: {pic}\nsearch \"{EXAMPLE_QUERY}\": {grid}\ncurves: {args.out / 'curves.png'}")

@@ -53,7 +53,7 @@ __all__ = [
     "MODES",
 ]
 
-ENCODER_PRESETS = ("tiny", "clip-vit-b16")
+ENCODER_PRESETS = ("cnn-bigru", "tiny", "clip-vit-b16")  # uca_model.encoders.ENCODERS (torch-free copy)
 MODES = ("uca", "baseline")
 METRICS = ("w2", "kl", "jeffreys", "csd")  # uca_kernels.METRICS (kept here so configs load without torch)
 CONTRAST_LOSSES = ("sdm", "infonce")
@@ -84,20 +84,22 @@ def _positive(where: str, value, allow_zero: bool = False) -> None:
 
 @dataclass
 class VisionConfig:
-    """Image tower (CLIP ViT). For ``clip-vit-b16`` the sizes come from the pretrained folder and
-    only ``image_size`` is used (position embeddings are resized to its patch grid)."""
+    """Image tower: a residual CNN (``cnn-bigru``) or a CLIP ViT (``tiny``, ``clip-vit-b16``). For
+    ``clip-vit-b16`` the sizes come from the pretrained folder and only ``image_size`` is used
+    (position embeddings are resized to its patch grid)."""
 
-    image_size: tuple[int, int] = (64, 32)  # (H, W) input size; images are resized to it
-    patch_size: int = 8  # square patch side; H and W must be multiples of it
-    hidden_size: int = 64  # transformer width (tiny preset)
-    num_layers: int = 2  # transformer blocks (tiny preset)
-    num_heads: int = 2  # attention heads (tiny preset)
-    mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
+    image_size: tuple[int, int] = (96, 48)  # (H, W) input size; images are resized to it
+    patch_size: int = 8  # ViT: square patch side; H and W must be multiples of it
+    hidden_size: int = 256  # token width (CNN: channels of the last stage; ViT: transformer width)
+    num_layers: int = 1  # CNN: residual blocks per stage (4 stages); ViT: transformer blocks
+    num_heads: int = 2  # ViT: attention heads
+    mlp_ratio: float = 4.0  # ViT: MLP width / hidden_size
+    stem_channels: int = 32  # CNN: channels of the first stage (doubled per stage up to hidden_size)
 
     def validate(self, where: str = "vision") -> None:
         _need(len(self.image_size) == 2 and all(isinstance(v, int) and v > 0 for v in self.image_size),
               f"{where}.image_size", f"must be (H, W) positive ints, got {self.image_size!r}")
-        for name in ("patch_size", "hidden_size", "num_layers", "num_heads"):
+        for name in ("patch_size", "hidden_size", "num_layers", "num_heads", "stem_channels"):
             _positive(f"{where}.{name}", getattr(self, name))
         _need(all(v % self.patch_size == 0 for v in self.image_size), f"{where}.image_size",
               f"{tuple(self.image_size)} is not a multiple of patch_size={self.patch_size}")
@@ -108,28 +110,33 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """Text tower (CLIP text transformer, causal). The vocabulary size comes from the tokenizer."""
+    """Text tower: a bidirectional GRU (``cnn-bigru``) or a CLIP text transformer (``tiny``,
+    ``clip-vit-b16``, causal). The vocabulary size comes from the tokenizer."""
 
     max_len: int = 32  # tokens per caption including start/end (77 for CLIP)
-    hidden_size: int = 64  # transformer width (tiny preset)
-    num_layers: int = 2  # transformer blocks (tiny preset)
-    num_heads: int = 2  # attention heads (tiny preset)
-    mlp_ratio: float = 4.0  # MLP width / hidden_size (tiny preset)
+    hidden_size: int = 256  # token width (GRU: both directions together, so even; transformer width)
+    num_layers: int = 1  # GRU layers / transformer blocks
+    num_heads: int = 2  # transformer: attention heads
+    mlp_ratio: float = 4.0  # transformer: MLP width / hidden_size
+    embed_dim: int = 128  # GRU: word-embedding size
+    dropout: float = 0.0  # GRU: dropout on the word embeddings (and between GRU layers)
 
     def validate(self, where: str = "text") -> None:
         _need(isinstance(self.max_len, int) and self.max_len >= 4, f"{where}.max_len", f"must be an int >= 4, got {self.max_len!r}")
-        for name in ("hidden_size", "num_layers", "num_heads"):
+        for name in ("hidden_size", "num_layers", "num_heads", "embed_dim"):
             _positive(f"{where}.{name}", getattr(self, name))
         _need(self.hidden_size % self.num_heads == 0, f"{where}.hidden_size",
               f"{self.hidden_size} is not divisible by num_heads={self.num_heads}")
         _positive(f"{where}.mlp_ratio", self.mlp_ratio)
+        _need(0.0 <= self.dropout < 1.0, f"{where}.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
 class EncoderConfig:
-    """Which towers: ``tiny`` (random init, CPU) or ``clip-vit-b16`` (a local pretrained folder)."""
+    """Which towers: ``cnn-bigru`` (from scratch, the CPU default), ``tiny`` (random-init CLIP
+    transformers) or ``clip-vit-b16`` (a local pretrained folder)."""
 
-    preset: str = "tiny"  # "tiny" | "clip-vit-b16"
+    preset: str = "cnn-bigru"  # a key of uca_model.encoders.ENCODERS: "cnn-bigru" | "tiny" | "clip-vit-b16"
     pretrained_path: Optional[str] = None  # clip-vit-b16: local folder of openai/clip-vit-base-patch16
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -168,11 +175,12 @@ class HeadConfig:
 
 @dataclass
 class DecoderConfig:
-    """Cross-modal reconstruction decoder of UA-AMLR (queries: masked text tokens; keys/values:
-    one sampled image point plus the patch tokens)."""
+    """Cross-modal reconstruction decoder of UA-AMLR (IRRA-style: every token of the masked caption
+    attends to the caption's other tokens and to one sampled image point plus the patch tokens)."""
 
     width: int = 64  # decoder width
-    num_layers: int = 1  # blocks (cross-attention to the image + MLP)
+    num_layers: int = 1  # blocks (self-attention over the caption + cross-attention to the image + MLP);
+    # small for the CPU demo, 4 as in IRRA's cross-modal transformer for pretrained towers
     num_heads: int = 2  # attention heads
     dropout: float = 0.0  # dropout inside the decoder
 
@@ -187,11 +195,14 @@ class DecoderConfig:
 class LossConfig:
     """Loss terms and weights. Total = dcl_weight·dcl + pcl_weight·(pcl_inter + pcl_intra_image +
     pcl_intra_text) + amlr_weight·amlr + kl_weight·(kl_image + kl_text) + id_weight·id, or in
-    ``baseline`` mode sdm + id_weight·id. A weight of 0 switches the term (and its modules) off."""
+    ``baseline`` mode cosine_<baseline_loss> + id_weight·id. A weight of 0 switches the term (and its
+    modules) off."""
 
     dcl_weight: float = 1.0  # distribution contrast (DCL)
-    metric: str = "w2"  # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd
-    contrast_loss: str = "infonce"  # sdm | infonce, for DCL, PCL and the baseline (sdm: IRRA, for pretrained towers)
+    # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd. Both use d(image, text),
+    # image first: kl is KL(N_image || N_text) in training and in ranking (the text's Gaussian covers images)
+    metric: str = "w2"
+    contrast_loss: str = "infonce"  # sdm | infonce, for DCL and PCL (sdm: IRRA, for pretrained towers)
     dcl_scale: float = 5.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02 as in IRRA)
     pcl_weight: float = 0.2  # point contrast, lambda_p (inter + intra)
     num_samples: int = 4  # K samples per distribution (PCL and UA-AMLR)
@@ -203,6 +214,7 @@ class LossConfig:
     kl_weight: float = 1e-4  # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl
     id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
     id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
+    baseline_loss: str = "sdm"  # baseline (term cosine_<loss>): sdm | infonce on cosine; sdm = IRRA's
     baseline_scale: float = 10.0  # baseline: logits = baseline_scale * cos (50 = 1/0.02 as in IRRA)
     learn_scale: bool = True  # learn the contrastive logit scales (from the values above, CLIP-style)
     max_scale: float = 100.0  # upper clamp of a learned scale
@@ -213,6 +225,7 @@ class LossConfig:
             _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
         _choice(f"{where}.metric", self.metric, METRICS)
         _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
+        _choice(f"{where}.baseline_loss", self.baseline_loss, CONTRAST_LOSSES)
         _choice(f"{where}.pcl_similarity", self.pcl_similarity, ("cosine", "euclidean"))
         for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale", "max_scale"):
             _positive(f"{where}.{name}", getattr(self, name))
@@ -270,6 +283,8 @@ class DataConfig:
     val_from_train: Optional[int] = None  # hold out this many training identities as val (ICFG-PEDES)
     batch_size: int = 64  # global batch (split evenly over processes)
     flip_prob: float = 0.5  # horizontal flip augmentation
+    crop_pad: int = 4  # random translation by up to this many pixels (pad + crop; 0 = off)
+    erase_prob: float = 0.0  # random erasing: probability of blanking one rectangle per image
     num_workers: int = 0  # DataLoader workers per process
     cache_images: bool = True  # keep decoded, resized images in memory
 
@@ -278,6 +293,9 @@ class DataConfig:
         _need(isinstance(self.batch_size, int) and self.batch_size >= 2, f"{where}.batch_size",
               f"must be an int >= 2, got {self.batch_size!r}")
         _need(0.0 <= self.flip_prob <= 1.0, f"{where}.flip_prob", f"must be in [0, 1], got {self.flip_prob}")
+        _need(isinstance(self.crop_pad, int) and self.crop_pad >= 0, f"{where}.crop_pad",
+              f"must be an int >= 0, got {self.crop_pad!r}")
+        _need(0.0 <= self.erase_prob <= 1.0, f"{where}.erase_prob", f"must be in [0, 1], got {self.erase_prob}")
         _need(self.num_workers >= 0, f"{where}.num_workers", f"must be >= 0, got {self.num_workers}")
 
 

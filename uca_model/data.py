@@ -37,6 +37,7 @@ the total -- nothing is dropped silently. Malformed JSON is never skipped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections import Counter
@@ -60,6 +61,7 @@ __all__ = [
     "load_image",
     "TrainImageTextDataset",
     "GalleryImageDataset",
+    "augment_batch",
 ]
 
 
@@ -444,3 +446,40 @@ class GalleryImageDataset(_ImageBase):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         g = self.gallery[i]
         return self._image(g.image_path), g.pid
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, *, flip_prob: float = 0.0, pad: int = 0,
+                  erase_prob: float = 0.0, erase_area: tuple[float, float] = (0.02, 0.15)) -> torch.Tensor:
+    """Training augmentation of a normalised batch ``[B, 3, H, W]``, every draw from ``generator``.
+
+    No colour is touched (colour is what the captions describe). Per image: a horizontal flip with
+    probability ``flip_prob``; a random translation of up to ``pad`` pixels each way (zero-padded,
+    i.e. the dataset mean after normalisation, then cropped back to H x W); with probability
+    ``erase_prob`` one rectangle of ``erase_area`` of the image (aspect 0.3-3.3) set to zero
+    (random erasing, for occlusion).
+    """
+    B, _, H, W = images.shape
+    out = images
+    if flip_prob > 0:
+        flip = torch.rand(B, generator=generator) < flip_prob
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if pad > 0:
+        padded = torch.nn.functional.pad(out, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator).tolist()
+        out = torch.stack([padded[i, :, y:y + H, x:x + W] for i, (y, x) in enumerate(zip(dy, dx))])
+    if erase_prob > 0:
+        do = (torch.rand(B, generator=generator) < erase_prob).tolist()
+        u = torch.rand(B, 4, generator=generator).tolist()
+        out = out.clone() if out is images else out
+        lo, hi = erase_area
+        for i in range(B):
+            if not do[i]:
+                continue
+            area = H * W * (lo + (hi - lo) * u[i][0])
+            aspect = math.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[i][1])
+            h = min(H, max(1, int(round(math.sqrt(area * aspect)))))
+            w = min(W, max(1, int(round(math.sqrt(area / aspect)))))
+            y, x = int(u[i][2] * (H - h + 1)), int(u[i][3] * (W - w + 1))
+            out[i, :, y:y + h, x:x + w] = 0.0
+    return out

@@ -127,6 +127,9 @@ def dcl_loss(mu_v, logvar_v, mu_t, logvar_t, labels, *, metric="w2", loss="sdm",
     Args:
         mu_v, logvar_v, mu_t, logvar_t: [b, D] local image and text Gaussians (pair i ↔ i).
         labels: [b] identities. scale: positive number or 0-d tensor (logits = −scale·d).
+
+    The logit of (image i, text j) is −scale·d(N_v_i, N_t_j), image first (``kl``: KL(image ‖ text));
+    retrieval ranks by the same pair distance (:func:`uca_model.evaluation.score_fn`).
     """
 
     def fn(a, b, la, lb):

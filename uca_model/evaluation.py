@@ -5,6 +5,10 @@ ranks by the Gaussian distance of ``loss.metric`` (``eval.score = distance``, th
 ``uca``) or by the cosine of the means (``cosine``); the baseline by cosine. Metrics come from
 :func:`uca_model.metrics.retrieval_metrics` (R@1/5/10, mAP, mINP in percent), chunked, without a
 Python loop over queries.
+
+**Direction.** The score of (caption i, image j) is −d(N_image_j, N_text_i), image first: exactly
+the distance of the training logit of that pair (DCL's rows are images, ``uca_model.model``), so for
+the asymmetric ``kl`` both training and ranking use KL(N_image ‖ N_text).
 """
 
 from __future__ import annotations
@@ -59,11 +63,14 @@ def embed_texts(model, tokenizer, captions: Sequence[str], max_len: int, batch_s
 
 
 def score_fn(txt: dict, img: dict, score: str, metric: str):
-    """A chunked score callable for :func:`retrieval_metrics` (higher = better)."""
+    """A chunked score callable for :func:`retrieval_metrics` (higher = better): ``(start, stop)``
+    gives [stop - start, G] for captions ``start:stop``. ``distance``: −d(image_j, caption_i), the
+    training logit's pair distance (image first; module docstring); ``cosine``: cos(μ_t, μ_v)."""
     if score == "distance":
         if txt["logvar"] is None or img["logvar"] is None:
             raise ValueError("distance ranking needs a probabilistic model (logvar); use score='cosine'")
-        return GaussianScores(txt["mu"], txt["logvar"], img["mu"], img["logvar"], metric, method="gemm")
+        return GaussianScores(txt["mu"], txt["logvar"], img["mu"], img["logvar"], metric, first="gallery",
+                              method="gemm")
     return CosineScores(txt["mu"], img["mu"])
 
 

@@ -256,11 +256,15 @@ class CosineScores:
 
 
 class GaussianScores:
-    """Negative Gaussian distance −d(query_i, gallery_j), one query block at a time.
+    """Negative Gaussian distance of every (query i, gallery j) pair, one query block at a time.
 
     Args:
         mu_q, logvar_q: [Q, D] query (text) Gaussians. mu_g, logvar_g: [G, D] gallery (image) ones.
-        metric: "w2", "kl" (KL(query ‖ gallery)), "jeffreys" or "csd" (``uca_kernels.METRICS``).
+        metric: "w2", "kl", "jeffreys" or "csd" (``uca_kernels.METRICS``).
+        first: which side is the first argument of the distance: "query" gives −d(query_i, gallery_j)
+            (``kl``: KL(query ‖ gallery)); "gallery" gives −d(gallery_j, query_i) (``kl``:
+            KL(gallery ‖ query)) -- the direction of UCA's training logits, whose rows are images
+            (:func:`uca_model.evaluation.score_fn` uses it). Only ``kl`` is asymmetric.
         method: "direct" -- ``uca_kernels.gaussian_distance`` on [block, gallery block] tiles,
             the exact formulas (default); "gemm" -- the metric's feature maps
             (``uca_kernels.feature_maps``) and one matrix product per tile, much faster for large
@@ -271,11 +275,14 @@ class GaussianScores:
     """
 
     def __init__(self, mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_g: torch.Tensor, logvar_g: torch.Tensor,
-                 metric: str = "w2", *, method: str = "direct", max_elements: int = 1 << 22) -> None:
+                 metric: str = "w2", *, first: str = "query", method: str = "direct",
+                 max_elements: int = 1 << 22) -> None:
         import uca_kernels
 
         if metric not in uca_kernels.METRICS:
             raise ValueError(f"metric={metric!r} is not one of {', '.join(map(repr, uca_kernels.METRICS))}")
+        if first not in ("query", "gallery"):
+            raise ValueError(f"first={first!r} is not 'query' or 'gallery'")
         if method not in ("direct", "gemm"):
             raise ValueError(f"method={method!r} is not 'direct' or 'gemm'")
         self.mu_q = _features("mu_q", mu_q)
@@ -285,7 +292,7 @@ class GaussianScores:
         self.logvar_g = _features("logvar_g", logvar_g, D)
         if self.logvar_q.shape[0] != self.mu_q.shape[0] or self.logvar_g.shape[0] != self.mu_g.shape[0]:
             raise ValueError("mu and logvar of one side must have the same number of rows")
-        self.metric, self.method, self.max_elements = metric, method, int(max_elements)
+        self.metric, self.first, self.method, self.max_elements = metric, first, method, int(max_elements)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -304,11 +311,18 @@ class GaussianScores:
         with torch.no_grad():
             for a in range(0, G, step):
                 mg, lg = self.mu_g[a:a + step], self.logvar_g[a:a + step]
-                if self.method == "direct":
-                    d = uca_kernels.gaussian_distance(mq, lq, mg, lg, self.metric)
-                else:
-                    A, B, r, c = uca_kernels.feature_maps(mq, lq, mg, lg, self.metric)
-                    d = torch.addmm(r[:, None] + c[None, :], A, B.T)
+                if self.first == "query":
+                    if self.method == "direct":
+                        d = uca_kernels.gaussian_distance(mq, lq, mg, lg, self.metric)
+                    else:
+                        A, B, r, c = uca_kernels.feature_maps(mq, lq, mg, lg, self.metric)
+                        d = torch.addmm(r[:, None] + c[None, :], A, B.T)
+                else:  # d(gallery_j, query_i), laid out [query, gallery]
+                    if self.method == "direct":
+                        d = uca_kernels.gaussian_distance(mg, lg, mq, lq, self.metric).T
+                    else:
+                        A, B, r, c = uca_kernels.feature_maps(mg, lg, mq, lq, self.metric)  # A: gallery rows
+                        d = torch.addmm(c[:, None] + r[None, :], B, A.T)
                 out[:, a:a + step] = -d
         return out
 
@@ -326,8 +340,11 @@ def cosine_scores(query: torch.Tensor, gallery: torch.Tensor, chunk_size: int = 
 
 
 def gaussian_scores(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_g: torch.Tensor, logvar_g: torch.Tensor,
-                    metric: str = "w2", chunk_size: int = 256, *, method: str = "direct") -> torch.Tensor:
-    """[Q, G] scores −d(query, gallery) from ``uca_kernels.gaussian_distance``, chunked over queries
-    (``chunk_size`` per block) and gallery so no [Q, G, D] temporary exists. See :class:`GaussianScores`;
-    for galleries too large to hold [Q, G], pass a :class:`GaussianScores` to :func:`retrieval_metrics`."""
-    return _materialise(GaussianScores(mu_q, logvar_q, mu_g, logvar_g, metric, method=method), chunk_size)
+                    metric: str = "w2", chunk_size: int = 256, *, first: str = "query",
+                    method: str = "direct") -> torch.Tensor:
+    """[Q, G] scores −d(query, gallery) (``first="gallery"``: −d(gallery, query)) from
+    ``uca_kernels.gaussian_distance``, chunked over queries (``chunk_size`` per block) and gallery so
+    no [Q, G, D] temporary exists. See :class:`GaussianScores`; for galleries too large to hold
+    [Q, G], pass a :class:`GaussianScores` to :func:`retrieval_metrics`."""
+    return _materialise(GaussianScores(mu_q, logvar_q, mu_g, logvar_g, metric, first=first, method=method),
+                        chunk_size)

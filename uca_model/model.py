@@ -12,15 +12,23 @@ data-parallel runs (:mod:`uca_model.distributed`):
 ``pcl_inter``       point contrast of K image points vs K text points per pair (identity positives)
 ``pcl_intra_image`` image points vs image points, self pairs excluded
 ``pcl_intra_text``  text points vs text points, self pairs excluded
-``amlr``            attribute-masking reconstruction from K sampled image points + patch tokens
+``amlr``            attribute-masking reconstruction: the masked caption's tokens attend to each other
+                    and to one of K sampled image points + the patch tokens (averaged over the K)
 ``kl_image``        KL(N(μ_v, σ_v²) ‖ N(0, I)) (mean over the batch)
 ``kl_text``         the same for texts
 ``id``              identity classification of μ by a cosine classifier shared by both modalities
                     (image and text cross-entropies averaged), optional
 ==================  ==============================================================================
 
-Mode ``baseline`` (IRRA without MLM): fixed-point embeddings and ``sdm`` = SDM on cosine / τ,
-plus the optional ``id`` term.
+**Direction of the Gaussian distance.** Every DCL logit of (image j, caption i) is
+−scale·d(N_v_j, N_t_i): the image is the *first* argument, so for ``kl`` it is KL(N_image ‖ N_text)
+(small when the text distribution covers the image: a vague caption is cheap for every image it
+fits, a vague image is not). Retrieval ranks the images for caption i by −d(N_v_j, N_t_i), the very
+same value (:func:`uca_model.evaluation.score_fn`); ``w2``, ``jeffreys`` and ``csd`` are symmetric.
+
+Mode ``baseline`` (IRRA without MLM): fixed-point embeddings and the term ``cosine_<loss>`` =
+``loss.baseline_loss`` (default ``sdm``: IRRA's SDM, so the term is ``cosine_sdm``) on cosine / τ,
+independent of ``loss.contrast_loss``, plus the optional ``id`` term.
 """
 
 from __future__ import annotations
@@ -129,7 +137,7 @@ class UCAModel(nn.Module):
         """Weight of every term :meth:`forward` returns."""
         L = self.cfg.loss
         if not self.cfg.probabilistic:
-            w = {"sdm": 1.0}
+            w = {self.baseline_term(): 1.0}
         else:
             w = {}
             if L.dcl_weight > 0:
@@ -147,6 +155,10 @@ class UCAModel(nn.Module):
         if L.id_weight > 0:
             w["id"] = L.id_weight
         return w
+
+    def baseline_term(self) -> str:
+        """Name of the baseline's contrast term: ``cosine_<loss.baseline_loss>`` (e.g. ``cosine_sdm``)."""
+        return f"cosine_{self.cfg.loss.baseline_loss}"
 
     def noise(self, batch_size: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Standard-normal ``eps_v, eps_t`` [b, K, D] for the sampled points (drawn on the CPU so
@@ -179,8 +191,8 @@ class UCAModel(nn.Module):
         with torch.autocast(mu_v.device.type, enabled=False):
             if not self.cfg.probabilistic:
                 scale = self.scale("baseline")
-                terms["sdm"] = cosine_contrast_loss(mu_v, mu_t, pids, scale=scale, loss=L.contrast_loss,
-                                                    backend=L.backend, ctx=ctx)
+                terms[self.baseline_term()] = cosine_contrast_loss(mu_v, mu_t, pids, scale=scale,
+                                                                   loss=L.baseline_loss, backend=L.backend, ctx=ctx)
                 stats["scale_baseline"] = scale.detach()
             else:
                 lv_v, lv_t = img["logvar"].float(), txt["logvar"].float()
@@ -209,7 +221,8 @@ class UCAModel(nn.Module):
         if self.decoder is not None:
             masked = self.text(batch["mlm_input_ids"], batch["attention_mask"])[0]
             points = z_v.reshape(mu_v.shape[0], L.num_samples, -1).to(masked.dtype)
-            terms["amlr"] = self.decoder(masked, points, img["tokens"][:, 1:], batch["mlm_labels"]).float()
+            terms["amlr"] = self.decoder(masked, points, img["tokens"][:, 1:], batch["mlm_labels"],
+                                         batch["attention_mask"]).float()
         if self.classifier is not None:
             # cosine classifier shared by both modalities: one prototype per training identity
             w = F.normalize(self.classifier.weight.float(), dim=1)

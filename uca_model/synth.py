@@ -10,7 +10,9 @@ Each identity gets 2–4 images (a drawn figure; pose, view, scale, position, ba
 occlusion and horizontal flip vary per image) and every image 2 captions from a grammar with many
 sentence forms and synonyms. A caption mentions a *random subset* of the attributes, so it fits
 several identities; the generator records what each caption mentions and the dataset card reports
-the fraction of test captions whose mentioned attributes fit more than one test identity.
+the fraction of test captions whose mentioned attributes fit more than one test identity, and the
+*Bayes ceiling* of each split (the expected metrics of an oracle that knows the attributes; see
+:mod:`uca_model.ceiling`).
 
 Output (the CUHK-PEDES layout, so training on it exercises the real reader)::
 
@@ -19,7 +21,7 @@ Output (the CUHK-PEDES layout, so training on it exercises the real reader)::
       imgs/<split>/<id>_<k>.png
       synth_attributes.json   identity attributes and per-caption mentions (for analysis and tests)
       tokenizer.json          WordPiece tokenizer trained on the training captions
-      dataset_card.md / .json counts, sizes, the ambiguity figure
+      dataset_card.md / .json counts, sizes, the ambiguity figure, the Bayes ceiling per split
       contact_sheet.png       sample identities with one caption each
       .complete.json          written last; a folder without it is an interrupted run
 
@@ -43,6 +45,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .ceiling import bayes_ceiling
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -932,6 +936,26 @@ def _card_markdown(card: dict[str, Any]) -> str:
     ]
     for s in ("train", "val", "test"):
         lines.append(f"| {s} | {amb[s]['fraction_ambiguous']:.1%} | {amb[s]['mean_matches']:.2f} |")
+    if card.get("ceiling"):
+        ceil = card["ceiling"]
+        lines += [
+            "",
+            "## Bayes ceiling",
+            "",
+            "The best any model can do: for each caption, rank first the images of the identities that fit "
+            "every attribute it mentions, grouped per identity, in random order among them (exact "
+            "expectation over that order; `uca_model.ceiling`). Read every result on SynthPedes as a "
+            "fraction of it; the random ranking is the floor.",
+            "",
+            "| split | R@1 | R@5 | R@10 | mAP | mINP | identities fitting a caption | random R@1 | random mAP |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in ("train", "val", "test"):
+            if s in ceil:
+                c = ceil[s]
+                lines.append(f"| {s} | {c['R1']:.1f} | {c['R5']:.1f} | {c['R10']:.1f} | {c['mAP']:.1f} | "
+                             f"{c['mINP']:.1f} | {c['mean_fitting_identities']:.2f} | {c['random']['R1']:.2f} | "
+                             f"{c['random']['mAP']:.2f} |")
     lines += ["", f"Generator version {card['generator_version']}.", ""]
     return "\n".join(lines)
 
@@ -1071,12 +1095,13 @@ def generate_synthpedes(
 
     # -- annotations, attributes, tokenizer, card, contact sheet; the marker last --
     _atomic_write(out / "reid_raw.json", _json_bytes(entries))
-    _atomic_write(out / "synth_attributes.json", _json_bytes({
+    attributes_doc = {
         "fingerprint": fp,
         "fields": {f.name: list(f.values) for f in SCHEMA},
         "identities": [{"id": pid, "split": s, "attributes": a.as_dict()} for pid, s, a in identities],
         "images": image_meta,
-    }))
+    }
+    _atomic_write(out / "synth_attributes.json", _json_bytes(attributes_doc))
     train_caps = [c for e in entries if e["split"] == "train" for c in e["captions"]]
     tok = train_wordpiece(train_caps, out / "tokenizer.json", vocab_size=p.vocab_size)
 
@@ -1084,6 +1109,8 @@ def generate_synthpedes(
     ments_by_split = {s: [m for im, e in zip(image_meta, entries) if e["split"] == s for m in im["mentions"]]
                       for s, _ in splits}
     ambiguity = {s: caption_ambiguity(by_split[s], ments_by_split[s]) for s, _ in splits}
+    ceiling = {s: bayes_ceiling(attributes_doc["fields"], attributes_doc["identities"], image_meta, s)
+               for s, _ in splits}
     words = [len(_processed_tokens(c)) for e in entries for c in e["captions"]]
     split_counts = {}
     for s, _ in splits:
@@ -1098,6 +1125,7 @@ def generate_synthpedes(
         "splits": split_counts,
         "totals": {k: sum(c[k] for c in split_counts.values()) for k in ("identities", "images", "captions")},
         "ambiguity": ambiguity,
+        "ceiling": ceiling,
         "caption_words_mean": float(np.mean(words)),
         "caption_words_max": int(max(words)),
         "tokenizer_vocab_size": len(tok),

@@ -405,9 +405,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
             if device.type == "cuda":
                 torch.cuda.manual_seed(seed_for(tc.seed, 4, step, ctx.rank))
             b = pids.shape[0]
-            if cfg.data.flip_prob > 0:
-                flip = torch.rand(b, generator=g) < cfg.data.flip_prob
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            images = data_mod.augment_batch(images, g, flip_prob=cfg.data.flip_prob, pad=cfg.data.crop_pad,
+                                            erase_prob=cfg.data.erase_prob)
             batch = {"images": images, "pids": pids}
             if masker is not None:
                 mk = masker(list(captions), max_len, generator=g)
@@ -515,6 +514,14 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
                   "best_epoch": best["epoch"], "select_metric": tc.select_metric, "steps": step,
                   "train_time_s": round(train_time, 1), "world_size": ctx.world_size,
                   "val": best["metrics"], "test": test}
+        try:  # SynthPedes: the Bayes ceiling of each split and the result as a percentage of it
+            from .ceiling import ceiling_report
+
+            val_m = best["metrics"] if cfg.data.val_from_train is None else None  # a held-out val is not the card's
+            per_split = {"val": val_m, "test": test} if val_m is not None else {"test": test}
+            result.update(ceiling_report(cfg.data.root, per_split))
+        except Exception as e:  # noqa: BLE001 - a failed ceiling must not lose a finished run
+            say(f"warning: could not compute the Bayes ceiling of {cfg.data.root}: {e}")
         tmp = run / ".metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, run / "metrics.json")

@@ -15,7 +15,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     back = load_config(tmp_path / "c.json")
     assert to_dict(back) == to_dict(cfg)
-    assert back.model.encoder.vision.image_size == (64, 32)  # lists come back as tuples
+    assert back.model.encoder.vision.image_size == (96, 48)  # lists come back as tuples
 
 
 def test_partial_file_and_overrides(tmp_path):
@@ -31,6 +31,7 @@ def test_partial_file_and_overrides(tmp_path):
 @pytest.mark.parametrize("change,needle", [
     ({"model": {"loss": {"metric": "cosine"}}}, "model.loss.metric: 'cosine' is not one of"),
     ({"model": {"loss": {"metirc": "w2"}}}, "unknown config key(s) model.loss.metirc"),
+    ({"model": {"loss": {"baseline_loss": "sigmoid"}}}, "model.loss.baseline_loss: 'sigmoid' is not one of"),
     ({"optim": {"lr": -1}}, "optim.lr: must be > 0"),
     ({"optim": {"lr": "fast"}}, "optim.lr: expected a number"),
     ({"train": {"epochs": 1.5}}, "train.epochs: expected an integer"),

@@ -1,4 +1,4 @@
-"""Encoders, probabilistic heads, the reconstruction decoder and the model's loss terms."""
+"""Encoders, probabilistic heads and the model's loss terms (the decoder: test_decoder.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import uca_kernels as uk
-from uca_model.config import DecoderConfig, EncoderConfig, HeadConfig, from_dict
-from uca_model.decoder import ReconstructionDecoder
+from uca_model.config import EncoderConfig, HeadConfig, from_dict
 from uca_model.encoders import PretrainedCLIPError, build_encoders, resize_position_embedding
 from uca_model.heads import ProbabilisticHead
 from uca_model.model import UCAModel
@@ -52,6 +51,7 @@ def test_resize_position_embedding_keeps_class_and_grid():
 
 def test_tiny_towers_shapes_and_wrong_sizes():
     cfg = _tiny_model_cfg().encoder
+    cfg.preset = "tiny"
     vision, text, proj = build_encoders(cfg, VOCAB, SPECIAL)
     assert proj is None
     b = _batch()
@@ -119,27 +119,6 @@ def test_head_initial_logvar_bounds_and_baseline():
     torch.testing.assert_close(head(glob, tokens, mask)[0], head(glob, tokens2, mask)[0])
 
 
-def test_decoder_averages_over_samples_and_handles_no_mask():
-    torch.manual_seed(0)
-    dec = ReconstructionDecoder(DecoderConfig(width=16, num_heads=2), 12, 10, 8, 30)
-    text, patches = torch.randn(3, 6, 12), torch.randn(3, 5, 10)
-    labels = torch.full((3, 6), -100)
-    labels[0, 2], labels[1, 1], labels[1, 4], labels[2, 5] = 7, 3, 9, 1
-    one = torch.randn(3, 1, 8)
-    # K copies of the same sample give the single-sample loss
-    torch.testing.assert_close(dec(text, one.expand(3, 4, 8), patches, labels), dec(text, one, patches, labels))
-    # the loss is the mean over samples of per-sample losses (equal counts per sample)
-    two = torch.randn(3, 2, 8)
-    mean = 0.5 * (dec(text, two[:, :1], patches, labels) + dec(text, two[:, 1:], patches, labels))
-    torch.testing.assert_close(dec(text, two, patches, labels), mean)
-    # a masked position's prediction depends on its own caption's query only (not on other positions)
-    text2 = text.clone()
-    text2[0, 0] += 10.0  # not masked, caption 0
-    torch.testing.assert_close(dec(text2, one, patches, labels), dec(text, one, patches, labels))
-    none = dec(text.requires_grad_(), one, patches, torch.full((3, 6), -100))
-    assert float(none.detach()) == 0.0 and none.requires_grad
-
-
 def test_model_terms_weights_and_gradients():
     torch.manual_seed(0)
     cfg = _tiny_model_cfg(id_weight=0.5)
@@ -178,7 +157,19 @@ def test_switched_off_terms_build_no_modules_and_baseline():
     cfg = _tiny_model_cfg("baseline", dcl_weight=0.0, pcl_weight=0.0, amlr_weight=0.0, kl_weight=0.0)
     model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
     out = model(_batch())
-    assert set(out["terms"]) == {"sdm"} and model.loss_weights() == {"sdm": 1.0}
+    assert set(out["terms"]) == {"cosine_sdm"} and model.loss_weights() == {"cosine_sdm": 1.0}
+    # the baseline is IRRA's SDM on cosine whatever UCA's contrast_loss is; the term says which loss
+    assert cfg.loss.contrast_loss == "infonce" and cfg.loss.baseline_loss == "sdm"
+    f_v = model.encode_image(_batch()["images"])["mu"]
+    f_t = model.encode_text(_batch()["input_ids"], _batch()["attention_mask"])["mu"]
+    A, Bf = torch.nn.functional.normalize(f_v, dim=1), torch.nn.functional.normalize(f_t, dim=1)
+    zero = torch.zeros(A.shape[0])
+    ref = sum(x.mean() for x in uk.contrast(A, Bf, zero, zero, cfg.loss.baseline_scale, 0.0, _batch()["pids"],
+                                            _batch()["pids"], loss="sdm", backend="reference"))
+    torch.testing.assert_close(out["terms"]["cosine_sdm"], ref, rtol=1e-5, atol=1e-5)
+    cfg.loss.baseline_loss = "infonce"
+    model = UCAModel(cfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    assert set(model(_batch())["terms"]) == {"cosine_infonce"} and model.loss_weights() == {"cosine_infonce": 1.0}
     assert set(out["stats"]) == {"scale_baseline"} and model.scale_names() == ["baseline"]
     assert model.encode_image(_batch()["images"])["logvar"] is None
     assert not hasattr(model.image_head, "logvar")

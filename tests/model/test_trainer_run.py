@@ -119,4 +119,4 @@ def test_baseline_run_ranks_by_cosine(tiny_data, tmp_path):
                                                                       "amlr_weight": 0, "kl_weight": 0}})
     result = train(cfg, tmp_path / "b", **QUIET)
     assert result["score"] == "cosine" and "alt" not in result["test"]
-    assert "loss/sdm" in _rows(tmp_path / "b" / "history.csv")[0]
+    assert "loss/cosine_sdm" in _rows(tmp_path / "b" / "history.csv")[0]  # IRRA's SDM on cosine
