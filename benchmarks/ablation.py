@@ -59,6 +59,9 @@ def _run_one(args, variant: str, seed: int) -> dict:
            "steps": res["steps"], "train_time_s": res["train_time_s"], "wall_s": round(time.perf_counter() - t0, 1)}
     row.update({k: round(res["test"][k], 3) for k in METRICS})
     row.update({f"val_{k}": round(res["val"][k], 3) for k in ("R1", "mAP")})
+    if "fraction_of_ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
+        row.update({f"ceiling_{k}": round(res["ceiling"]["test"][k], 3) for k in ("R1", "mAP")})
+        row.update({f"pct_ceiling_{k}": round(res["fraction_of_ceiling"]["test"][k], 2) for k in ("R1", "mAP")})
     if "alt" in res["test"]:
         row.update({f"{res['test']['alt']['score']}_{k}": round(res["test"]["alt"][k], 3) for k in ("R1", "mAP")})
         row["sigma_image"] = round(res["test"]["sigma_image"], 5)
@@ -73,7 +76,8 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
         if not rs:
             continue
         s = {"variant": v, "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
-        for k in METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s"):
+        for k in METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s",
+                            "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[f"{k}_mean"] = statistics.fmean(vals)
@@ -83,12 +87,17 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
 
 
 def _table(summary: list[dict]) -> str:
-    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | mean σ image / text | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | mean σ image / text | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         cells = [f"{s[f'{k}_mean']:.2f} ± {s[f'{k}_std']:.2f}" for k in METRICS]
+        pct = (f"{s['pct_ceiling_R1_mean']:.1f} ± {s['pct_ceiling_R1_std']:.1f} / "
+               f"{s['pct_ceiling_mAP_mean']:.1f} ± {s['pct_ceiling_mAP_std']:.1f}" if "pct_ceiling_R1_mean" in s else "–")
         sig = (f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–")
-        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {sig} | {s['n']} |")
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sig} | {s['n']} |")
+    ceil = next((s for s in summary if "ceiling_R1_mean" in s), None)
+    if ceil is not None:
+        lines.append(f"| Bayes ceiling (oracle) | {ceil['ceiling_R1_mean']:.2f} | | | {ceil['ceiling_mAP_mean']:.2f} | | 100 / 100 | | |")
     return "\n".join(lines)
 
 
@@ -166,7 +175,8 @@ def main(argv=None) -> int:
     table = _table(summary)
     (out / "table.md").write_text(
         f"SynthPedes '{args.preset}', test split, mean ± std over seeds {args.seeds} "
-        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others).\n\n"
+        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others; "
+        f"the ceiling is the split's Bayes oracle, uca_model.ceiling).\n\n"
         + table + "\n", encoding="utf-8")
     from uca_model.plots import plot_ablation
 

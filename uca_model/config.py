@@ -88,7 +88,7 @@ class VisionConfig:
     ``clip-vit-b16`` the sizes come from the pretrained folder and only ``image_size`` is used
     (position embeddings are resized to its patch grid)."""
 
-    image_size: tuple[int, int] = (96, 48)  # (H, W) input size; images are resized to it
+    image_size: tuple[int, int] = (64, 32)  # (H, W) input size; images are resized to it
     patch_size: int = 8  # ViT: square patch side; H and W must be multiples of it
     hidden_size: int = 256  # token width (CNN: channels of the last stage; ViT: transformer width)
     num_layers: int = 1  # CNN: residual blocks per stage (4 stages); ViT: transformer blocks
@@ -156,10 +156,10 @@ class HeadConfig:
     """Probabilistic heads: ``mu`` from the global token, ``logvar`` from the global token or
     pooled over all tokens (one head per modality)."""
 
-    embed_dim: int = 64  # D of the joint space (clip-vit-b16: 512 to reuse CLIP's projections)
-    mu_source: str = "tokens"  # "global" (class / end token) | "tokens" (masked mean of all tokens)
+    embed_dim: int = 128  # D of the joint space (clip-vit-b16: 512 to reuse CLIP's projections)
+    mu_source: str = "global"  # "global" (global token of the tower) | "tokens" (masked mean of all tokens)
     normalize_mu: bool = True  # put mu on the unit sphere (then ||dmu||^2 = 2 - 2 cos)
-    logvar_source: str = "tokens"  # "global" | "tokens" (masked mean of all tokens)
+    logvar_source: str = "global"  # "global" | "tokens" (masked mean of all tokens)
     init_logvar: float = -6.0  # initial log sigma^2 (bias of the logvar layer)
     min_logvar: float = -12.0  # soft lower bound of logvar
     max_logvar: float = 2.0  # soft upper bound of logvar
@@ -215,7 +215,7 @@ class LossConfig:
     id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
     id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
     baseline_loss: str = "sdm"  # baseline (term cosine_<loss>): sdm | infonce on cosine; sdm = IRRA's
-    baseline_scale: float = 10.0  # baseline: logits = baseline_scale * cos (50 = 1/0.02 as in IRRA)
+    baseline_scale: float = 50.0  # baseline: logits = baseline_scale * cos (1/0.02 as in IRRA; SDM from scratch stalls at 10)
     learn_scale: bool = True  # learn the contrastive logit scales (from the values above, CLIP-style)
     max_scale: float = 100.0  # upper clamp of a learned scale
     backend: str = "auto"  # uca_kernels backend for every contrast
@@ -281,10 +281,10 @@ class DataConfig:
     synth_seed: int = 0  # seed of that generation
     tokenizer: Optional[str] = None  # tokenizer.json or a HF folder; default <root>/tokenizer.json
     val_from_train: Optional[int] = None  # hold out this many training identities as val (ICFG-PEDES)
-    batch_size: int = 64  # global batch (split evenly over processes)
+    batch_size: int = 128  # global batch (split evenly over processes)
     flip_prob: float = 0.5  # horizontal flip augmentation
     crop_pad: int = 4  # random translation by up to this many pixels (pad + crop; 0 = off)
-    erase_prob: float = 0.0  # random erasing: probability of blanking one rectangle per image
+    erase_prob: float = 0.5  # random erasing: probability of blanking one rectangle per image (occlusion)
     num_workers: int = 0  # DataLoader workers per process
     cache_images: bool = True  # keep decoded, resized images in memory
 
@@ -303,7 +303,7 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay (per step)."""
 
-    lr: float = 1e-3  # peak learning rate of the new modules (heads, decoder)
+    lr: float = 3e-3  # peak learning rate of the new modules (heads, decoder)
     encoder_lr_scale: float = 1.0  # encoder LR = lr * this (e.g. 0.2 with pretrained towers)
     weight_decay: float = 0.02  # on matrices only (tensors with >= 2 dims)
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
@@ -328,7 +328,7 @@ class OptimConfig:
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = 20  # passes over the training captions
+    epochs: int = 12  # passes over the training captions
     seed: int = 0  # the single source of randomness (init, data order, masking, sampling, dropout)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | off

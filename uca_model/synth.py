@@ -275,8 +275,10 @@ class SynthPreset:
 PRESETS: dict[str, SynthPreset] = {
     # for tests: seconds
     "tiny": SynthPreset("tiny", 12, 5, 6, (48, 24), vocab_size=400, contact_sheet_ids=6),
-    # the CPU demo: a tiny CLIP-like model trains on it in minutes on 2 cores
-    "demo": SynthPreset("demo", 360, 100, 100, (96, 48)),
+    # the CPU demo: many training identities, so the from-scratch towers learn attributes rather than
+    # identities (at the same number of steps: 1000 ids val R@1 24, 2000 ids 31, 4000 ids 40); a gallery
+    # of 100 test identities; ~40 s to write
+    "demo": SynthPreset("demo", 4000, 100, 100, (96, 48)),
     # several times more identities, larger images
     "large": SynthPreset("large", 2400, 400, 400, (128, 64), vocab_size=4000),
 }

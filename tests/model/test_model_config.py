@@ -15,7 +15,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.json")
     back = load_config(tmp_path / "c.json")
     assert to_dict(back) == to_dict(cfg)
-    assert back.model.encoder.vision.image_size == (96, 48)  # lists come back as tuples
+    assert back.model.encoder.vision.image_size == (64, 32)  # lists come back as tuples
 
 
 def test_partial_file_and_overrides(tmp_path):
@@ -74,7 +74,7 @@ def test_presets_are_valid(tmp_path):
         assert cfg.train.seed == 3 and cfg.train.epochs == 2
     assert demo_config(variant="baseline").model.mode == "baseline"
     large = demo_config("d", preset="large")
-    assert large.data.synth_preset == "large" and large.train.epochs == 8 and demo_config().train.epochs == 20
+    assert large.data.synth_preset == "large" and large.train.epochs == 10 and demo_config().train.epochs == 4
     assert demo_config(variant="+DCL").model.loss.pcl_weight == 0
     assert smoke_config(tmp_path).model.encoder.vision.hidden_size == 32
     c = clip_vit_b16_config("/models/clip", "/data/CUHK-PEDES")

@@ -92,6 +92,18 @@ def test_pretrained_preset_errors_and_local_folder(tmp_path):
     assert proj["image"].shape == (8, 32) and proj["text"].shape == (8, 32)
     assert vision(torch.randn(2, 3, 32, 16)).shape == (2, 9, 32)
     assert text.clip.embeddings.token_embedding.num_embeddings == VOCAB
+    # the whole UCA model on that folder trains one step (every term, finite, parameters move)
+    mcfg = _tiny_model_cfg()
+    mcfg.encoder = cfg
+    model = UCAModel(mcfg, vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.vision.parameters()]
+    terms = model(_batch())["terms"]
+    total = sum(w * terms[k] for k, w in model.loss_weights().items())
+    assert torch.isfinite(total)
+    total.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.vision.parameters()))
     cfg.vision.patch_size = 16
     cfg.vision.image_size = (32, 16)
     with pytest.raises(ValueError, match="patch_size=16 but the pretrained model"):
