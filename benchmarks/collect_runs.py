@@ -2,7 +2,7 @@
 
     python -m benchmarks.collect_runs RUN_DIR... --labels "label 1" ... --out benchmarks/results/recipe
 
-For every run folder (written by ``uca train``): the config fields that differ from the first run,
+For every run folder (written by ``uca train``): the config fields that differ from the run before it,
 the training identities, steps, training time and the best val R@1 / mAP from ``eval.csv`` (with
 the val split's Bayes ceiling when the data is SynthPedes and still on disk). Writes
 ``runs.md`` / ``runs.json`` and copies each run's ``config.json`` and ``eval.csv`` to
@@ -67,19 +67,20 @@ def main(argv=None) -> int:
     if len(labels) != len(args.runs):
         raise SystemExit("give one label per run")
     rows = [summarise(r) for r in args.runs]
-    ref = _flat(rows[0]["config"])
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {args.title}", "", "| # | run | changes vs run 1 | train ids | best val R@1 (% of ceiling) | val mAP | "
-             "at epoch / step | test R@1 |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"# {args.title}", "", "| # | run | config changes vs the row above | train ids | best val R@1 (% of the "
+             "val ceiling) | val mAP | at epoch / step | test R@1 |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    prev: dict = {}
     for i, (label, r) in enumerate(zip(labels, rows), 1):
         flat = _flat(r["config"])
-        diff = [f"{k}={flat.get(k)!r}" for k in sorted(set(flat) | set(ref))
-                if flat.get(k) != ref.get(k) and k not in _IGNORED and k != "train.epochs"]
-        diff.insert(0, f"epochs={flat['train.epochs']}")
+        diff = [f"`{k}={flat.get(k)!r}`" for k in sorted(set(flat) | set(prev))
+                if prev and flat.get(k) != prev.get(k) and k not in _IGNORED]
+        prev = flat
         pct = f" ({r['val_R1_pct_ceiling']:.0f} %)" if "val_R1_pct_ceiling" in r else ""
-        lines.append(f"| {i} | {label} | {', '.join(diff) if i > 1 else 'epochs=' + str(flat['train.epochs'])} | "
+        test = f"{r['test_R1']:.2f}" if "test_R1" in r else "– (stopped early)"
+        lines.append(f"| {i} | {label} | {', '.join(diff) if i > 1 else '(reference)'} | "
                      f"{r.get('train_ids', '?')} | {r['val_R1']:.2f}{pct} | {r['val_mAP']:.2f} | "
-                     f"{r['best_epoch']} / {r['best_step']} | {r.get('test_R1', float('nan')):.2f} |")
+                     f"{r['best_epoch']} / {r['best_step']} | {test} |")
         dest = args.out / re.sub(r"[^A-Za-z0-9._-]+", "_", label)
         dest.mkdir(exist_ok=True)
         for f in ("config.json", "eval.csv"):

@@ -16,8 +16,12 @@ _NO_UCA = {"dcl_weight": 0.0, "pcl_weight": 0.0, "amlr_weight": 0.0, "kl_weight"
 
 #: the ablation ladder: name -> changes to the (full UCA) base config
 ABLATION_VARIANTS: dict[str, dict] = {
-    # IRRA-style fixed points: SDM on cosine, no MLM
+    # IRRA-style fixed points: SDM on cosine (IRRA's scale 50), no MLM
     "baseline": {"model": {"mode": "baseline", "loss": dict(_NO_UCA)}},
+    # fixed points with multi-positive InfoNCE on cosine (learned scale from 10): trains faster from
+    # scratch than SDM here, so UCA is also compared with the stronger of the two fixed-point baselines
+    "baseline-infonce": {"model": {"mode": "baseline",
+                                   "loss": {**_NO_UCA, "baseline_loss": "infonce", "baseline_scale": 10.0}}},
     # + distribution contrast (with the prior KL that keeps sigma from collapsing)
     "+DCL": {"model": {"loss": {"pcl_weight": 0.0, "amlr_weight": 0.0}}},
     # + point contrast

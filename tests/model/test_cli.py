@@ -18,6 +18,7 @@ def test_synth_writes_the_dataset_and_prints_the_card(tmp_path, capsys):
     amb = card["ambiguity"]["test"]["fraction_ambiguous"]
     assert f"ambiguity: {amb:.1%} of test captions fit more than one test identity" in text
     assert f"{card['splits']['train']['identities']:5d} identities" in text
+    assert f"Bayes ceiling on test (the best any model can do): R@1 {card['ceiling']['test']['R1']:.1f}" in text
     assert "images/min" in text and (out / "contact_sheet.png").is_file()
     # second run: nothing redone
     assert cli.main(["synth", "--preset", "tiny", "--out", str(out), "--seed", "3", "--no-progress"]) == 0

@@ -113,3 +113,15 @@ def test_demo_tiny_preset_end_to_end(tmp_path, capsys, monkeypatch):
     assert "| test |" in out and "mean sigma on test" in out
     for name in ("retrieval.png", "search.png", "curves.png", "metrics.json"):
         assert (tmp_path / "runs" / "demo" / name).is_file(), name
+
+
+def test_attribute_errors_agree_with_the_evaluation(trained):
+    from benchmarks.attribute_errors import attribute_errors
+
+    r = attribute_errors(trained["run"], "val")
+    metrics = json.loads((trained["run"] / "metrics.json").read_text())
+    # same model, same ranking: its R@1 is the (best checkpoint's) val R@1 of the run
+    assert r["R1"] == pytest.approx(metrics["val"]["R1"], abs=1e-6)
+    # a top-1 image of the right identity fits every mention, so consistency >= R@1
+    assert r["R1"] <= r["top1_fits_every_mention"] <= 100.0
+    assert r["violated_pct"] and all(0.0 <= v <= 100.0 for v in r["violated_pct"].values())
