@@ -3,7 +3,7 @@
 The text tower runs on the caption with its attribute words masked; the decoder reads *all* of that
 caption's tokens (projected to the decoder width) and reconstructs the masked ones from the image.
 As in IRRA's cross-modal transformer, the caption's tokens attend to each other, so a masked colour
-word sees the garment word after it (the text tower is causal and cannot): each block is, pre-norm
+word sees the garment word after it (a causal CLIP text tower alone cannot): each block is, pre-norm
 with residuals,
 
     h = h + SelfAttn(LN(h))              over the caption's tokens, padding keys masked out

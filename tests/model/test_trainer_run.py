@@ -104,7 +104,7 @@ def test_resume_refuses_other_configs_and_existing_runs(tiny_data, tmp_path):
     with pytest.raises(RunExistsError, match="already holds a run"):
         train(cfg, tmp_path / "run", resume=False, **QUIET)
     other = smoke_config(tiny_data, optim={"lr": 0.5})
-    with pytest.raises(CheckpointError, match=r"optim\.lr: 0\.001 -> 0\.5"):
+    with pytest.raises(CheckpointError, match=r"optim\.lr: 0\.003 -> 0\.5"):
         train(other, tmp_path / "run", **QUIET)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(cfg, tmp_path / "empty", resume=True, **QUIET)
