@@ -52,6 +52,15 @@ void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
   uca::checks::check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self, {at::kFloat, at::kDouble});
 }
 
+uca::Loss core_loss(uca::checks::LossKind kind) {
+  switch (kind) {
+    case uca::checks::LossKind::SDM: return uca::Loss::SDM;
+    case uca::checks::LossKind::INFONCE: return uca::Loss::INFONCE;
+    case uca::checks::LossKind::SIGMOID: return uca::Loss::SIGMOID;
+  }
+  TORCH_CHECK(false, "unknown loss kind");
+}
+
 template <typename T>
 uca::ContrastArgs<T> make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
                                const at::Tensor& c, const at::Tensor& scale,
@@ -70,7 +79,7 @@ uca::ContrastArgs<T> make_args(const at::Tensor& A, const at::Tensor& B, const a
   a.bias = bias.item<T>();
   a.labels_a = labels_a.data_ptr<int64_t>();
   a.labels_b = labels_b.data_ptr<int64_t>();
-  a.loss = uca::checks::is_sdm(loss) ? uca::Loss::SDM : uca::Loss::INFONCE;
+  a.loss = core_loss(uca::checks::parse_loss(loss));
   a.exclude_self = exclude_self;
   return a;
 }

@@ -17,9 +17,19 @@ inline at::ScalarType acc_type(const at::Tensor& A) {
   return A.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// true for "sdm", false for "infonce"; anything else is an error.
+// The losses of the schema (values as uca::Loss in core/contrast.h); anything else is an error.
+enum class LossKind : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
+
+inline LossKind parse_loss(c10::string_view loss) {
+  TORCH_CHECK(loss == "sdm" || loss == "infonce" || loss == "sigmoid",
+              "loss must be 'sdm', 'infonce' or 'sigmoid', got '", std::string(loss), "'");
+  return loss == "sdm" ? LossKind::SDM : (loss == "infonce" ? LossKind::INFONCE : LossKind::SIGMOID);
+}
+
+// For kernels that implement only the softmax losses (CUDA): true for "sdm", false for "infonce".
 inline bool is_sdm(c10::string_view loss) {
-  TORCH_CHECK(loss == "sdm" || loss == "infonce", "loss must be 'sdm' or 'infonce', got '", std::string(loss), "'");
+  TORCH_CHECK(parse_loss(loss) != LossKind::SIGMOID,
+              "loss='sigmoid' is not implemented by the CUDA kernels yet (use backend='cpu', 'triton' or 'reference')");
   return loss == "sdm";
 }
 

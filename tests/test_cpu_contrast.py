@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uc
 # its error is up to a few 1e-5 of the largest gradient (as is the float32 reference's own);
 # float64 is near machine precision.
 FLOOR = {torch.float32: 5e-5, torch.float64: 1e-10}
+LOSSES = ["sdm", "infonce", "sigmoid"]
 
 
 def cpu_fn(loss, exclude_self):
@@ -37,28 +38,36 @@ def check_against_reference(M, N, E, *, loss, labels, exclude_self, dtype, scale
     ref_same = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
     fused = run_with_grads(cpu_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
     assert_matches_oracle(fused, oracle, ref_same, floor=FLOOR[dtype] if floor is None else floor,
-                          grad_l1=float(gr.abs().sum() + gc.abs().sum()))
+                          grad_l1=grad_mass(gr, gc, loss))
     return fused, oracle
+
+
+def grad_mass(gr, gc, loss):
+    """A bound on Σ|dS| (the scale of dbias's rounding error): Σ|g_row| + Σ|g_col| for the softmax
+    losses (Σⱼ|∂Lᵢ/∂Sᵢⱼ| ≤ 2), N·Σ|g_row| + M·Σ|g_col| for sigmoid (|∂ℓᵢⱼ/∂Sᵢⱼ| ≤ 1 on every pair)."""
+    if loss == "sigmoid":
+        return float(len(gc) * gr.abs().sum() + len(gr) * gc.abs().sum())
+    return float(gr.abs().sum() + gc.abs().sum())
 
 
 SIZES = [(1, 1), (7, 7), (129, 7), (7, 129), (129, 129), (1000, 1000), (1000, 129)]
 
 
 @pytest.mark.parametrize("M,N", SIZES)
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sizes_against_reference(M, N, loss, dtype):
     check_against_reference(M, N, 33, loss=loss, labels="repeats", exclude_self=False, dtype=dtype)
 
 
 @pytest.mark.parametrize("E", [1, 2, 17, 256, 1024])
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_feature_widths(E, loss):
     check_against_reference(70, 50, E, loss=loss, labels="repeats", exclude_self=False, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("labels", ["unique", "repeats", "one"])
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_labels_and_exclude_self(labels, loss, exclude_self):
     check_against_reference(129, 129, 20, loss=loss, labels=labels, exclude_self=exclude_self, dtype=torch.float32)
@@ -73,8 +82,47 @@ def test_rows_without_positive(loss):
     assert (oracle[0] == 0).any() and torch.equal(fused[0] == 0, oracle[0] == 0)
 
 
+def test_sigmoid_rows_without_positive_keep_their_terms():
+    """M != N with independent unique labels: no positives, yet every row and column has a loss
+    (all its pairs are negatives) and a gradient."""
+    fused, oracle = check_against_reference(60, 45, 8, loss="sigmoid", labels="unique", exclude_self=False,
+                                            dtype=torch.float64)
+    assert (oracle[0] > 0).all() and (oracle[1] > 0).all() and (fused[2].abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_stats_are_zeros_and_sums_agree(dtype):
+    """The sigmoid forward keeps the schema's stats (shape [·, 3], the output dtype) as zeros; its row
+    and column losses sum the same pairs."""
+    A, B, r, c, sc, bi, la, lb = (x.to(dtype) if x.is_floating_point() else x
+                                  for x in make_problem(50, 37, 9, labels="repeats", seed=12))
+    rows, cols, row_stats, col_stats = torch.ops.uca.contrast_forward(A, B, r, c, sc, bi, la, lb, "sigmoid", False)
+    assert row_stats.shape == (50, 3) and col_stats.shape == (37, 3) and row_stats.dtype == dtype
+    assert not row_stats.any() and not col_stats.any()
+    torch.testing.assert_close(rows.double().sum(), cols.double().sum(), rtol=1e-6 if dtype == torch.float32 else 1e-13,
+                               atol=0)
+
+
+@pytest.mark.parametrize("labels", [None, "one"])
+def test_sigmoid_diagonal_and_single_identity(labels):
+    """labels=None (diagonal positives, the SigLIP setting) and one identity (every pair positive)."""
+    A, B, r, c, sc, bi, la, lb = make_problem(33, 33, 6, labels="one", seed=13, scale=2.0, bias=-3.0)
+    if labels is None:
+        la = lb = None
+    g = torch.Generator().manual_seed(14)
+    gr, gc = torch.randn(33, generator=g, dtype=torch.float64), torch.randn(33, generator=g, dtype=torch.float64)
+    outs = {}
+    for backend in ("reference", "cpu"):
+        leaves = [x.clone().requires_grad_() for x in (A, B, r, c, sc, bi)]
+        rows, cols = uk.contrast(*leaves, la, lb, loss="sigmoid", backend=backend)
+        grads = torch.autograd.grad((rows * gr).sum() + (cols * gc).sum(), leaves)
+        outs[backend] = (rows, cols, *grads)
+    for x, y in zip(outs["cpu"], outs["reference"]):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("tiles", [("5", "7"), ("1", "3"), ("64", "1")])
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_many_small_tiles(monkeypatch, tiles, loss, exclude_self):
     """Tiles much smaller than the problem exercise the online merge across row and column tiles."""
@@ -83,7 +131,7 @@ def test_many_small_tiles(monkeypatch, tiles, loss, exclude_self):
     check_against_reference(23, 23, 6, loss=loss, labels="repeats", exclude_self=exclude_self, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("scale", [-100.0, 100.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_extreme_scales(loss, scale, dtype):
@@ -95,12 +143,13 @@ def test_extreme_scales(loss, scale, dtype):
 
 @pytest.mark.parametrize("requires", [(True, False, False, False, False, False), (False, True, False, True, False, False),
                                       (False, False, False, False, True, True)])
-def test_only_some_inputs_require_grad(requires):
-    check_against_reference(30, 20, 7, loss="sdm", labels="repeats", exclude_self=False, dtype=torch.float64,
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
+def test_only_some_inputs_require_grad(requires, loss):
+    check_against_reference(30, 20, 7, loss=loss, labels="repeats", exclude_self=False, dtype=torch.float64,
                             requires=requires)
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_gradcheck_float64(loss, exclude_self):
     A, B, r, c, sc, bi, la, lb = make_problem(9, 9, 4, labels="repeats", exclude_self=True, seed=3)
@@ -152,24 +201,26 @@ def test_auto_picks_cpu_for_cpu_tensors():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_float32(dtype):
     """fp16/bf16 features are upcast: the fused error obeys the 2x-of-reference rule in that dtype."""
-    for loss in ("sdm", "infonce"):
+    for loss in LOSSES:
         check_against_reference(90, 70, 24, loss=loss, labels="repeats", exclude_self=False, dtype=dtype, floor=FLOOR[torch.float32])
 
 
-def test_bit_identical_reruns():
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
+def test_bit_identical_reruns(loss):
     A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
                                   for x in make_problem(700, 600, 64, labels="repeats", seed=8))
     runs = []
     for _ in range(2):
         leaves = [x.clone().requires_grad_() for x in (A, B, r, c, sc, bi)]
-        rows, cols = uk.contrast(*leaves, la, lb, loss="sdm", backend="cpu")
+        rows, cols = uk.contrast(*leaves, la, lb, loss=loss, backend="cpu")
         grads = torch.autograd.grad(rows.sum() + 2 * cols.sum(), leaves)
         runs.append((rows, cols, *grads))
     for x, y in zip(*runs):
         assert torch.equal(x, y)
 
 
-def test_nan_in_unused_padding_does_not_leak():
+@pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
+def test_nan_in_unused_padding_does_not_leak(loss):
     """Inputs that are views into larger NaN-filled buffers give the same results as clean copies."""
     A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
                                   for x in make_problem(31, 29, 10, labels="repeats", seed=9))
@@ -180,8 +231,8 @@ def test_nan_in_unused_padding_does_not_leak():
         view.copy_(x)
         return view
 
-    clean = uk.contrast(A, B, r, c, sc, bi, la, lb, loss="infonce", backend="cpu")
-    with_pad = uk.contrast(padded(A), padded(B), padded(r), padded(c), sc, bi, la, lb, loss="infonce", backend="cpu")
+    clean = uk.contrast(A, B, r, c, sc, bi, la, lb, loss=loss, backend="cpu")
+    with_pad = uk.contrast(padded(A), padded(B), padded(r), padded(c), sc, bi, la, lb, loss=loss, backend="cpu")
     for x, y in zip(clean, with_pad):
         assert torch.equal(x, y)
 
@@ -189,12 +240,16 @@ def test_nan_in_unused_padding_does_not_leak():
 def test_opcheck_registered_ops():
     A, B, r, c, sc, bi, la, lb = make_problem(12, 10, 5, labels="repeats", seed=10)
     args = (A.requires_grad_(), B.requires_grad_(), r.requires_grad_(), c, sc.requires_grad_(), bi, la, lb)
-    for loss, excl in itertools.product(("sdm", "infonce"), (False,)):
+    for loss, excl in itertools.product(LOSSES, (False,)):
         torch.library.opcheck(torch.ops.uca.contrast_forward.default, (*args, loss, excl))
-    out = torch.ops.uca.contrast_forward(*(x.detach() for x in args), "sdm", False)
-    bwd_args = (torch.randn(12, dtype=torch.float64), torch.randn(10, dtype=torch.float64),
-                *(x.detach() for x in args), *out, "sdm", False)
-    torch.library.opcheck(torch.ops.uca.contrast_backward.default, bwd_args)
+    for loss in ("sdm", "sigmoid"):
+        out = torch.ops.uca.contrast_forward(*(x.detach() for x in args), loss, False)
+        bwd_args = (torch.randn(12, dtype=torch.float64), torch.randn(10, dtype=torch.float64),
+                    *(x.detach() for x in args), *out, loss, False)
+        torch.library.opcheck(torch.ops.uca.contrast_backward.default, bwd_args)
+    sq = make_problem(9, 9, 4, labels="repeats", seed=15, exclude_self=True)
+    torch.library.opcheck(torch.ops.uca.contrast_forward.default,
+                          (*(x.requires_grad_() if x.is_floating_point() else x for x in sq), "sigmoid", True))
 
 
 def test_kernel_level_errors_name_the_argument():
@@ -202,12 +257,13 @@ def test_kernel_level_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="r must have shape"):
         torch.ops.uca.contrast_forward(A, A, torch.zeros(5), torch.zeros(4), torch.tensor(1.0), torch.tensor(0.0),
                                        torch.arange(4), torch.arange(4), "sdm", False)
-    with pytest.raises(RuntimeError, match="loss must be 'sdm' or 'infonce'"):
+    with pytest.raises(RuntimeError, match="loss must be 'sdm', 'infonce' or 'sigmoid'"):
         torch.ops.uca.contrast_forward(A, A, torch.zeros(4), torch.zeros(4), torch.tensor(1.0), torch.tensor(0.0),
                                        torch.arange(4), torch.arange(4), "hinge", False)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
+def test_torch_compile_fullgraph(loss):
     """A small model whose loss is the fused op compiles with fullgraph=True and matches eager."""
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(11)
@@ -218,7 +274,8 @@ def test_torch_compile_fullgraph():
     def step(x, y):
         mu_v, lv_v = head(x).chunk(2, dim=1)
         mu_t, lv_t = head(y).chunk(2, dim=1)
-        return uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, metric="w2", scale=0.5, backend="cpu")
+        return uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, metric="w2", loss=loss, scale=0.5,
+                                             backend="cpu")
 
     eager = step(x, y)
     (eager_grad,) = torch.autograd.grad(eager, head.weight)
@@ -228,7 +285,7 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled_grad, eager_grad)
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_property_random_shapes_and_tiles(loss, monkeypatch):
     """Hypothesis: any shape, label pattern and tile size agrees with the float64 reference."""
     hypothesis = pytest.importorskip("hypothesis")

@@ -84,6 +84,14 @@ def test_auto_does_not_pick_unverified_cuda_backend():
     assert not any("not yet verified" in r for r in named_reasons)
 
 
+def test_sigmoid_is_not_offered_by_the_cuda_backend():
+    """The CUDA kernels implement the softmax losses only: dispatch says so, even when named."""
+    meta = torch.empty(4, 4, device="meta")
+    reasons = dispatch.get_backend("cuda").not_supported_reasons(A=meta, B=meta, loss="sigmoid", exclude_self=False,
+                                                                 explicit=True)
+    assert any("do not implement loss='sigmoid'" in r for r in reasons)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
                     reason="nvcc not found")
 @pytest.mark.skipif(HAS_CUDA, reason="on a GPU machine the build step (-Xptxas=-v) reports the same, and time is short")
@@ -200,6 +208,8 @@ def test_errors_name_the_problem():
         torch.ops.uca.contrast_forward(A, A, r[:5], r, s, s, la, la, "sdm", False)
     with pytest.raises(RuntimeError, match="loss must be"):
         torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "hinge", False)
+    with pytest.raises(RuntimeError, match="loss='sigmoid' is not implemented by the CUDA kernels"):
+        torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "sigmoid", False)
     with pytest.raises(RuntimeError, match="labels_b is on|labels_b must"):
         torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la.cpu(), "sdm", False)
 

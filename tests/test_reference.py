@@ -178,7 +178,79 @@ def test_rows_without_positive_have_zero_loss_and_gradient():
     assert grad is None or torch.count_nonzero(grad) == 0
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def sigmoid_literal(S, labels_a, labels_b, exclude_self=False):
+    """The pairwise sigmoid loss as binary cross-entropy with logits, target 1 for a same-identity
+    pair and 0 otherwise (y = 2·target − 1), each valid pair's term summed over rows and columns."""
+    y = torch.where(labels_a[:, None] == labels_b[None, :], 1.0, -1.0)
+    ell = F.binary_cross_entropy_with_logits(S, (y + 1) / 2, reduction="none")
+    if exclude_self:
+        ell = ell * (1 - torch.eye(*S.shape))
+    return ell.sum(1), ell.sum(0)
+
+
+@pytest.mark.parametrize("labels", ["none", "repeats", "one", "unique"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_sigmoid_matches_bce_with_logits(labels, exclude_self):
+    g = torch.Generator().manual_seed(20)
+    M = 7
+    N = M if labels == "none" or exclude_self else 5
+    A = torch.randn(M, 3, generator=g)
+    B = A if exclude_self else torch.randn(N, 3, generator=g)
+    r = torch.randn(M, generator=g)
+    c = r if exclude_self else torch.randn(N, generator=g)
+    la = {"none": None, "repeats": torch.tensor([0, 1, 1, 2, 0, 2, 1]), "one": torch.zeros(M, dtype=torch.long),
+          "unique": torch.arange(M)}[labels]
+    if la is None or exclude_self:
+        lb = la
+    else:  # unique: no pair shares an identity (every term a negative)
+        lb = torch.arange(N) + 100 if labels == "unique" else la[:N]
+    rows, cols = uk.contrast(A, B, r, c, -0.7, 0.3, la, lb, loss="sigmoid", exclude_self=exclude_self,
+                             backend="reference")
+    S = -0.7 * (A @ B.T + r[:, None] + c[None, :]) + 0.3
+    if la is None:
+        la = lb = torch.arange(M)
+    want_rows, want_cols = sigmoid_literal(S, la, lb, exclude_self)
+    torch.testing.assert_close(rows, want_rows, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(cols, want_cols, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(rows.sum(), cols.sum(), rtol=1e-14, atol=1e-14)  # the same pairs, twice
+
+
+def test_sigmoid_rows_without_positive_keep_their_negative_terms():
+    """Unlike the softmax losses, a row (or column) with no positive still has loss and gradient."""
+    A = torch.randn(3, 2, requires_grad=True)
+    B = torch.randn(4, 2)
+    la, lb = torch.tensor([0, 1, 9]), torch.tensor([0, 1, 1, 5])
+    rows, cols = uk.contrast(A, B, torch.zeros(3), torch.zeros(4), 1.0, 0.0, la, lb, loss="sigmoid",
+                             backend="reference")
+    S = A.detach() @ B.T
+    torch.testing.assert_close(rows[2], F.softplus(S[2]).sum())  # all negatives: softplus(S)
+    torch.testing.assert_close(cols[3], F.softplus(S[:, 3]).sum())
+    (grad,) = torch.autograd.grad(rows[2] + cols[3], A)
+    assert torch.count_nonzero(grad[2]) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_extreme_logits_are_finite_and_exact(dtype):
+    """|S| = 1e3: softplus(−yS) is 0 or 1e3 (to rounding) and its slope −y·σ(−yS) is 0 or −y."""
+    A = torch.tensor([[1.0], [-1.0], [1.0]], dtype=dtype, requires_grad=True)
+    B = torch.tensor([[1.0], [-1.0]], dtype=dtype)
+    zeros = torch.zeros(3, dtype=dtype), torch.zeros(2, dtype=dtype)
+    scale = torch.tensor(1e3, dtype=dtype, requires_grad=True)
+    la, lb = torch.tensor([0, 0, 1]), torch.tensor([0, 1])
+    rows, cols = uk.contrast(A, B, *zeros, scale, 0.0, la, lb, loss="sigmoid", backend="reference")
+    S = 1e3 * (A.detach() @ B.T).double()  # [[1e3, -1e3], [-1e3, 1e3], [1e3, -1e3]]
+    y = torch.where(la[:, None] == lb[None, :], 1.0, -1.0)
+    ell = (-y * S).clamp(min=0)  # log1p(e^-1000) = 0 in any precision
+    torch.testing.assert_close(rows.double(), ell.sum(1))
+    torch.testing.assert_close(cols.double(), ell.sum(0))
+    dA, dscale = torch.autograd.grad(rows.sum() * 0.5 + cols.sum() * 2.0, [A, scale])
+    dS = 2.5 * -y * (-y * S > 0)  # σ(−yS) is exactly 0 or 1 here
+    assert torch.isfinite(dA).all() and torch.isfinite(dscale)
+    torch.testing.assert_close(dA.double(), 1e3 * dS @ B.double())
+    torch.testing.assert_close(dscale.double(), (dS * (S / 1e3)).sum())
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce", "sigmoid"])
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_reference_gradcheck(loss, exclude_self):
     g = torch.Generator().manual_seed(10)
@@ -248,6 +320,87 @@ def test_point_contrast_matches_hand_built_terms():
     torch.testing.assert_close(out["intra_image"], term(zv, zv, True))
     torch.testing.assert_close(out["intra_text"], term(zt, zt, True))
     torch.testing.assert_close(out["total"], out["inter"] + out["intra_image"] + out["intra_text"])
+
+
+@pytest.mark.parametrize("metric", ["w2", "kl"])
+def test_distribution_contrast_sigmoid_counts_each_pair_once(metric):
+    """mean = Σᵢⱼ ℓᵢⱼ / M (SigLIP's normalisation, not rows mean + cols mean), sum = Σᵢⱼ ℓᵢⱼ,
+    none = both per-row vectors; with M != N (text identities of their own)."""
+    mu_v, lv_v, mu_t, lv_t = gaussians(6, 4, 3, seed=21)
+    la, lt = torch.tensor([0, 0, 1, 2, 2, 3]), torch.tensor([2, 0, 5, 3])
+    kw = dict(labels_t=lt, metric=metric, loss="sigmoid", scale=0.6, bias=1.5, backend="reference")
+    S = -0.6 * uk.gaussian_distance(mu_v, lv_v, mu_t, lv_t, metric) + 1.5
+    want_rows, want_cols = sigmoid_literal(S, la, lt)
+    torch.testing.assert_close(uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, la, **kw), want_rows.sum() / 6)
+    torch.testing.assert_close(uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, la, reduction="sum", **kw),
+                               want_rows.sum())
+    rows, cols = uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, la, reduction="none", **kw)
+    torch.testing.assert_close(rows, want_rows)
+    torch.testing.assert_close(cols, want_cols)
+
+
+def test_distribution_contrast_sigmoid_gradients_match_the_literal_loss():
+    base = gaussians(5, 5, 3, seed=22)
+    labels = torch.tensor([0, 1, 1, 2, 0])
+    scale, bias = torch.tensor(2.0, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
+    leaves = [t.clone().requires_grad_() for t in base]
+    got = uk.distribution_contrast_loss(*leaves, labels, metric="csd", loss="sigmoid", scale=scale, bias=bias,
+                                        backend="reference")
+    grads = torch.autograd.grad(got, [*leaves, scale, bias])
+    leaves2 = [t.clone().requires_grad_() for t in base]
+    scale2, bias2 = torch.tensor(2.0, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
+    S = -scale2 * uk.gaussian_distance(*leaves2, "csd") + bias2
+    want = sigmoid_literal(S, labels, labels)[0].sum() / 5
+    want_grads = torch.autograd.grad(want, [*leaves2, scale2, bias2])
+    torch.testing.assert_close(got, want)
+    for x, y in zip(grads, want_grads):
+        torch.testing.assert_close(x, y)
+
+
+def test_point_contrast_sigmoid_matches_hand_built_terms():
+    mu_v, lv_v, mu_t, lv_t = gaussians(4, 4, 3, seed=23)
+    K = 2
+    g = torch.Generator().manual_seed(24)
+    eps_v, eps_t = torch.randn(4, K, 3, generator=g), torch.randn(4, K, 3, generator=g)
+    labels = torch.tensor([5, 5, 6, 7])
+    out = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, num_samples=K, eps_v=eps_v, eps_t=eps_t,
+                                 scale=10.0, bias=-10.0, loss="sigmoid", backend="reference")
+    zv = (mu_v[:, None] + (0.5 * lv_v).exp()[:, None] * eps_v).reshape(-1, 3)
+    zt = (mu_t[:, None] + (0.5 * lv_t).exp()[:, None] * eps_t).reshape(-1, 3)
+    lab = labels.repeat_interleave(K)
+
+    def term(za, zb, exclude_self):
+        S = 10.0 * F.normalize(za, dim=1) @ F.normalize(zb, dim=1).T - 10.0
+        return sigmoid_literal(S, lab, lab, exclude_self)[0].sum() / len(lab)
+
+    torch.testing.assert_close(out["inter"], term(zv, zt, False))
+    torch.testing.assert_close(out["intra_image"], term(zv, zv, True))
+    torch.testing.assert_close(out["intra_text"], term(zt, zt, True))
+
+
+def test_point_contrast_bias_does_not_change_softmax_losses():
+    mu_v, lv_v, mu_t, lv_t = gaussians(3, 3, 2, seed=25)
+    kw = dict(num_samples=2, generator=None, loss="infonce", backend="reference")
+    a = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, eps_v=torch.ones(3, 2, 2), eps_t=torch.ones(3, 2, 2), **kw)
+    b = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, eps_v=torch.ones(3, 2, 2), eps_t=torch.ones(3, 2, 2),
+                               bias=-7.0, **kw)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_modules_accept_the_sigmoid_loss():
+    mu_v, lv_v, mu_t, lv_t = gaussians(4, 4, 3, seed=26)
+    dcl = uk.DistributionContrastLoss(metric="w2", loss="sigmoid", scale=10.0, learn_scale=True, bias=-10.0,
+                                      learn_bias=True, backend="reference")
+    got = dcl(mu_v, lv_v, mu_t, lv_t)
+    want = uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, loss="sigmoid", scale=10.0, bias=-10.0,
+                                         backend="reference")
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert dcl.log_scale.grad is not None and dcl.bias.grad is not None
+    pcl = uk.PointContrastLoss(num_samples=2, loss="sigmoid", backend="reference")
+    out = pcl(mu_v, lv_v, mu_t, lv_t, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in out.values())
 
 
 def test_point_contrast_euclidean_and_generator_reproducible():

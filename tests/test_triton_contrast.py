@@ -30,6 +30,7 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA de
 LEAVES = ("A", "B", "r", "c", "scale", "bias")
 # Max error allowed against float64, relative to the largest reference magnitude of each output.
 REL_TOL = {torch.float32: 2e-5, torch.float64: 1e-11}
+LOSSES = ["sdm", "infonce", "sigmoid"]
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -101,14 +102,19 @@ def max_err(got, want):
     return (got.double() - want.double()).abs().max().item()
 
 
-def assert_matches(got, want, tol, what=""):
+def assert_matches(got, want, tol, what="", loss="sdm"):
     """Every output within ``tol`` × (1 + max |reference|), except dscale and dbias, which are sums
     over all M·N pairs of terms that (nearly) cancel: their bound scales with the summed magnitude
-    of the upstream gradients instead (Σⱼ |∂Lᵢ/∂Sᵢⱼ| ≤ 2 for every row and column loss)."""
+    of the upstream gradients instead (Σⱼ |∂Lᵢ/∂Sᵢⱼ| ≤ 2 for every softmax row and column loss;
+    for sigmoid |∂ℓᵢⱼ/∂Sᵢⱼ| ≤ 1 on each of the M·N pairs, so N·Σ|g_rows| + M·Σ|g_cols|)."""
     g_rows, g_cols, g_d = got
     w_rows, w_cols, w_d = want
     assert set(g_d) == set(w_d)
-    mass = sum(x.abs().sum().item() for x in upstream(*w_rows.shape, *w_cols.shape))
+    gr, gc = upstream(*w_rows.shape, *w_cols.shape)
+    if loss == "sigmoid":
+        mass = len(gc) * gr.abs().sum().item() + len(gr) * gc.abs().sum().item()
+    else:
+        mass = gr.abs().sum().item() + gc.abs().sum().item()
     pairs = [("loss_rows", g_rows, w_rows), ("loss_cols", g_cols, w_cols)]
     pairs += [(f"d{k}", g_d[k], w_d[k]) for k in w_d]
     for name, g, w in pairs:
@@ -137,22 +143,39 @@ SHAPES = [  # (labels, M, N, E, exclude_self)
 ]
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("labels,M,N,E,exclude_self", SHAPES)
 def test_matches_reference_fp32(labels, M, N, E, exclude_self, loss):
     case = make_case(M, N, E, labels)
     got = run(case, torch.float32, loss, exclude_self)
     want = oracle(case, loss, exclude_self)
-    assert_matches(got, want, REL_TOL[torch.float32], f"{labels} {M}x{N}x{E}")
+    assert_matches(got, want, REL_TOL[torch.float32], f"{labels} {M}x{N}x{E}", loss)
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("labels,M,N,E,exclude_self", [SHAPES[1], SHAPES[5], SHAPES[10]])
 def test_matches_reference_fp64(labels, M, N, E, exclude_self, loss):
     case = make_case(M, N, E, labels, seed=3)
     got = run(case, torch.float64, loss, exclude_self)
     want = oracle(case, loss, exclude_self)
-    assert_matches(got, want, REL_TOL[torch.float64], f"{labels} {M}x{N}x{E}")
+    assert_matches(got, want, REL_TOL[torch.float64], f"{labels} {M}x{N}x{E}", loss)
+
+
+def test_sigmoid_stats_are_zeros_and_lonely_rows_keep_their_terms():
+    """sigmoid writes the schema's stats as zeros; rows and columns without positives still have
+    loss (their negative terms) and gradient."""
+    case = make_case(40, 50, 24, "mixed", seed=4)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    rows, cols, row_stats, col_stats = torch.ops.uca.triton_contrast_forward(*args, "sigmoid", False)
+    assert row_stats.shape == (40, 3) and col_stats.shape == (50, 3) and row_stats.dtype == torch.float32
+    assert not row_stats.any() and not col_stats.any()
+    lonely = ~(case["labels_a"][:, None] == case["labels_b"][None, :]).any(1)
+    assert lonely.any() and (rows[lonely] > 0).all()
+    assert max_err(rows.sum(), cols.sum()) <= 1e-6 * rows.sum().item()  # the same pairs, summed twice
+    got = run(case, torch.float32, "sigmoid", False, requires=("A",))
+    want = oracle(case, "sigmoid", False, requires=("A",))
+    assert (got[2]["A"][lonely].abs().sum(1) > 0).all()
+    assert_matches(got, want, REL_TOL[torch.float32], "mixed", "sigmoid")
 
 
 def test_no_positive_rows_have_zero_loss_and_gradient():
@@ -197,9 +220,10 @@ def test_some_inputs_do_not_require_grad(requires):
         want = oracle(case, "sdm", False, requires=())
         assert_matches((rows, cols, {}), want, REL_TOL[torch.float32])
         return
-    got = run(case, torch.float32, "infonce", False, requires=requires)
-    want = oracle(case, "infonce", False, requires=requires)
-    assert_matches(got, want, REL_TOL[torch.float32])
+    for loss in ("infonce", "sigmoid"):
+        got = run(case, torch.float32, loss, False, requires=requires)
+        want = oracle(case, loss, False, requires=requires)
+        assert_matches(got, want, REL_TOL[torch.float32], loss, loss)
 
 
 def test_only_row_losses_used():
@@ -215,7 +239,7 @@ def test_only_row_losses_used():
         assert max_err(g, w) <= REL_TOL[torch.float32] * (1 + w.abs().max().item()), k
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_gradcheck_float64(loss):
     case = make_case(5, 4, 3, "repeat", seed=11)
     xs = [case[k].clone().requires_grad_(True) for k in LEAVES]
@@ -230,7 +254,7 @@ def test_gradcheck_float64(loss):
 # -- numerics --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 def test_extreme_logits(loss, scale):
     """|S| up to ~1e5 (a distance with a tiny temperature): no inf/NaN, and no worse than twice the
@@ -251,20 +275,22 @@ def test_extreme_logits(loss, scale):
             f"{name}: fused {max_err(f, w):.3e} vs fp32 reference {max_err(lo, w):.3e}"
 
 
-def test_deterministic():
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
+def test_deterministic(loss):
     case = make_case(130, 70, 100, "repeat", seed=17)
-    first = run(case, torch.float32, "sdm", False)
-    second = run(case, torch.float32, "sdm", False)
+    first = run(case, torch.float32, loss, False)
+    second = run(case, torch.float32, loss, False)
     for a, b in zip(first[:2], second[:2]):
         assert torch.equal(a, b)
     for k in LEAVES:
         assert torch.equal(first[2][k], second[2][k]), k
 
 
-def test_nan_padding_is_never_read():
+@pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
+def test_nan_padding_is_never_read(loss):
     """Features inside NaN-filled buffers (padded rows and columns) give the same bits."""
     case = make_case(70, 50, 70, "repeat", seed=19)
-    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"], "infonce", False]
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"], loss, False]
     clean = torch.ops.uca.triton_contrast_forward(*args)
 
     def padded(x):
@@ -278,14 +304,14 @@ def test_nan_padding_is_never_read():
     for a, b in zip(clean, dirty):
         assert torch.equal(a, b)
     grads = [torch.rand(70, device=DEVICE), torch.rand(50, device=DEVICE)]
-    bw_clean = torch.ops.uca.triton_contrast_backward(*grads, *args[:8], *clean, "infonce", False)
-    bw_dirty = torch.ops.uca.triton_contrast_backward(*grads, A, B, *args[2:8], *dirty, "infonce", False)
+    bw_clean = torch.ops.uca.triton_contrast_backward(*grads, *args[:8], *clean, loss, False)
+    bw_dirty = torch.ops.uca.triton_contrast_backward(*grads, A, B, *args[2:8], *dirty, loss, False)
     for a, b in zip(bw_clean, bw_dirty):
         assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_low_precision_within_twice_reference_error(dtype, loss):
     """fp16/bf16 features: the fused error (vs float64 on the same rounded inputs) is at most twice
     the error of the reference computed in that dtype (under the interpreter the dot is widened to
@@ -396,13 +422,17 @@ def test_opcheck():
         x.requires_grad_(True)
     torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, "sdm", False))
     torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, "infonce", False))
+    torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, "sigmoid", False))
     sq = make_case(8, 8, 5, "repeat", seed=32)
     sq_args = [sq[k].float() for k in LEAVES] + [sq["labels_a"], sq["labels_b"]]
     torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*sq_args, "sdm", True))
+    torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*sq_args, "sigmoid", True))
     plain = [a.detach() for a in args]
     out = torch.ops.uca.triton_contrast_forward(*plain, "sdm", False)
     grads = (torch.rand(9, device=DEVICE), torch.rand(7, device=DEVICE))
     torch.library.opcheck(torch.ops.uca.triton_contrast_backward.default, (*grads, *plain, *out, "sdm", False))
+    out = torch.ops.uca.triton_contrast_forward(*plain, "sigmoid", False)
+    torch.library.opcheck(torch.ops.uca.triton_contrast_backward.default, (*grads, *plain, *out, "sigmoid", False))
 
 
 @pytest.mark.parametrize("compile_backend", [
@@ -435,14 +465,14 @@ def test_torch_compile_fullgraph(compile_backend):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("M,N,E,exclude_self", [(1031, 2053, 1000, False), (2048, 2048, 256, True),
                                                  (4096, 4096, 64, False), (3, 5000, 17, False)])
 def test_gpu_larger_sizes(M, N, E, exclude_self, loss):
     case = make_case(M, N, E, "repeat", seed=41)
     got = run(case, torch.float32, loss, exclude_self)
     want = oracle(case, loss, exclude_self)
-    assert_matches(got, want, 1e-4, f"{M}x{N}x{E}")
+    assert_matches(got, want, 1e-4, f"{M}x{N}x{E}", loss)
 
 
 @pytest.mark.gpu
@@ -512,12 +542,15 @@ fwd = dict(common, loss_ptr=acc, stats_ptr=acc, M="i32", N="i32", E="i32", strid
 bwd = dict(common, g_own_ptr=acc, g_oth_ptr=acc, loss_own_ptr=acc, loss_oth_ptr=acc, stats_own_ptr=acc,
            stats_oth_ptr=acc, dx_ptr=acc, sum_ds_ptr=acc, sum_dst_ptr=acc, M="i32", N="i32", E="i32",
            stride_a="i32", stride_b="i32", stride_dx="i32")
-flags = dict(IS_SDM=True, EXCLUDE_SELF=True, UPCAST_DOT=False, PRECISION=precision, SDM_EPS=1e-8,
+flags = dict(IS_SDM=True, IS_SIGMOID=False, EXCLUDE_SELF=True, UPCAST_DOT=False, PRECISION=precision, SDM_EPS=1e-8,
              LOG_SDM_EPS=math.log(1e-8), BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be)
 for kernel, sig, extra in [(tc._contrast_fwd_kernel, fwd, dict(COLUMNS=False)),
                            (tc._contrast_fwd_kernel, fwd, dict(COLUMNS=True)),
                            (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False)),
-                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=True, WRITE_DST=False, DX_IN_REGS=True))]:
+                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=True, WRITE_DST=False, DX_IN_REGS=True)),
+                           (tc._contrast_fwd_kernel, fwd, dict(COLUMNS=False, IS_SIGMOID=True)),
+                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False,
+                                                               IS_SIGMOID=True))]:
     consts = dict(flags, **extra)
     names = list(kernel.arg_names)
     src = ASTSource(kernel, dict(sig, **{k: "constexpr" for k in consts}),
@@ -533,7 +566,8 @@ for kernel, sig, extra in [(tc._contrast_fwd_kernel, fwd, dict(COLUMNS=False)),
 @pytest.mark.parametrize("dtype,precision", [("bf16", "ieee"), ("fp32", "tf32")])
 def test_kernels_compile_for_sm90(dtype, precision):
     """The interpreter never compiles the kernels: compile them for sm_90 (ptxas ships with triton,
-    no GPU needed) in a process without TRITON_INTERPRET, with the first tile of the dot path."""
+    no GPU needed) in a process without TRITON_INTERPRET, with the first tile of the dot path (the
+    four launches of the softmax losses, and the sigmoid row launches)."""
     import os
     import subprocess
     import sys
@@ -543,4 +577,4 @@ def test_kernels_compile_for_sm90(dtype, precision):
     proc = subprocess.run([sys.executable, "-c", _SM90_COMPILE, dtype, precision], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("shared") == 4, proc.stdout
+    assert proc.stdout.count("shared") == 6, proc.stdout

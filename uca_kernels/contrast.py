@@ -12,16 +12,24 @@ p_ij = exp(S_ij − LSE_i), LSE_i = log Σ_valid exp S_ij, LSEᴾ_i = log Σ_{P(
 
 - ``infonce``:  L_i = LSE_i − LSEᴾ_i
 - ``sdm``:      L_i = Σ_valid p_ij (log p_ij − log(q_ij + ε)),  q_ij = [j ∈ P(i)] / n_i,  ε = 1e-8
+- ``sigmoid``:  pairwise (SigLIP / PCME++), no softmax: y_ij = +1 for j ∈ P(i), −1 for the other
+  valid j; ℓ_ij = softplus(−y_ij S_ij) = −log σ(y_ij S_ij), L_i = Σ_valid j ℓ_ij
 
-A row with no positive (n_i = 0) has L_i = 0 and no gradient. Columns are the same with the roles
-of A and B swapped (softmax over i for each j), giving ``loss_cols``.
+For ``infonce`` and ``sdm`` a row with no positive (n_i = 0) has L_i = 0 and no gradient; columns
+are the same with the roles of A and B swapped (softmax over i for each j), giving ``loss_cols``.
+For ``sigmoid`` the columns sum the same pairs the other way, L'_j = Σ_valid i ℓ_ij (so
+Σ loss_rows = Σ loss_cols), and a row without positives keeps its negative terms.
 
 Gradient (g = upstream gradient of the row / column loss vectors)::
 
     infonce:  ∂L_i/∂S_ij = p_ij − [j ∈ P(i)] exp(S_ij − LSEᴾ_i)
     sdm:      ∂L_i/∂S_ij = p_ij (log p_ij − log(q_ij + ε) − L_i)
     dS_ij = g_row_i ∂L_i/∂S_ij + g_col_j ∂L'_j/∂S_ij        dT = scale · dS
+    sigmoid:  dS_ij = (g_row_i + g_col_j) ∂ℓ_ij/∂S_ij,  ∂ℓ_ij/∂S_ij = −y_ij σ(−y_ij S_ij)
     dA = dT B    dB = dTᵀ A    dr = dT 1    dc = dTᵀ 1    dscale = Σ dS ⊙ t    dbias = Σ dS
+
+``sigmoid`` is evaluated with a stable softplus / sigmoid (max(x, 0) + log1p(e^−|x|)): finite
+for any finite logit (tested at |S| = 1e3).
 
 Op contract (every fused backend)
 ---------------------------------
@@ -30,7 +38,8 @@ labels_b[N] int64, loss: str, exclude_self: bool)
 -> (loss_rows[M], loss_cols[N], row_stats[M,3], col_stats[N,3])``
 
 with stats columns ``(LSE, LSEᴾ, n)`` (LSEᴾ = −inf where n = 0; LSE = −inf for a row with no
-valid column) and
+valid column). ``sigmoid`` needs no statistics (its backward recomputes S and reads only g_row,
+g_col): its stats keep the shape and dtype of the schema and are all zeros. The backward is
 
 ``contrast_backward(grad_rows[M], grad_cols[N], A, B, r, c, scale, bias, labels_a, labels_b,
 loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self) -> (dA, dB, dr, dc, dscale, dbias)``.
@@ -53,7 +62,7 @@ from ._validation import (
 
 __all__ = ["LOSSES", "SDM_EPS", "contrast", "contrast_reference", "register_contrast_autograd", "out_dtype"]
 
-LOSSES = ("sdm", "infonce")
+LOSSES = ("sdm", "infonce", "sigmoid")
 SDM_EPS = 1e-8
 
 
@@ -84,6 +93,13 @@ def _loss_along_rows(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, lo
     return torch.where(has_pos, per_row, torch.zeros_like(per_row))
 
 
+def _pairwise_sigmoid(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """ℓ_ij = softplus(−y_ij S_ij) = −log σ(y_ij S_ij) on valid pairs, 0 elsewhere. ``logsigmoid``
+    is exact for any finite input (``softplus`` switches to x past its threshold, ~1e-9 off)."""
+    y = torch.where(pos, 1.0, -1.0).to(S.dtype)
+    return torch.where(valid, -torch.nn.functional.logsigmoid(y * S), 0.0)
+
+
 def contrast_reference(A, B, r, c, scale, bias, labels_a, labels_b, loss: str = "sdm", exclude_self: bool = False):
     """Materialised plain-PyTorch contrast (the oracle); autograd gives every gradient.
 
@@ -96,8 +112,12 @@ def contrast_reference(A, B, r, c, scale, bias, labels_a, labels_b, loss: str = 
     if exclude_self:
         valid &= ~torch.eye(S.shape[0], S.shape[1], dtype=torch.bool, device=S.device)
     pos = (labels_a[:, None] == labels_b[None, :]) & valid
-    rows = _loss_along_rows(S, pos, valid, loss)
-    cols = _loss_along_rows(S.T, pos.T, valid.T, loss)
+    if loss == "sigmoid":
+        ell = _pairwise_sigmoid(S, pos, valid)
+        rows, cols = ell.sum(1), ell.sum(0)
+    else:
+        rows = _loss_along_rows(S, pos, valid, loss)
+        cols = _loss_along_rows(S.T, pos.T, valid.T, loss)
     odt = out_dtype(A.dtype)
     return rows.to(odt), cols.to(odt)
 
@@ -173,7 +193,8 @@ def contrast(
             A distance enters with a negative scale.
         labels_a: [M] integer identities of the rows; labels_b: [N] of the columns. Both ``None``
             means diagonal positives (requires M == N).
-        loss: ``"sdm"`` or ``"infonce"``.
+        loss: ``"sdm"``, ``"infonce"`` or ``"sigmoid"`` (pairwise; its rows and columns sum the
+            same pairs' terms, see the module docstring).
         exclude_self: drop the pairs i == j (intra-modal contrast; requires M == N).
         backend: ``"auto"`` or a name from :func:`uca_kernels.dispatch.backend_names`.
 

@@ -111,6 +111,8 @@ class CudaBackend(Backend):
             reasons.append(f"needs CUDA tensors, got {A.device.type}")
         if A.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             reasons.append(f"needs float16/bfloat16/float32/float64 inputs, got {A.dtype}")
+        if loss == "sigmoid":
+            reasons.append("the CUDA kernels do not implement loss='sigmoid' yet")
         if not explicit and not CUDA_VERIFIED_ON_GPU:
             reasons.append("not yet verified on a GPU, so 'auto' skips it (name backend='cuda' or UCA_BACKEND=cuda)")
         return reasons

@@ -8,8 +8,10 @@
 - :func:`prior_kl`: KL(N(μ, σ²) ‖ N(0, I)), the regulariser that keeps σ from collapsing.
 
 Every contrast goes through :func:`uca_kernels.contrast`, so the backend choice (``backend=``,
-``UCA_BACKEND``, auto) applies to all of them. Each direction's loss is averaged over its rows, and
-a term is the sum of its two directions.
+``UCA_BACKEND``, auto) applies to all of them. For ``sdm`` / ``infonce`` each direction's loss is
+averaged over its rows, and a term is the sum of its two directions. For the pairwise ``sigmoid``
+loss both directions hold the same pairs, so a term counts each pair once: Σᵢⱼ ℓᵢⱼ / M (SigLIP's
+normalisation, M = the number of rows) for ``mean``, Σᵢⱼ ℓᵢⱼ for ``sum``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_features, check_labels, check_same_device, check_scalar
-from .contrast import contrast
+from .contrast import LOSSES, contrast
 from .gaussian import METRICS, check_gaussians, feature_maps
 
 __all__ = [
@@ -37,9 +39,12 @@ SIMILARITIES = ("cosine", "euclidean")
 DEFAULT_POINT_SCALE = {"cosine": 1 / 0.02, "euclidean": 1.0}  # IRRA's temperature for cosine
 
 
-def _reduce(rows: torch.Tensor, cols: torch.Tensor, reduction: str):
+def _reduce(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: str):
     if reduction == "none":
         return rows, cols
+    if loss == "sigmoid":  # rows and columns sum the same pairs: count each pair once
+        total = rows.sum()
+        return total if reduction == "sum" else total / rows.shape[0]
     if reduction == "sum":
         return rows.sum() + cols.sum()
     return rows.mean() + cols.mean()
@@ -74,12 +79,13 @@ def distribution_contrast_loss(
         labels: [M] integer identities (of both sides when ``labels_t`` is None, then M == N);
             None means diagonal positives (pair i of the batch matches only pair i).
         metric: ``w2`` | ``kl`` (KL(image ‖ text)) | ``jeffreys`` | ``csd``.
-        loss: ``sdm`` | ``infonce``.
+        loss: ``sdm`` | ``infonce`` | ``sigmoid`` (pairwise, SigLIP / PCME++ style).
         scale: positive number or 0-d tensor (learnable allowed); logits are −scale·d + bias.
             Default 1.0.
         bias: number or 0-d tensor.
-        reduction: ``mean`` (mean over rows + mean over columns), ``sum``, or ``none`` to get
-            ``(loss_rows [M], loss_cols [N])``.
+        reduction: ``mean`` (mean over rows + mean over columns; for ``sigmoid`` Σᵢⱼ ℓᵢⱼ / M,
+            each pair once), ``sum`` (rows + columns; for ``sigmoid`` Σᵢⱼ ℓᵢⱼ), or ``none`` to
+            get ``(loss_rows [M], loss_cols [N])``.
         backend: ``auto`` or a backend name (see :mod:`uca_kernels.dispatch`).
         labels_t: [N] identities of the text side when they differ from ``labels``.
 
@@ -87,6 +93,7 @@ def distribution_contrast_loss(
         A scalar (or the two per-row vectors for ``reduction="none"``).
     """
     check_choice("metric", metric, METRICS)
+    check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     check_gaussians(mu_v, logvar_v, mu_t, logvar_t, names=("mu_v", "logvar_v", "mu_t", "logvar_t"))
     M, N = mu_v.shape[0], mu_t.shape[0]
@@ -99,7 +106,7 @@ def distribution_contrast_loss(
     scale = check_scalar("scale", 1.0 if scale is None else scale, mu_v)
     A, B, r, c = feature_maps(mu_v, logvar_v, mu_t, logvar_t, metric)
     rows, cols = contrast(A, B, r, c, -scale, bias, la, lb, loss=loss, backend=backend)
-    return _reduce(rows, cols, reduction)
+    return _reduce(rows, cols, reduction, loss)
 
 
 def sample_points(mu: torch.Tensor, logvar: torch.Tensor, num_samples: int, eps=None, generator=None, name="eps"):
@@ -142,6 +149,8 @@ def point_contrast_loss(
     loss: str = "sdm",
     intra: bool = True,
     backend: str = "auto",
+    *,
+    bias=0.0,
 ) -> dict[str, torch.Tensor]:
     """Point contrast learning on K samples of each distribution.
 
@@ -152,17 +161,23 @@ def point_contrast_loss(
         eps_v, eps_t: optional [B, K, D] standard-normal noise (else drawn with ``generator``).
         similarity: ``cosine`` (logit = scale·cos) or ``euclidean`` (logit = −scale·‖zᵢ − zⱼ‖²).
         scale: positive number or 0-d tensor; default 1/0.02 for cosine, 1 for euclidean.
-        loss: ``sdm`` | ``infonce``.
+        loss: ``sdm`` | ``infonce`` | ``sigmoid`` (pairwise; its terms count each pair once,
+            Σᵢⱼ ℓᵢⱼ / (B·K)).
+        bias: number or 0-d tensor added to every logit (keyword only). The softmax losses do not
+            depend on it; ``sigmoid`` does (SigLIP starts from −10 with scale 10).
         intra: also compute the image–image and text–text terms (a point is never its own pair;
             its other K−1 samples and same-identity points are its positives; a point with no
-            positive, e.g. K = 1 and a unique identity, contributes 0).
+            positive, e.g. K = 1 and a unique identity, contributes 0 to the softmax losses and
+            its negative terms to ``sigmoid``).
         backend: ``auto`` or a backend name.
 
     Returns:
         ``{"inter", "intra_image", "intra_text", "total"}`` scalars (intra terms are 0 when
-        ``intra=False``). Each term is mean over rows + mean over columns of its contrast.
+        ``intra=False``). Each term is mean over rows + mean over columns of its contrast
+        (``sigmoid``: Σᵢⱼ ℓᵢⱼ / (B·K), each pair once).
     """
     check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("loss", loss, LOSSES)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     check_gaussians(mu_v, logvar_v, mu_t, logvar_t, names=("mu_v", "logvar_v", "mu_t", "logvar_t"))
@@ -171,14 +186,15 @@ def point_contrast_loss(
         raise ValueError(f"mu_v and mu_t must have the same batch size, got {Bsz} and {mu_t.shape[0]}")
     lab = _labels_or_arange(labels, Bsz, mu_v.device).repeat_interleave(num_samples)
     scale = check_scalar("scale", DEFAULT_POINT_SCALE[similarity] if scale is None else scale, mu_v)
+    bias = check_scalar("bias", bias, mu_v)
     zv = sample_points(mu_v, logvar_v, num_samples, eps_v, generator, "eps_v")
     zt = sample_points(mu_t, logvar_t, num_samples, eps_t, generator, "eps_t")
 
     def term(za, zb, exclude_self):
         A, B, r, c, sign = _point_maps(za, zb, similarity)
-        rows, cols = contrast(A, B, r, c, sign * scale, 0.0, lab, lab, loss=loss,
+        rows, cols = contrast(A, B, r, c, sign * scale, bias, lab, lab, loss=loss,
                               exclude_self=exclude_self, backend=backend)
-        return rows.mean() + cols.mean()
+        return _reduce(rows, cols, "mean", loss)
 
     out = {"inter": term(zv, zt, False)}
     zero = out["inter"].new_zeros(())
@@ -214,13 +230,18 @@ class _ScaleMixin(nn.Module):
 
 class DistributionContrastLoss(_ScaleMixin):
     """Module form of :func:`distribution_contrast_loss` with an optionally learnable scale (kept
-    positive through its log) and bias."""
+    positive through its log) and bias.
+
+    The defaults (scale 1, bias 0, neither learnable) are the same for every loss. SigLIP starts its
+    sigmoid loss from scale 10, bias −10, both learnable, on cosine logits; here the logits are
+    −scale·d + bias on a distance, so pass the starting point that suits the metric explicitly
+    (e.g. ``loss="sigmoid", learn_scale=True, learn_bias=True``)."""
 
     def __init__(self, metric: str = "w2", loss: str = "sdm", scale: float = 1.0, learn_scale: bool = False,
                  bias: float = 0.0, learn_bias: bool = False, backend: str = "auto"):
         super().__init__()
         self.metric = check_choice("metric", metric, METRICS)
-        self.loss = check_choice("loss", loss, ("sdm", "infonce"))
+        self.loss = check_choice("loss", loss, LOSSES)
         self.backend = backend
         self._init_scale(scale, learn_scale)
         b = torch.tensor(float(bias))
@@ -243,7 +264,7 @@ class PointContrastLoss(_ScaleMixin):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         self.num_samples = num_samples
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
-        self.loss = check_choice("loss", loss, ("sdm", "infonce"))
+        self.loss = check_choice("loss", loss, LOSSES)
         self.intra, self.backend = intra, backend
         self._init_scale(DEFAULT_POINT_SCALE[similarity] if scale is None else scale, learn_scale)
 

@@ -13,9 +13,13 @@ and launched twice: ``COLUMNS=False`` (programs own BLOCK_A rows of A and sweep 
     row launch, column stats from the column launch: every output is written by exactly one
     program, with no partials and no atomics (2 passes of 2·M·N·E flops).
 
+    ``sigmoid`` (``IS_SIGMOID``) needs no log-sum-exp: the same sweep sums ℓ = softplus(−y·S) over
+    the other side and writes zero stats.
+
 ``_contrast_bwd_kernel`` — recomputes each S tile, forms dS from both sides' saved stats (the
-    formulas of ``contrast.py``) and accumulates dX = (scale·dS)·Y for its own rows X, plus per-row
-    Σ dS and (row launch only) Σ dS·t. The row launch gives dA, dr = scale·Σⱼ dS and per-row parts
+    formulas of ``contrast.py``; ``sigmoid`` reads no stats, dS = (g_row + g_col)·(−y·σ(−y·S)))
+    and accumulates dX = (scale·dS)·Y for its own rows X, plus per-row Σ dS and (row launch only)
+    Σ dS·t. The row launch gives dA, dr = scale·Σⱼ dS and per-row parts
     of dbias = Σ dS and dscale = Σ dS·t; the column launch gives dB and dc. The per-row parts are
     summed by torch afterwards in a fixed order: no float atomics, results bit-identical run to
     run (4 passes of 2·M·N·E flops).
@@ -244,6 +248,20 @@ if triton is not None:
         return t
 
     @triton.jit
+    def _softplus(x):
+        """log(1 + eˣ) = max(x, 0) + log1p(e^−|x|), finite for every finite x; log1p(e) as
+        log(u) − ((u − 1) − e)/u, u = 1 + e (exact to rounding also where u rounds to 1)."""
+        e = tl.exp(-tl.abs(x))
+        u = 1.0 + e
+        return tl.maximum(x, 0.0) + (tl.log(u) - ((u - 1.0) - e) / u)
+
+    @triton.jit
+    def _logistic(x):
+        """σ(x) = d softplus / dx without overflow: (1 or e^−|x|) / (1 + e^−|x|)."""
+        e = tl.exp(-tl.abs(x))
+        return tl.where(x >= 0, 1.0, e) / (1.0 + e)
+
+    @triton.jit
     def _contrast_fwd_kernel(
         a_ptr,  # *A [M, E] row features, unit stride along E
         b_ptr,  # *B [N, E] column features, unit stride along E
@@ -262,6 +280,7 @@ if triton is not None:
         stride_b,  # elements between rows of B
         COLUMNS: tl.constexpr,  # False: programs own rows of A (row stats); True: rows of B (column stats)
         IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
+        IS_SIGMOID: tl.constexpr,  # loss: pairwise sigmoid (overrides IS_SDM; stats written as zeros)
         EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
         UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
         PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
@@ -286,73 +305,94 @@ if triton is not None:
         scale = tl.load(scale_ptr)
         bias = tl.load(bias_ptr)
 
-        # -- running statistics of the owned rows --
-        # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
-        # over positives, relative to their own running max mp: lp = Σe; npos = #positives.
-        m = tl.full([BLOCK_OWN], float("-inf"), ACC)
-        l = tl.zeros([BLOCK_OWN], ACC)
-        w = tl.zeros([BLOCK_OWN], ACC)
-        lneg = tl.zeros([BLOCK_OWN], ACC)
-        mp = tl.full([BLOCK_OWN], float("-inf"), ACC)
-        lp = tl.zeros([BLOCK_OWN], ACC)
-        npos = tl.zeros([BLOCK_OWN], ACC)
-
-        for k0 in range(0, n_oth, BLOCK_OTH):
-            offs_oth = k0 + tl.arange(0, BLOCK_OTH)
-            mask_oth = offs_oth < n_oth
-            l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
-
-            # -- logits of the tile [owner, other] --
-            t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
-                            stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
-            s = scale * t + bias
-            valid = mask_own[:, None] & mask_oth[None, :]
-            if EXCLUDE_SELF:
-                valid = valid & (offs_own[:, None] != offs_oth[None, :])
-            sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
-            sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
-
-            # -- online log-sum-exp over valid entries --
-            m_new = tl.maximum(m, tl.max(sv, 1))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # finite point to subtract
-            alpha = tl.exp(m - m_ref)  # rescales the old sums; 0 while m = -inf
-            shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
-            x = tl.maximum(sv - m_ref[:, None], -1e30)  # ≤ 0; a huge finite value where not valid
-            e = tl.exp(x)  # 0 where not valid
-            w = alpha * (w + shift * l) + tl.sum(e * x, 1)
-            l = alpha * l + tl.sum(e, 1)
-            if IS_SDM:
-                lneg = alpha * lneg + tl.sum(tl.where(sp == float("-inf"), e, 0.0), 1)
-            m = m_new
-
-            # -- online log-sum-exp over positives (own running max) --
-            mp_new = tl.maximum(mp, tl.max(sp, 1))
-            mp_ref = tl.where(mp_new == float("-inf"), 0.0, mp_new)
-            lp = lp * tl.exp(mp - mp_ref) + tl.sum(tl.exp(sp - mp_ref[:, None]), 1)
-            mp = mp_new
-            npos += tl.sum((sp > float("-inf")).to(ACC), 1)
-
-        # -- epilogue: stats and loss (0 for rows without positives) --
-        has_l = l > 0
-        has_lp = lp > 0
-        l1 = tl.where(has_l, l, 1.0)
-        lp1 = tl.where(has_lp, lp, 1.0)
-        m0 = tl.where(has_l, m, 0.0)
-        mp0 = tl.where(has_lp, mp, 0.0)
-        lse = tl.where(has_l, m0 + tl.log(l1), float("-inf"))
-        lsep = tl.where(has_lp, mp0 + tl.log(lp1), float("-inf"))
-        if IS_SDM:
-            p_pos = lp1 * tl.exp(mp0 - m0) / l1  # Σ_pos p
-            p_neg = lneg / l1  # Σ_neg p
-            logq = tl.log(1.0 / tl.maximum(npos, 1.0) + SDM_EPS)
-            value = w / l1 - tl.log(l1) - p_pos * logq - p_neg * LOG_SDM_EPS
+        if IS_SIGMOID:
+            # -- pairwise sigmoid: Σ over the other side of ℓ = softplus(−y·S); no statistics --
+            total = tl.zeros([BLOCK_OWN], ACC)
+            for k0 in range(0, n_oth, BLOCK_OTH):
+                offs_oth = k0 + tl.arange(0, BLOCK_OTH)
+                mask_oth = offs_oth < n_oth
+                l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+                t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
+                                stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+                s = scale * t + bias
+                valid = mask_own[:, None] & mask_oth[None, :]
+                if EXCLUDE_SELF:
+                    valid = valid & (offs_own[:, None] != offs_oth[None, :])
+                x = tl.where(l_own[:, None] == l_oth[None, :], -s, s)  # −y·S
+                total += tl.sum(tl.where(valid, _softplus(x), 0.0), 1)
+            tl.store(loss_ptr + offs_own, total, mask=mask_own)
+            zero = tl.zeros([BLOCK_OWN], ACC)  # the schema's stats, unused by this loss
+            tl.store(stats_ptr + offs_own * 3 + 0, zero, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 1, zero, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 2, zero, mask=mask_own)
         else:
-            value = (m0 - mp0) + tl.log(l1) - tl.log(lp1)
-        value = tl.where((npos > 0) & has_l & has_lp, value, 0.0)
-        tl.store(loss_ptr + offs_own, value, mask=mask_own)
-        tl.store(stats_ptr + offs_own * 3 + 0, lse, mask=mask_own)
-        tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
-        tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
+            # -- running statistics of the owned rows --
+            # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
+            # over positives, relative to their own running max mp: lp = Σe; npos = #positives.
+            m = tl.full([BLOCK_OWN], float("-inf"), ACC)
+            l = tl.zeros([BLOCK_OWN], ACC)
+            w = tl.zeros([BLOCK_OWN], ACC)
+            lneg = tl.zeros([BLOCK_OWN], ACC)
+            mp = tl.full([BLOCK_OWN], float("-inf"), ACC)
+            lp = tl.zeros([BLOCK_OWN], ACC)
+            npos = tl.zeros([BLOCK_OWN], ACC)
+
+            for k0 in range(0, n_oth, BLOCK_OTH):
+                offs_oth = k0 + tl.arange(0, BLOCK_OTH)
+                mask_oth = offs_oth < n_oth
+                l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+
+                # -- logits of the tile [owner, other] --
+                t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
+                                stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+                s = scale * t + bias
+                valid = mask_own[:, None] & mask_oth[None, :]
+                if EXCLUDE_SELF:
+                    valid = valid & (offs_own[:, None] != offs_oth[None, :])
+                sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
+                sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
+
+                # -- online log-sum-exp over valid entries --
+                m_new = tl.maximum(m, tl.max(sv, 1))
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # finite point to subtract
+                alpha = tl.exp(m - m_ref)  # rescales the old sums; 0 while m = -inf
+                shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
+                x = tl.maximum(sv - m_ref[:, None], -1e30)  # ≤ 0; a huge finite value where not valid
+                e = tl.exp(x)  # 0 where not valid
+                w = alpha * (w + shift * l) + tl.sum(e * x, 1)
+                l = alpha * l + tl.sum(e, 1)
+                if IS_SDM:
+                    lneg = alpha * lneg + tl.sum(tl.where(sp == float("-inf"), e, 0.0), 1)
+                m = m_new
+
+                # -- online log-sum-exp over positives (own running max) --
+                mp_new = tl.maximum(mp, tl.max(sp, 1))
+                mp_ref = tl.where(mp_new == float("-inf"), 0.0, mp_new)
+                lp = lp * tl.exp(mp - mp_ref) + tl.sum(tl.exp(sp - mp_ref[:, None]), 1)
+                mp = mp_new
+                npos += tl.sum((sp > float("-inf")).to(ACC), 1)
+
+            # -- epilogue: stats and loss (0 for rows without positives) --
+            has_l = l > 0
+            has_lp = lp > 0
+            l1 = tl.where(has_l, l, 1.0)
+            lp1 = tl.where(has_lp, lp, 1.0)
+            m0 = tl.where(has_l, m, 0.0)
+            mp0 = tl.where(has_lp, mp, 0.0)
+            lse = tl.where(has_l, m0 + tl.log(l1), float("-inf"))
+            lsep = tl.where(has_lp, mp0 + tl.log(lp1), float("-inf"))
+            if IS_SDM:
+                p_pos = lp1 * tl.exp(mp0 - m0) / l1  # Σ_pos p
+                p_neg = lneg / l1  # Σ_neg p
+                logq = tl.log(1.0 / tl.maximum(npos, 1.0) + SDM_EPS)
+                value = w / l1 - tl.log(l1) - p_pos * logq - p_neg * LOG_SDM_EPS
+            else:
+                value = (m0 - mp0) + tl.log(l1) - tl.log(lp1)
+            value = tl.where((npos > 0) & has_l & has_lp, value, 0.0)
+            tl.store(loss_ptr + offs_own, value, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 0, lse, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
 
     def _dot_path(dtype: torch.dtype, precision: str) -> str:
         if dtype in (torch.float16, torch.bfloat16):
@@ -427,6 +467,7 @@ if triton is not None:
         stride_dx,  # elements between rows of dX (unit stride along E)
         COLUMNS: tl.constexpr,  # False: programs own rows of A (dA); True: rows of B (dB)
         IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
+        IS_SIGMOID: tl.constexpr,  # loss: pairwise sigmoid (overrides IS_SDM; reads no stats)
         EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
         WRITE_DST: tl.constexpr,  # also write Σ dS·t (one of the two launches)
         DX_IN_REGS: tl.constexpr,  # E ≤ BLOCK_E: dX accumulates in registers
@@ -455,8 +496,11 @@ if triton is not None:
         l_own = tl.load(l_own_ptr + offs_own, mask=mask_own, other=0)
         scale = tl.load(scale_ptr)
         bias = tl.load(bias_ptr)
-        g_x, lse_x, lsep_x, loss_x, logq_x = _side_consts(g_own_ptr, loss_own_ptr, stats_own_ptr, offs_own,
-                                                          mask_own, SDM_EPS)
+        if IS_SIGMOID:  # no statistics: every row and column takes its upstream gradient as is
+            g_x = tl.load(g_own_ptr + offs_own, mask=mask_own, other=0.0)
+        else:
+            g_x, lse_x, lsep_x, loss_x, logq_x = _side_consts(g_own_ptr, loss_own_ptr, stats_own_ptr, offs_own,
+                                                              mask_own, SDM_EPS)
 
         sum_ds = tl.zeros([BLOCK_OWN], ACC)
         sum_dst = tl.zeros([BLOCK_OWN], ACC)
@@ -466,8 +510,11 @@ if triton is not None:
             offs_oth = k0 + tl.arange(0, BLOCK_OTH)
             mask_oth = offs_oth < n_oth
             l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
-            g_y, lse_y, lsep_y, loss_y, logq_y = _side_consts(g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth,
-                                                              mask_oth, SDM_EPS)
+            if IS_SIGMOID:
+                g_y = tl.load(g_oth_ptr + offs_oth, mask=mask_oth, other=0.0)
+            else:
+                g_y, lse_y, lsep_y, loss_y, logq_y = _side_consts(g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth,
+                                                                  mask_oth, SDM_EPS)
 
             # -- recompute the logits of the tile [owner, other] (same bits as the forward) --
             t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
@@ -479,11 +526,17 @@ if triton is not None:
             sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
             sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
 
-            # -- dS from both sides' stats (exactly 0 where not a valid pair) --
-            ds = _dloss_dlogit(sv, sp, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
-                               logq_x[:, None], IS_SDM, LOG_SDM_EPS)
-            ds += _dloss_dlogit(sv, sp, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
-                                logq_y[None, :], IS_SDM, LOG_SDM_EPS)
+            if IS_SIGMOID:
+                # -- dS = (g_own + g_oth)·∂ℓ/∂S, ∂ℓ/∂S = −y·σ(−y·S) (exactly 0 where not a valid pair) --
+                pos = l_own[:, None] == l_oth[None, :]
+                sig = _logistic(tl.where(pos, -s, s))
+                ds = tl.where(valid, (g_x[:, None] + g_y[None, :]) * tl.where(pos, -sig, sig), 0.0)
+            else:
+                # -- dS from both sides' stats (exactly 0 where not a valid pair) --
+                ds = _dloss_dlogit(sv, sp, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
+                                   logq_x[:, None], IS_SDM, LOG_SDM_EPS)
+                ds += _dloss_dlogit(sv, sp, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
+                                    logq_y[None, :], IS_SDM, LOG_SDM_EPS)
             sum_ds += tl.sum(ds, 1)
             if WRITE_DST:
                 sum_dst += tl.sum(ds * t, 1)
@@ -561,6 +614,7 @@ def _flags(A: torch.Tensor, loss: str, exclude_self: bool) -> dict:
     low = A.dtype in (torch.float16, torch.bfloat16)
     return dict(
         IS_SDM=loss == "sdm",
+        IS_SIGMOID=loss == "sigmoid",
         EXCLUDE_SELF=bool(exclude_self),
         UPCAST_DOT=INTERPRET and low,
         PRECISION=get_input_precision() if A.dtype == torch.float32 else "ieee",

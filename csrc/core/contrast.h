@@ -11,7 +11,8 @@
 
 namespace uca {
 
-enum class Loss : int { SDM = 0, INFONCE = 1 };
+// SIGMOID: pairwise softplus(-y S) summed over rows and over columns; needs no statistics.
+enum class Loss : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
 
 constexpr double kSdmEps = 1e-8;  // q + eps inside the log of the SDM loss
 constexpr int kStats = 3;         // per row / column statistics: LSE, positive LSE, #positives
@@ -62,7 +63,8 @@ struct Tiles {
 };
 
 // Forward: per-row and per-column losses and the statistics backward needs
-// (row_stats [M, 3], col_stats [N, 3]: LSE, positive LSE, #positives).
+// (row_stats [M, 3], col_stats [N, 3]: LSE, positive LSE, #positives; all zeros for SIGMOID,
+// whose backward needs none).
 template <typename T>
 void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
                       T* loss_rows, T* loss_cols, T* row_stats, T* col_stats);

@@ -8,6 +8,10 @@
 //
 // Backward recomputes G per tile, forms dS from the saved statistics, overwrites the tile with
 // dT = scale dS, reduces dr, dc, dscale, dbias, and accumulates dA += dT B, dB += dT^T A.
+//
+// SIGMOID has no statistics: the forward's row pass overwrites the tile with the pair losses
+// l = softplus(-y S) and adds them to the row sums, its column pass adds the same tile to the column
+// sums; the backward forms dS = (g_row + g_col) dl/dS from the upstream gradients alone.
 #include "contrast.h"
 
 #include <algorithm>
@@ -59,6 +63,35 @@ UCA_INLINE float vexp(float x) {
   return under ? 0.0f : y * two_n;
 }
 UCA_INLINE double vexp(double x) { return x < -708.0 ? 0.0 : std::exp(x > 0.0 ? 0.0 : x); }
+
+// log(1 + e) for e in [0, 1]: 2 atanh(z), z = e / (2 + e) in [0, 1/3], odd series up to z^15
+// (truncation error below 2e-9 relative, under float rounding; no cancellation for small e).
+// Branch-free, so loops over it vectorise.
+UCA_INLINE float log1p_unit(float e) {
+  const float z = e / (2.0f + e), z2 = z * z;
+  float p = 1.0f / 15.0f;
+  p = p * z2 + 1.0f / 13.0f;
+  p = p * z2 + 1.0f / 11.0f;
+  p = p * z2 + 1.0f / 9.0f;
+  p = p * z2 + 1.0f / 7.0f;
+  p = p * z2 + 1.0f / 5.0f;
+  p = p * z2 + 1.0f / 3.0f;
+  p = p * z2 + 1.0f;
+  return 2.0f * z * p;
+}
+UCA_INLINE double log1p_unit(double e) { return std::log1p(e); }
+
+// softplus(x) = max(x, 0) + log(1 + e^-|x|) and the logistic sigma(x) = dsoftplus/dx, both finite
+// and accurate for every finite x (e^-|x| never overflows; it underflows to 0 where it should).
+template <typename T>
+UCA_INLINE T softplus(T x) {
+  return std::max(x, T(0)) + log1p_unit(vexp(-std::fabs(x)));
+}
+template <typename T>
+UCA_INLINE T logistic(T x) {
+  const T e = vexp(-std::fabs(x));
+  return (x >= T(0) ? T(1) : e) / (T(1) + e);
+}
 
 // Positive sums are rescaled from sums relative to the overall max while the best positive is
 // within this gap of it (below, exp(s - m) of a relevant positive could underflow: recompute).
@@ -265,6 +298,57 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
   out3[2] = acc_t;
 }
 
+// -- sigmoid loss, forward, one row of a tile: pair losses in place, their sum added to *acc ----
+template <typename T>
+UCA_INLINE void fwd_row_sigmoid_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la,
+                                     const int64_t* lb, int64_t self_j, double* acc) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < nj; ++j) {
+    const T logit = scale * (s[j] + ri + cj[j]) + bias;
+    const T x = la == lb[j] ? -logit : logit;  // l = softplus(-y S)
+    const T l = j == self_j ? T(0) : softplus(x);
+    s[j] = l;
+    sum += l;
+  }
+  *acc += sum;
+}
+
+// -- sigmoid loss, backward, one row of a tile: dS = (g_row + g_col) dl/dS, dT = scale dS in place.
+// dl/dS = -y sigma(-y S). Writes the sums of dS*t, dS and dT over the row to out3.
+template <typename T>
+UCA_INLINE void bwd_row_sigmoid_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
+                                     const int64_t* lb, int64_t self_j, T gr, const T* gc, T* out3) {
+  T acc_st = 0, acc_s = 0, acc_t = 0;
+#pragma omp simd reduction(+ : acc_st, acc_s, acc_t)
+  for (int64_t j = 0; j < nj; ++j) {
+    const T t = g[j] + ri + cj[j];
+    const T s = scale * t + bias;
+    const bool pos = la == lb[j];
+    const T sig = logistic(pos ? -s : s);
+    T ds = (gr + gc[j]) * (pos ? -sig : sig);
+    ds = j == self_j ? T(0) : ds;
+    acc_st += ds * t;
+    acc_s += ds;
+    const T dt = scale * ds;
+    g[j] = dt;
+    acc_t += dt;
+  }
+  out3[0] = acc_st;
+  out3[1] = acc_s;
+  out3[2] = acc_t;
+}
+
+// Column sums of a tile added to double accumulators (rows in order: deterministic).
+template <typename T>
+UCA_INLINE void col_sum_acc_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, double* out) {
+  for (int64_t i = 0; i < mi; ++i) {
+    const T* xi = x + i * ld;
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) out[j] += xi[j];
+  }
+}
+
 template <typename T>
 UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {
   for (int64_t i = 0; i < mi; ++i) {
@@ -304,6 +388,19 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
   }                                                                                                \
   UCA_MULTIVERSION void col_sum(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {          \
     col_sum_impl<T>(mi, nc, ld, x, out);                                                           \
+  }                                                                                                \
+  UCA_MULTIVERSION void fwd_row_sigmoid(int64_t nj, T* s, T ri, const T* cj, T scale, T bias,     \
+                                        int64_t la, const int64_t* lb, int64_t self_j,             \
+                                        double* acc) {                                             \
+    fwd_row_sigmoid_impl<T>(nj, s, ri, cj, scale, bias, la, lb, self_j, acc);                      \
+  }                                                                                                \
+  UCA_MULTIVERSION void bwd_row_sigmoid(int64_t nj, T* g, T ri, const T* cj, T scale, T bias,     \
+                                        int64_t la, const int64_t* lb, int64_t self_j, T gr,       \
+                                        const T* gc, T* out3) {                                    \
+    bwd_row_sigmoid_impl<T>(nj, g, ri, cj, scale, bias, la, lb, self_j, gr, gc, out3);             \
+  }                                                                                                \
+  UCA_MULTIVERSION void col_sum_acc(int64_t mi, int64_t nc, int64_t ld, const T* x, double* out) { \
+    col_sum_acc_impl<T>(mi, nc, ld, x, out);                                                       \
   }
 UCA_LEAVES(float)
 UCA_LEAVES(double)
@@ -400,10 +497,54 @@ void LoopGemm<T>::tn_acc(int64_t m, int64_t n, int64_t k, const T* A, int64_t ld
       for (int64_t j = 0; j < n; ++j) C[i * ldc + j] += A[p * lda + i] * B[p * ldb + j];
 }
 
+namespace {
+// -- forward, sigmoid loss: sums of pair losses, no statistics (written as zeros) ----------------
+template <typename T>
+void sigmoid_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                     T* loss_rows, T* loss_cols, T* row_stats, T* col_stats) {
+  const int64_t M = a.M, N = a.N, E = a.E;
+  const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
+  const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
+  std::vector<T> tile(TM * TN);
+  std::vector<double> rows(M, 0.0), cols(N, 0.0);  // sums in double, as the other losses' stats
+
+  for (int64_t i0 = 0; i0 < M; i0 += TM) {
+    const int64_t mi = std::min(TM, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += TN) {
+      const int64_t nj = std::min(TN, N - j0);
+      T* s = tile.data();
+      gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, s, nj);
+      // -- row pass: pair losses in place + row sums --
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
+      for (int64_t ii = 0; ii < mi; ++ii) {
+        const int64_t i = i0 + ii;
+        fwd_row_sigmoid(nj, s + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
+                        a.labels_b + j0, self_index(a, i, j0, nj), &rows[i]);
+      }
+      // -- column pass: column sums of the same pair losses --
+      const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
+#pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
+      for (int64_t ch = 0; ch < n_chunks; ++ch) {
+        const int64_t jc = ch * kColChunk;
+        col_sum_acc(mi, std::min(kColChunk, nj - jc), nj, s + jc, &cols[j0 + jc]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < M; ++i) loss_rows[i] = static_cast<T>(rows[i]);
+  for (int64_t j = 0; j < N; ++j) loss_cols[j] = static_cast<T>(cols[j]);
+  std::fill(row_stats, row_stats + M * kStats, T(0));
+  std::fill(col_stats, col_stats + N * kStats, T(0));
+}
+}  // namespace
+
 // -- forward -------------------------------------------------------------------------------------
 template <typename T>
 void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
                       T* loss_rows, T* loss_cols, T* row_stats, T* col_stats) {
+  if (a.loss == Loss::SIGMOID) {
+    sigmoid_forward(a, gemm, tiles, loss_rows, loss_cols, row_stats, col_stats);
+    return;
+  }
   const int64_t M = a.M, N = a.N, E = a.E;
   const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
   const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
@@ -463,7 +604,7 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
   std::fill(dr, dr + M, T(0));
   std::fill(dc, dc + N, T(0));
   const BwdConsts<T> rk(M, grad_rows, loss_rows, row_stats), ck(N, grad_cols, loss_cols, col_stats);
-  const bool sdm = a.loss == Loss::SDM;
+  const bool sdm = a.loss == Loss::SDM, sigmoid = a.loss == Loss::SIGMOID;
   const T log_eps = static_cast<T>(std::log(kSdmEps));
   std::vector<T> tile(TM * TN), partial(3 * TM);
   double acc_scale = 0, acc_bias = 0;
@@ -480,12 +621,18 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
       for (int64_t ii = 0; ii < mi; ++ii) {
         const int64_t i = i0 + ii;
         T* out3 = partial.data() + 3 * ii;
-        const int mode = sdm ? 0 : (cols_fast && rk.fast[i] ? 1 : 2);
-        bwd_row(mode, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
-                a.labels_b + j0, self_index(a, i, j0, nj), log_eps, rk.g[i], rk.lse[i], rk.lsep[i],
-                rk.loss[i], rk.logq[i], rk.fac[i], ck.g.data() + j0, ck.lse.data() + j0,
-                ck.lsep.data() + j0, ck.loss.data() + j0, ck.logq.data() + j0, ck.fac.data() + j0,
-                out3);
+        if (sigmoid) {  // no statistics: every row and column takes its upstream gradient as is
+          bwd_row_sigmoid(nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
+                          a.labels_b + j0, self_index(a, i, j0, nj), grad_rows[i], grad_cols + j0,
+                          out3);
+        } else {
+          const int mode = sdm ? 0 : (cols_fast && rk.fast[i] ? 1 : 2);
+          bwd_row(mode, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
+                  a.labels_b + j0, self_index(a, i, j0, nj), log_eps, rk.g[i], rk.lse[i], rk.lsep[i],
+                  rk.loss[i], rk.logq[i], rk.fac[i], ck.g.data() + j0, ck.lse.data() + j0,
+                  ck.lsep.data() + j0, ck.loss.data() + j0, ck.logq.data() + j0, ck.fac.data() + j0,
+                  out3);
+        }
         dr[i] += out3[2];
       }
       for (int64_t ii = 0; ii < mi; ++ii) {  // fixed order: deterministic
