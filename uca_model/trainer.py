@@ -5,8 +5,10 @@
 **Reproducibility.** Model initialisation uses ``train.seed``; every training step draws *all* its
 randomness (data order of the epoch, flips, attribute masking, point samples, dropout) from
 generators seeded by ``(seed, epoch)`` or ``(seed, step, rank)``. A run resumed from a checkpoint
-written at any step therefore continues exactly as the uninterrupted run would (the RNG states are
-saved as well, for code outside this loop).
+written at any step therefore continues exactly as the uninterrupted run would: bit-identical
+parameters and the same ``history.csv`` rows apart from the timing columns (the open log interval is
+checkpointed too; the RNG states are saved as well, for code outside this loop). A resumed run keeps
+its ``config.json`` and drops TensorBoard events logged after the checkpoint.
 
 **Checkpoints** (:mod:`uca_model.checkpoint`): ``checkpoint_last.pt`` every ``train.ckpt_every``
 steps and at each epoch end (model, optimiser, schedule, position, best-so-far, evaluation
@@ -247,12 +249,14 @@ EVAL_FIELDS = ["split", "epoch", "step", *METRIC_KEYS, "cosine_R1", "cosine_mAP"
                "sigma_image", "sigma_text"]
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path, purge_step: int | None = None):
+    """A TensorBoard writer for the run (None without tensorboard); on resume ``purge_step`` drops
+    the events a killed run logged after its last checkpoint, so no step is shown twice."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # noqa: BLE001 - optional dependency (ImportError, or a broken install)
         return None
-    return SummaryWriter(str(run_dir / "tb"))
+    return SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +307,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
     elif main and any(run.glob("*.pt")):
         raise RunExistsError(f"{run} holds checkpoints but no checkpoint_last.pt; choose another output folder")
-    if main:
+    if main and state is None:  # a resumed run keeps the config.json it was started with
         save_config(cfg, run / "config.json")
 
     # -- data --
@@ -363,12 +367,18 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
         else:
             for p in (run / "history.csv", run / "eval.csv", run / "metrics.json"):
                 p.unlink(missing_ok=True)
-    tb = _tensorboard(run) if main else None
+    tb = _tensorboard(run, purge_step=step + 1 if state is not None else None) if main else None
     n_params = sum(p.numel() for p in model.parameters())
     say(f"run {run}: {len(train_set)} training pairs, {ds.num_train_ids} identities, {steps_per_epoch} steps/epoch x "
         f"{tc.epochs} epochs, batch {cfg.data.batch_size} on {ctx.world_size} process(es), {device}, "
         f"{'bf16' if amp else 'fp32'}; model {mcfg.mode} ({n_params / 1e6:.2f} M parameters), terms: "
         + ", ".join(f"{k}x{w:g}" for k, w in weights.items()))
+
+    def log_state() -> dict:
+        """The open log interval (running sums of the logged values), so a resumed run logs exactly
+        the rows the uninterrupted run would."""
+        return {"acc": {k: v.detach().cpu() for k, v in acc.items()}, "n": acc_n, "samples": acc_samples,
+                "data_time": acc_data, "step_time": acc_step}
 
     def save_last(position: dict, finished: bool = False) -> None:
         rng = [_rng_state()]
@@ -379,7 +389,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
             atomic_save({"format": FORMAT, "version": VERSION, "kind": "last", "config": to_dict(cfg),
                          "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "position": position, "best": best, "eval_history": eval_history,
-                         "train_time": train_time, "rng": rng, "finished": finished,
+                         "train_time": train_time, "rng": rng, "finished": finished, "log_acc": log_state(),
                          "vocab_size": model.vocab_size, "num_train_ids": model.num_train_ids}, last_path)
 
     def evaluate(split: str) -> dict:
@@ -391,6 +401,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     model.train()
     acc: dict[str, torch.Tensor] = {}
     acc_n, acc_samples, acc_data, acc_step = 0, 0, 0.0, 0.0
+    if state is not None and state.get("log_acc"):  # the log interval the checkpoint was written in
+        la = state["log_acc"]
+        acc = {k: v.to(device) for k, v in la["acc"].items()}
+        acc_n, acc_samples, acc_data, acc_step = la["n"], la["samples"], la["data_time"], la["step_time"]
     from tqdm.auto import tqdm
 
     while epoch < tc.epochs:

@@ -86,6 +86,28 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
         assert float(rb["loss/total"]) == pytest.approx(float(ra["loss/total"]), rel=1e-5)
 
 
+TIMING = ("samples_per_s", "data_time", "step_time")
+
+
+def test_resume_inside_a_log_interval_logs_exactly_the_same_rows(tiny_data, tmp_path):
+    # checkpoints every 2 steps, logs every 3: the step-2 checkpoint holds an open log interval
+    kw = {"epochs": 2, "ckpt_every": 2, "log_every": 3}
+    cfg = smoke_config(tiny_data, train=kw)
+    train(cfg, tmp_path / "full", **QUIET)
+    with pytest.raises(TrainingStopped):
+        train(smoke_config(tiny_data, train={**kw, "stop_after_steps": 3}), tmp_path / "cut", **QUIET)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")["log_acc"]["n"] == 2
+    config_before = (tmp_path / "cut" / "config.json").stat().st_mtime_ns
+    train(cfg, tmp_path / "cut", resume=True, **QUIET)
+    assert (tmp_path / "cut" / "config.json").stat().st_mtime_ns == config_before  # not rewritten
+    ha, hb = _rows(tmp_path / "full" / "history.csv"), _rows(tmp_path / "cut" / "history.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(hb) == strip(ha)  # every logged value, not only the losses, to the digit
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical parameters
+
+
 def test_mid_epoch_kill_resumes_inside_the_epoch(tiny_data, tmp_path):
     cfg = smoke_config(tiny_data, train={"epochs": 1, "ckpt_every": 1})
     full = train(cfg, tmp_path / "full", **QUIET)
