@@ -7,9 +7,11 @@ Public API::
     contrast, contrast_reference               # uca_kernels.contrast (the fused op)
     distribution_contrast_loss, point_contrast_loss, prior_kl,
     DistributionContrastLoss, PointContrastLoss  # uca_kernels.losses
+    deferred_finite_checks, FiniteChecks       # NaN/inf checks without a host sync per call
 """
 
 from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
+from ._validation import FiniteChecks, deferred_finite_checks
 from .contrast import LOSSES, contrast, contrast_reference
 from .gaussian import METRICS, feature_maps, gaussian_distance
 from .losses import (
@@ -32,5 +34,7 @@ __all__ = [
     "prior_kl",
     "DistributionContrastLoss",
     "PointContrastLoss",
+    "FiniteChecks",
+    "deferred_finite_checks",
 ]
 __version__ = "0.1.0"

@@ -3,13 +3,21 @@
 Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape,
 device, value) with a message that names the argument and says what was expected. Checks that
 need the data (finiteness) are skipped while ``torch.compile`` traces, where they would break
-the graph, and can be switched off globally with ``UCA_CHECK_FINITE=0`` for production loops.
+the graph, and can be switched off globally with ``UCA_CHECK_FINITE=0``.
+
+**Finiteness without host synchronisation.** ``bool(torch.isfinite(x).all())`` waits for the device
+(on a GPU, every call is a sync). Inside :func:`deferred_finite_checks` the checks stay on the
+device: each named input's flag is and-ed into a device tensor, and :meth:`FiniteChecks.check` --
+one synchronisation, called e.g. once per logging interval -- raises the same named ``ValueError``
+for every input that was non-finite since the last check. Outside it, checks are immediate.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable
+import threading
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 
@@ -20,6 +28,8 @@ __all__ = [
     "check_same_device",
     "check_scalar",
     "check_finite",
+    "deferred_finite_checks",
+    "FiniteChecks",
 ]
 
 
@@ -34,10 +44,63 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     return value
 
 
+class FiniteChecks:
+    """Finiteness flags kept on the device, one per argument name, until :meth:`check`."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, torch.Tensor] = {}  # name -> 0-d bool tensor: finite in every call so far
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        ok = torch.isfinite(x).all()
+        prev = self._flags.get(name)
+        self._flags[name] = ok if prev is None else prev & ok.to(prev.device)
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming every argument that held NaN/inf since the last check
+        (one host synchronisation), and start over."""
+        flags, self._flags = self._flags, {}
+        if not flags:
+            return
+        dev = next(iter(flags.values())).device
+        ok = _host_bools(torch.stack([f.to(dev) for f in flags.values()]))
+        bad = [n for n, good in zip(flags, ok) if not good]
+        if bad:
+            later = f"; checked after it and also non-finite: {', '.join(bad[1:])}" if len(bad) > 1 else ""
+            raise ValueError(f"{bad[0]} contained non-finite value(s) (NaN or inf) at least once since the last check "
+                             f"(finiteness checks were deferred{later}; set UCA_CHECK_FINITE=0 to skip them)")
+
+
+_STATE = threading.local()
+
+
+@contextmanager
+def deferred_finite_checks(checks: FiniteChecks | None = None) -> Iterator[FiniteChecks]:
+    """Within this block :func:`check_finite` does not synchronise: call ``.check()`` on the
+    returned :class:`FiniteChecks` (a new one, or ``checks`` to keep collecting into it across
+    blocks) when a host sync is cheap, e.g. at a training loop's log step."""
+    prev = getattr(_STATE, "checks", None)
+    _STATE.checks = checks = checks if checks is not None else FiniteChecks()
+    try:
+        yield checks
+    finally:
+        _STATE.checks = prev
+
+
+def _host_bools(flags: torch.Tensor) -> list[bool]:
+    """The one place where finiteness flags reach the host (a device synchronisation)."""
+    return [bool(v) for v in flags.tolist()]
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
     if _compiling() or os.environ.get("UCA_CHECK_FINITE", "1") == "0" or x.device.type == "meta":
         return
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if not x.numel():
+        return
+    deferred = getattr(_STATE, "checks", None)
+    if deferred is not None:
+        deferred.add(name, x)
+        return
+    if not _host_bools(torch.isfinite(x).all().reshape(1))[0]:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
 

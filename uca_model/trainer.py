@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import uca_kernels
+
 from . import data as data_mod
 from .checkpoint import (
     FORMAT,
@@ -401,6 +403,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     model.train()
     acc: dict[str, torch.Tensor] = {}
     acc_n, acc_samples, acc_data, acc_step = 0, 0, 0.0, 0.0
+    finite = uca_kernels.FiniteChecks()  # the losses' input checks, kept on the device between log steps
     if state is not None and state.get("log_acc"):  # the log interval the checkpoint was written in
         la = state["log_acc"]
         acc = {k: v.to(device) for k, v in la["acc"].items()}
@@ -430,14 +433,15 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
                 batch.update(encode(tok, list(captions), max_len))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-            with autocast():
+            with autocast(), uca_kernels.deferred_finite_checks(finite):  # checked at the log step: no sync
                 out = net(batch, generator=g)
             terms = out["terms"]
             if set(terms) != set(weights):
                 raise RuntimeError(f"the model returned terms {sorted(terms)} but has weights for {sorted(weights)}")
             total = sum(weights[k] * terms[k] for k in term_names)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            with uca_kernels.deferred_finite_checks(finite):
+                total.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip if oc.grad_clip > 0 else math.inf)
             opt.step()
             sched.step()
@@ -457,6 +461,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
             t_prev = t_end
             bar.update(1)
             if step % tc.log_every == 0 or batch_idx + 1 == steps_per_epoch:
+                finite.check()  # NaN/inf inputs of the losses since the last log step: named error
                 keys = sorted(acc)
                 vec = torch.stack([acc[k].float() for k in keys]) / acc_n
                 if ctx.distributed:  # one collective per log interval: the global batch's values
