@@ -83,6 +83,9 @@ else
 fi
 
 # -- 2. what is usable -----------------------------------------------------------------------------
+# the self-tests first (triton compiles every kernel variant here): their verdicts land in the
+# cache, in the log and in $OUT/selftest.json; info then reads them from the cache
+step selftest 180 190 bash -c "$PY -m uca_kernels.selftest -v --json > '$OUT/selftest.json'"
 step info 60 190 $PY -m uca_kernels.info
 grep -E "^extension|^  [a-z]+ +(usable|unusable)" "$LOG" || true
 

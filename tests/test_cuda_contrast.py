@@ -71,17 +71,26 @@ def test_cuda_kernels_are_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
 
 
-def test_auto_does_not_pick_unverified_cuda_backend():
-    """Until the kernels pass on a GPU, 'auto' says why it skips them; naming them lifts that."""
+def test_cuda_backend_is_verified_by_its_selftest_not_a_flag():
+    """No hand-set flag: the only extra condition 'auto' puts on the CUDA kernels is their self-test
+    verdict on the device (uca_kernels.selftest), so auto and a named choice see the same reasons."""
     backend = dispatch.get_backend("cuda")
+    assert not hasattr(dispatch, "CUDA_VERIFIED_ON_GPU")
+    assert backend.needs_selftest and backend.device_type == "cuda"
     meta = torch.empty(4, 4, device="meta")
     auto_reasons = backend.not_supported_reasons(A=meta, B=meta, loss="sdm", exclude_self=False)
     named_reasons = backend.not_supported_reasons(A=meta, B=meta, loss="sdm", exclude_self=False, explicit=True)
-    if dispatch.CUDA_VERIFIED_ON_GPU:
-        assert not any("not yet verified" in r for r in auto_reasons)
-    else:
-        assert any("not yet verified" in r for r in auto_reasons)
-    assert not any("not yet verified" in r for r in named_reasons)
+    assert auto_reasons == named_reasons
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_cuda_backend_passes_its_selftest():
+    """What 'auto' runs (in a child process) before it first sends CUDA tensors to these kernels."""
+    from uca_kernels import selftest
+
+    v = selftest.run_selftest("cuda", "cuda")
+    assert v.ok, v.reason + "\n" + "\n".join(v.details)
 
 
 def test_sigmoid_is_not_offered_by_the_cuda_backend():

@@ -411,8 +411,18 @@ def test_auto_picks_triton_for_cuda_without_cuda_extension(monkeypatch):
     monkeypatch.delenv("UCA_BACKEND", raising=False)
     x = torch.zeros(4, 3, device="cuda")
     chosen = dispatch.select("auto", A=x, B=x, loss="sdm", exclude_self=False).name
-    cuda_reasons = dispatch.get_backend("cuda").not_supported_reasons(A=x, B=x, loss="sdm", exclude_self=False)
-    assert chosen == ("cuda" if not cuda_reasons else "triton")
+    reasons = dispatch.auto_reasons(A=x, B=x, loss="sdm", exclude_self=False)  # self-test verdicts included
+    assert chosen == ("cuda" if not reasons["cuda"] else "triton"), reasons
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_triton_passes_its_selftest_on_the_gpu():
+    """What 'auto' runs (in a child process) before it first sends CUDA tensors to these kernels."""
+    from uca_kernels import selftest
+
+    v = selftest.run_selftest("triton", "cuda")
+    assert v.ok, v.reason + "\n" + "\n".join(v.details)
 
 
 def test_opcheck():

@@ -14,10 +14,11 @@ log = logging.getLogger("uca_kernels")
 
 _C = None
 _ERROR: str | None = None
+_WITH_CUDA = False  # read once at load: a plain bool, so torch.compile traces dispatch without a graph break
 
 
 def _load():
-    global _C, _ERROR
+    global _C, _ERROR, _WITH_CUDA
     try:
         from . import _C as ext  # noqa: F401  (importing registers the torch.ops.uca operators)
     except Exception as e:  # ImportError, undefined symbols, ABI mismatch, ...
@@ -25,6 +26,7 @@ def _load():
         log.warning("uca_kernels._C failed to load, fused CPU/CUDA backends disabled: %s", _ERROR)
         return
     _C = ext
+    _WITH_CUDA = bool(ext.built_with_cuda())
     from .contrast import register_contrast_autograd
 
     register_contrast_autograd(torch.ops.uca.contrast_forward.default, torch.ops.uca.contrast_backward.default)
@@ -44,7 +46,7 @@ def has_op(name: str) -> bool:
 
 
 def built_with_cuda() -> bool:
-    return _C is not None and bool(_C.built_with_cuda())
+    return _C is not None and _WITH_CUDA
 
 
 _load()
