@@ -25,6 +25,8 @@ def attribute_errors(run: str | Path, split: str = "val", device: str = "cpu") -
     from uca_model.evaluation import embed_images, embed_texts, score_fn
     from uca_model.trainer import eval_score
 
+    from .uncertainty import gallery_records
+
     cfg, model, tok, ds, dev, _ = load_run(run, "best", device)
     queries, gallery = ds.eval_split(split)
     path = Path(cfg.data.root) / "synth_attributes.json"
@@ -32,7 +34,7 @@ def attribute_errors(run: str | Path, split: str = "val", device: str = "cpu") -
         raise FileNotFoundError(f"{path} not found: attribute errors need SynthPedes data")
     attrs = json.loads(path.read_text(encoding="utf-8"))
     ident = {e["id"]: e["attributes"] for e in attrs["identities"]}
-    mentions = [m for im in attrs["images"] if im["file_path"].split("/")[0] == split for m in im["mentions"]]
+    mentions = [m for im in gallery_records(Path(cfg.data.root), attrs, gallery) for m in im["mentions"]]
     if len(mentions) != len(queries):
         raise ValueError(f"{path} lists {len(mentions)} {split} captions, the dataset {len(queries)}")
     img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, cfg.eval.batch_size, dev)

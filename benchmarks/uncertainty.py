@@ -42,6 +42,13 @@ def spearman(a, b) -> float:
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
 
 
+def gallery_records(root: Path, attrs: dict, gallery) -> list[dict]:
+    """The ``synth_attributes.json`` image record of every gallery image, in gallery order (its
+    ``mentions`` are the captions of that image, in query order)."""
+    by_path = {im["file_path"]: im for im in attrs["images"]}
+    return [by_path[Path(g.image_path).relative_to(root / "imgs").as_posix()] for g in gallery]
+
+
 def analyse(run: str) -> dict:
     import torch
 
@@ -56,13 +63,10 @@ def analyse(run: str) -> dict:
         raise ValueError(f"{run} is a fixed-point baseline: no sigma to analyse")
     root = Path(cfg.data.root)
     attrs = json.loads((root / "synth_attributes.json").read_text(encoding="utf-8"))
-    by_path = {im["file_path"]: im for im in attrs["images"]}
     ids = {i["id"]: i["attributes"] for i in attrs["identities"] if i["split"] == "test"}
     queries, gallery = ds.eval_split("test")
     mentions, occluded = [], []
-    for g in gallery:
-        rel = Path(g.image_path).relative_to(root / "imgs").as_posix()
-        im = by_path[rel]
+    for im in gallery_records(root, attrs, gallery):
         occluded.append(im.get("occluder") is not None)
         mentions.extend(im["mentions"])
     if len(mentions) != len(queries):

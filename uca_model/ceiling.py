@@ -63,6 +63,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "ceiling_summary",
     "CEILING_VERSION",
     "CEILING_KEYS",
     "FRACTION_KEYS",
@@ -319,6 +320,13 @@ def ceiling_from_root(root: str | os.PathLike, split: str, *, use_card: bool = T
             return cached
     meta = json.loads(attrs.read_text(encoding="utf-8"))
     return bayes_ceiling(meta["fields"], meta["identities"], meta["images"], split)
+
+
+def ceiling_summary(ceiling: Mapping[str, Any]) -> str:
+    """``R@1 …, mAP … (a random ranking: R@1 …, mAP …)`` of a :func:`bayes_ceiling` result, for printing."""
+    r = ceiling["random"]
+    return (f"R@1 {ceiling['R1']:.1f}, mAP {ceiling['mAP']:.1f} "
+            f"(a random ranking: R@1 {r['R1']:.1f}, mAP {r['mAP']:.1f})")
 
 
 def fraction_of_ceiling(metrics: Mapping[str, Any], ceiling: Mapping[str, Any]) -> dict[str, float]:

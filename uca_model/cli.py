@@ -78,11 +78,9 @@ def _synth_run(args: argparse.Namespace) -> int:
     print(f"  images {h}x{w} (HxW); WordPiece vocabulary {card['tokenizer_vocab_size']} tokens")
     print(f"  ambiguity: {amb['fraction_ambiguous']:.1%} of test captions fit more than one test identity "
           f"(mean {amb['mean_matches']:.2f} identities per caption)")
-    from .ceiling import ceiling_from_root
+    from .ceiling import ceiling_from_root, ceiling_summary
 
-    ceil = ceiling_from_root(out, "test")
-    print(f"  Bayes ceiling on test (the best any model can do): R@1 {ceil['R1']:.1f}, mAP {ceil['mAP']:.1f} "
-          f"(a random ranking: R@1 {ceil['random']['R1']:.1f}, mAP {ceil['random']['mAP']:.1f})")
+    print(f"  Bayes ceiling on test (the best any model can do): {ceiling_summary(ceiling_from_root(out, 'test'))}")
     if done_before:
         print("  (already complete: nothing regenerated)")
     else:

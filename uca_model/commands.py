@@ -349,12 +349,11 @@ def _demo_run(args: argparse.Namespace) -> int:
             print(f"      {s:5s}: {c['identities']:4d} identities, {c['images']:5d} images, {c['captions']:5d} captions")
         amb = card["ambiguity"]["test"]
         print(f"      {amb['fraction_ambiguous']:.0%} of test captions fit more than one test identity")
-        from .ceiling import ceiling_from_root
+        from .ceiling import ceiling_from_root, ceiling_summary
 
         ceil = ceiling_from_root(data, "test")
         if ceil is not None:
-            print(f"      Bayes ceiling on test: R@1 {ceil['R1']:.1f}, mAP {ceil['mAP']:.1f} "
-                  f"(a random ranking: R@1 {ceil['random']['R1']:.1f}, mAP {ceil['random']['mAP']:.1f})")
+            print(f"      Bayes ceiling on test: {ceiling_summary(ceil)}")
         print(f"[2/3] training {cfg.model.mode} ({cfg.train.epochs} epochs) into {args.out}")
         result = _with_ceiling(train(cfg, args.out, resume="auto"), data)
         print("[3/3] evaluation and pictures")
