@@ -126,6 +126,24 @@ contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, 
   return {dA, dB, dr, dc, dscale, dbias};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+sigmoid_loss_and_grads_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
+                           const at::Tensor& c, const at::Tensor& scale, const at::Tensor& bias,
+                           const at::Tensor& labels_a, const at::Tensor& labels_b, bool exclude_self) {
+  check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
+  auto total = at::empty({}, A.options());
+  auto dA = at::empty_like(A), dB = at::empty_like(B), dr = at::empty_like(r),
+       dc = at::empty_like(c), dscale = at::empty_like(scale), dbias = at::empty_like(bias);
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "sigmoid_loss_and_grads_cpu", [&] {
+    const auto args = make_args<scalar_t>(A, B, r, c, scale, bias, labels_a, labels_b, "sigmoid", exclude_self);
+    uca::sigmoid_loss_and_grads<scalar_t>(args, AtenGemm<scalar_t>(), cpu_tiles(), total.data_ptr<scalar_t>(),
+                                          dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+                                          dr.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                                          dscale.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
+  });
+  return {total, dA, dB, dr, dc, dscale, dbias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(uca, m) {
@@ -138,11 +156,17 @@ TORCH_LIBRARY(uca, m) {
       "Tensor c, Tensor scale, Tensor bias, Tensor labels_a, Tensor labels_b, Tensor loss_rows, "
       "Tensor loss_cols, Tensor row_stats, Tensor col_stats, str loss, bool exclude_self) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The scalar sigmoid loss (sum of pair losses) with its unit-weight gradients, in one sweep.
+  m.def(
+      "sigmoid_loss_and_grads(Tensor A, Tensor B, Tensor r, Tensor c, Tensor scale, Tensor bias, "
+      "Tensor labels_a, Tensor labels_b, bool exclude_self) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(uca, CPU, m) {
   m.impl("contrast_forward", &contrast_forward_cpu);
   m.impl("contrast_backward", &contrast_backward_cpu);
+  m.impl("sigmoid_loss_and_grads", &sigmoid_loss_and_grads_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

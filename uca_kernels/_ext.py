@@ -27,9 +27,11 @@ def _load():
         return
     _C = ext
     _WITH_CUDA = bool(ext.built_with_cuda())
-    from .contrast import register_contrast_autograd
+    from .contrast import register_contrast_autograd, register_sigmoid_sum_autograd
 
     register_contrast_autograd(torch.ops.uca.contrast_forward.default, torch.ops.uca.contrast_backward.default)
+    if hasattr(torch.ops.uca, "sigmoid_loss_and_grads"):
+        register_sigmoid_sum_autograd(torch.ops.uca.sigmoid_loss_and_grads.default)
 
 
 def module():

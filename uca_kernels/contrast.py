@@ -46,6 +46,21 @@ loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self) -> (dA, dB, dr, 
 
 Outputs and stats are float64 for float64 inputs and float32 otherwise. Backends never hold an
 M×N matrix; :func:`contrast_reference` does (it is the float64 oracle).
+
+Scalar sigmoid loss in one sweep
+--------------------------------
+When only the scalar ``Σᵢⱼ ℓᵢⱼ`` of the sigmoid loss is wanted (``reduction`` ``"sum"`` or
+``"mean"``), its gradient is the backward with g_row = 1, g_col = 0, which needs no statistics. A
+backend with the op
+
+``sigmoid_loss_and_grads(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+-> (total[], dA, dB, dr, dc, dscale, dbias)``
+
+forms the gradients in the forward's own sweep over the tiles (as fused linear cross-entropy
+does): three GEMM passes per tile (S, dT·B, dTᵀ·A) instead of the two-call path's four, extra
+memory O((M + N)·E). Its backward only scales the saved gradients by the incoming one. It runs when
+autograd will need the gradients; without them (``torch.no_grad``, no input requiring grad) the
+forward alone does. ``reduction="none"`` always takes the two-call path.
 """
 
 from __future__ import annotations
@@ -60,9 +75,20 @@ from ._validation import (
     check_scalar,
 )
 
-__all__ = ["LOSSES", "SDM_EPS", "contrast", "contrast_reference", "register_contrast_autograd", "out_dtype"]
+__all__ = [
+    "LOSSES",
+    "REDUCTIONS",
+    "SDM_EPS",
+    "contrast",
+    "contrast_reference",
+    "out_dtype",
+    "reduce_losses",
+    "register_contrast_autograd",
+    "register_sigmoid_sum_autograd",
+]
 
 LOSSES = ("sdm", "infonce", "sigmoid")
+REDUCTIONS = ("none", "sum", "mean")
 SDM_EPS = 1e-8
 
 
@@ -167,6 +193,39 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
+def register_sigmoid_sum_autograd(op) -> None:
+    """Fake kernel and autograd of a backend's ``sigmoid_loss_and_grads`` op (see the module
+    docstring): the backward multiplies the gradients the forward formed by the incoming one."""
+
+    def fake(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        return (A.new_empty((), dtype=out_dtype(A.dtype)), torch.empty_like(A), torch.empty_like(B),
+                torch.empty_like(r), torch.empty_like(c), torch.empty_like(scale), torch.empty_like(bias))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output[1:])
+
+    def backward(ctx, grad_total, *_unused):
+        grads = [g * grad_total if need else None for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None)
+
+    torch.library.register_fake(op)(fake)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+def reduce_losses(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: str):
+    """The scalar of ``(loss_rows, loss_cols)``: for ``sdm`` / ``infonce`` mean over rows + mean over
+    columns (``"sum"``: the sums); for ``sigmoid``, whose rows and columns hold the same pairs, each
+    pair once: Σᵢⱼ ℓᵢⱼ / M (``"sum"``: Σᵢⱼ ℓᵢⱼ). ``"none"`` returns the pair as it is."""
+    if reduction == "none":
+        return rows, cols
+    if loss == "sigmoid":
+        total = rows.sum()
+        return total if reduction == "sum" else total / rows.shape[0]
+    if reduction == "sum":
+        return rows.sum() + cols.sum()
+    return rows.mean() + cols.mean()
+
+
 # -- public function -------------------------------------------------------------------------------
 
 
@@ -182,6 +241,7 @@ def contrast(
     loss: str = "sdm",
     exclude_self: bool = False,
     backend: str = "auto",
+    reduction: str = "none",
 ):
     """Identity-aware contrastive loss on ``S = scale·(A Bᵀ + r + c) + bias``, both directions.
 
@@ -197,14 +257,18 @@ def contrast(
             same pairs' terms, see the module docstring).
         exclude_self: drop the pairs i == j (intra-modal contrast; requires M == N).
         backend: ``"auto"`` or a name from :func:`uca_kernels.dispatch.backend_names`.
+        reduction: ``"none"`` (the two vectors), ``"mean"`` or ``"sum"`` (a scalar, see
+            :func:`reduce_losses`; for ``sigmoid`` it takes the one-sweep path where the backend
+            has one, see the module docstring).
 
     Returns:
         ``(loss_rows [M], loss_cols [N])``: per-row (A→B) and per-column (B→A) losses,
-        float64 for float64 inputs and float32 otherwise.
+        float64 for float64 inputs and float32 otherwise; a 0-d tensor for ``"mean"`` / ``"sum"``.
     """
     from . import dispatch
 
     check_choice("loss", loss, LOSSES)
+    check_choice("reduction", reduction, REDUCTIONS)
     check_features("A", A)
     M, E = A.shape
     check_features("B", B, cols=E)
@@ -231,4 +295,9 @@ def contrast(
     r, c = r.to(rc_dtype), c.to(rc_dtype)
     scale, bias = scale.to(rc_dtype), bias.to(rc_dtype)
     impl = dispatch.select(backend, A=A, B=B, loss=loss, exclude_self=exclude_self)
-    return impl.contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, bool(exclude_self))
+    args = (A, B, r, c, scale, bias, labels_a, labels_b)
+    if loss == "sigmoid" and reduction != "none":
+        total = impl.sigmoid_sum(*args, bool(exclude_self))
+        return total if reduction == "sum" else total / M
+    rows, cols = impl.contrast(*args, loss, bool(exclude_self))
+    return reduce_losses(rows, cols, reduction, loss)

@@ -52,6 +52,15 @@ class Backend:
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         raise NotImplementedError
 
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        """Σᵢⱼ ℓᵢⱼ of the sigmoid loss as a 0-d tensor (with autograd). This default sums the
+        two-call path's rows; a backend with a one-sweep op overrides it."""
+        return self.contrast(A, B, r, c, scale, bias, labels_a, labels_b, "sigmoid", exclude_self)[0].sum()
+
+
+def _grad_needed(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
 
 def _extension_hash() -> str:
     from .selftest import file_hash
@@ -97,6 +106,16 @@ class CpuBackend(Backend):
             labels_a.contiguous(), labels_b.contiguous(), loss, exclude_self,
         )
         return out[0], out[1]
+
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        if not (_grad_needed(A, B, r, c, scale, bias) and _ext.has_op("sigmoid_loss_and_grads")):
+            return super().sigmoid_sum(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+        if A.dtype in (torch.float16, torch.bfloat16):
+            A, B = A.float(), B.float()
+        return torch.ops.uca.sigmoid_loss_and_grads(
+            A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
+            labels_a.contiguous(), labels_b.contiguous(), exclude_self,
+        )[0]
 
 
 class TritonBackend(Backend):

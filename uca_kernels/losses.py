@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_features, check_labels, check_same_device, check_scalar
-from .contrast import LOSSES, contrast
+from .contrast import LOSSES, REDUCTIONS, contrast
 from .gaussian import METRICS, check_gaussians, feature_maps
 
 __all__ = [
@@ -34,20 +34,8 @@ __all__ = [
     "PointContrastLoss",
 ]
 
-REDUCTIONS = ("mean", "sum", "none")
 SIMILARITIES = ("cosine", "euclidean")
 DEFAULT_POINT_SCALE = {"cosine": 1 / 0.02, "euclidean": 1.0}  # IRRA's temperature for cosine
-
-
-def _reduce(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: str):
-    if reduction == "none":
-        return rows, cols
-    if loss == "sigmoid":  # rows and columns sum the same pairs: count each pair once
-        total = rows.sum()
-        return total if reduction == "sum" else total / rows.shape[0]
-    if reduction == "sum":
-        return rows.sum() + cols.sum()
-    return rows.mean() + cols.mean()
 
 
 def _labels_or_arange(labels, n: int, device: torch.device, name: str = "labels") -> torch.Tensor:
@@ -105,8 +93,7 @@ def distribution_contrast_loss(
     lb = la if labels_t is None else check_labels("labels_t", labels_t, N, mu_v.device)
     scale = check_scalar("scale", 1.0 if scale is None else scale, mu_v)
     A, B, r, c = feature_maps(mu_v, logvar_v, mu_t, logvar_t, metric)
-    rows, cols = contrast(A, B, r, c, -scale, bias, la, lb, loss=loss, backend=backend)
-    return _reduce(rows, cols, reduction, loss)
+    return contrast(A, B, r, c, -scale, bias, la, lb, loss=loss, backend=backend, reduction=reduction)
 
 
 def sample_points(mu: torch.Tensor, logvar: torch.Tensor, num_samples: int, eps=None, generator=None, name="eps"):
@@ -192,9 +179,8 @@ def point_contrast_loss(
 
     def term(za, zb, exclude_self):
         A, B, r, c, sign = _point_maps(za, zb, similarity)
-        rows, cols = contrast(A, B, r, c, sign * scale, bias, lab, lab, loss=loss,
-                              exclude_self=exclude_self, backend=backend)
-        return _reduce(rows, cols, "mean", loss)
+        return contrast(A, B, r, c, sign * scale, bias, lab, lab, loss=loss, exclude_self=exclude_self,
+                        backend=backend, reduction="mean")
 
     out = {"inter": term(zv, zt, False)}
     zero = out["inter"].new_zeros(())

@@ -15,7 +15,7 @@ What is tested: forward and backward (all six gradients, upstream gradients ≠ 
 weighted) of the contrast op against the float64 reference (``contrast.contrast_reference``) on
 ragged shapes (:data:`CASES`: 1×1, sizes that cross the Triton/CUDA tiles, E not a multiple of 16,
 diagonal and repeated labels with rows that have no positive, ``exclude_self``), every loss in
-:data:`uca_kernels.contrast.LOSSES` and every feature dtype in :data:`DTYPES` that the backend
+:data:`uca_kernels.contrast.LOSSES` plus the scalar sigmoid path (:data:`SIGMOID_SUM`), every feature dtype in :data:`DTYPES` that the backend
 accepts (what it declines is listed in the details, not failed), all outputs finite, and a rerun of
 the largest shape bit-identical (every fused backend claims determinism; a race shows up here
 first). Seconds on a GPU once the kernels are compiled; ~1 s for ``cpu`` on one thread.
@@ -172,6 +172,9 @@ DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 # backward sees dT rounded to the feature dtype (hence the 2x same-dtype reference term).
 FLOOR = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-3, torch.float16: 1e-3}
 TF32_FLOOR = 1e-2
+# The scalar sigmoid loss (reduction sum / mean) is checked as a loss of its own: backends with a
+# one-sweep op (dispatch.Backend.sigmoid_sum) run a different kernel path for it.
+SIGMOID_SUM = "sigmoid-sum"
 OUT_NAMES = ("loss_rows", "loss_cols", "dA", "dB", "dr", "dc", "dscale", "dbias")
 
 
@@ -217,7 +220,7 @@ def _rel_err(x: torch.Tensor, ref: torch.Tensor, denom: float | None = None) -> 
 
 def _grad_mass(gr, gc, loss) -> float:
     """A bound on Σ|dS|: Σ|g_row| + Σ|g_col| for the softmax losses, N·Σ|g_row| + M·Σ|g_col| for sigmoid."""
-    if loss == "sigmoid":
+    if loss.startswith("sigmoid"):
         return float(len(gc) * gr.abs().sum() + len(gr) * gc.abs().sum()) or 1.0
     return float(gr.abs().sum() + gc.abs().sum()) or 1.0
 
@@ -302,20 +305,28 @@ def run_selftest(backend: str, device: str | torch.device | None = None) -> Verd
     n_checks = 0
     oracles: dict = {}
 
+    def as_rows(total, A, B):  # a scalar as (rows, cols) for _run: rows = total / M each, cols = 0
+        return total * total.new_ones(A.shape[0]) / A.shape[0], total.new_zeros(B.shape[0])
+
     def fused_fn(loss, excl):
+        if loss == SIGMOID_SUM:  # the scalar path (the one-sweep op where the backend has one)
+            return lambda *a: as_rows(impl.sigmoid_sum(*a, excl), a[0], a[1])
         return lambda *a: impl.contrast(*a, loss, excl)
 
     def ref_fn(loss, excl):
+        if loss == SIGMOID_SUM:
+            return lambda *a: as_rows(contrast_reference(*a, "sigmoid", excl)[0].sum(), a[0], a[1])
         return lambda *a: contrast_reference(*a, loss, excl)
 
     with _test_mode(device):
         for dtype in DTYPES:
             dname = str(dtype).replace("torch.", "")
-            for loss in LOSSES:
+            for loss in (*LOSSES, SIGMOID_SUM):
                 worst, worst_desc, n_ok = 0.0, "", 0
                 for i, case in enumerate(CASES):
                     probe = torch.empty(2, 2, dtype=dtype, device=device)
-                    why = impl.not_supported_reasons(A=probe, B=probe, loss=loss, exclude_self=case.exclude_self,
+                    why = impl.not_supported_reasons(A=probe, B=probe, loss=loss.split("-")[0],
+                                                     exclude_self=case.exclude_self,
                                                      explicit=True)
                     if why:
                         declined.setdefault("; ".join(why), []).append(f"{dname} {loss} {case}")

@@ -77,4 +77,13 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
                        const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
                        T* dr, T* dc, T* dscale, T* dbias);
 
+// The scalar sigmoid loss and all its gradients in one sweep (3 GEMM passes instead of the
+// forward's 1 + the backward's 3): loss_total = sum of the pair losses (loss_rows summed), and
+// dA, dB, dr, dc, dscale, dbias its gradients with unit upstream weight, i.e. the backward of
+// grad_rows = 1, grad_cols = 0. The caller multiplies them by the scalar's upstream gradient.
+// a.loss is ignored (always SIGMOID).
+template <typename T>
+void sigmoid_loss_and_grads(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                            T* loss_total, T* dA, T* dB, T* dr, T* dc, T* dscale, T* dbias);
+
 }  // namespace uca

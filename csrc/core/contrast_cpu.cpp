@@ -23,9 +23,12 @@
 namespace uca {
 namespace {
 
-// Leaf loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
+// Leaf loops are compiled for AVX-512, AVX2 + FMA and baseline x86-64 and picked at load time.
+// The x86-64-v4 / v3 feature levels, not CPU names: GCC resolves an "arch=<cpu>" clone by the CPU
+// model, which virtual machines often hide (here every leaf then ran its scalar SSE2 clone, ~6x
+// slower), and a feature level by the CPUID feature bits.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define UCA_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define UCA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define UCA_MULTIVERSION
 #endif
@@ -81,16 +84,12 @@ UCA_INLINE float log1p_unit(float e) {
 }
 UCA_INLINE double log1p_unit(double e) { return std::log1p(e); }
 
-// softplus(x) = max(x, 0) + log(1 + e^-|x|) and the logistic sigma(x) = dsoftplus/dx, both finite
-// and accurate for every finite x (e^-|x| never overflows; it underflows to 0 where it should).
+// softplus(x) = max(x, 0) + log(1 + e^-|x|): finite and accurate for every finite x (e^-|x| never
+// overflows; it underflows to 0 where it should). Its derivative, the logistic sigma(x), is
+// (x >= 0 ? 1 : e^-|x|) / (1 + e^-|x|) (bwd_row_impl, modes 3 and 4).
 template <typename T>
 UCA_INLINE T softplus(T x) {
   return std::max(x, T(0)) + log1p_unit(vexp(-std::fabs(x)));
-}
-template <typename T>
-UCA_INLINE T logistic(T x) {
-  const T e = vexp(-std::fabs(x));
-  return (x >= T(0) ? T(1) : e) / (T(1) + e);
 }
 
 // Positive sums are rescaled from sums relative to the overall max while the best positive is
@@ -254,38 +253,56 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
   }
 }
 
-// -- backward, one row of a tile: dS from the saved statistics, dT = scale dS in place ---------
+// -- backward, one row of a tile: dS, then dT = scale dS in place ---------------------------------
 // Per-row constants: gr = grad (0 when the row has no positive), lse, lsep, loss, logq and
-// fac = exp(LSE - positive LSE). Per-column arrays: the same for columns. MODE: 0 = sdm,
-// 1 = infonce with the positive softmax from p * fac (one exp fewer per element), 2 = infonce
-// with it recomputed (a row or column whose best positive is far below its max).
-// Writes the sums of dS*t, dS and dT over the row to out3.
+// fac = exp(LSE - positive LSE). Per-column arrays: the same for columns. MODE:
+//   0 = sdm, 1 = infonce with the positive softmax from p * fac (one exp fewer per element),
+//   2 = infonce with it recomputed (a row or column whose best positive is far below its max),
+//   3 = sigmoid: dS = (gr + gc) dl/dS, dl/dS = -y sigma(-y S) (no statistics read),
+//   4 = sigmoid, scalar loss: dS = dl/dS (unit weight) and the pair losses' sum in out[3].
+// Writes the sums of dS*t, dS and dT over the row to out[0..2].
 template <typename T, int MODE>
 UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
                              const int64_t* lb, int64_t self_j, T log_eps, T gr, T lse_r,
                              T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc, const T* lse_c,
                              const T* lsep_c, const T* loss_c, const T* logq_c, const T* fac_c,
-                             T* out3) {
+                             T* out) {
   T acc_st = 0, acc_s = 0, acc_t = 0;
-#pragma omp simd reduction(+ : acc_st, acc_s, acc_t)
+  double acc_l = 0;
+#pragma omp simd reduction(+ : acc_st, acc_s, acc_t, acc_l)
   for (int64_t j = 0; j < nj; ++j) {
     const T t = g[j] + ri + cj[j];
     const T s = scale * t + bias;
     const bool pos = la == lb[j];
-    const T xr = clamp_arg(s - lse_r), xc = clamp_arg(s - lse_c[j]);
-    const T pr = vexp(xr), pc = vexp(xc);
-    T dr_, dc_;
-    if constexpr (MODE == 0) {
-      dr_ = pr * (xr - (pos ? logq_r : log_eps) - loss_r);
-      dc_ = pc * (xc - (pos ? logq_c[j] : log_eps) - loss_c[j]);
-    } else if constexpr (MODE == 1) {
-      dr_ = pr - (pos ? pr * fac_r : T(0));
-      dc_ = pc - (pos ? pc * fac_c[j] : T(0));
+    T ds;
+    if constexpr (MODE >= 3) {
+      // l = softplus(x), x = -y S; dl/dS = -y sigma(x). One exp serves both.
+      const T x = pos ? -s : s;
+      const T e = vexp(-std::fabs(x));
+      const T sig = (x >= T(0) ? T(1) : e) / (T(1) + e);
+      const T dl = pos ? -sig : sig;
+      if constexpr (MODE == 3) {
+        ds = (gr + gc[j]) * dl;
+      } else {
+        ds = dl;
+        acc_l += j == self_j ? T(0) : std::max(x, T(0)) + log1p_unit(e);
+      }
     } else {
-      dr_ = pr - (pos ? vexp(clamp_arg(s - lsep_r)) : T(0));
-      dc_ = pc - (pos ? vexp(clamp_arg(s - lsep_c[j])) : T(0));
+      const T xr = clamp_arg(s - lse_r), xc = clamp_arg(s - lse_c[j]);
+      const T pr = vexp(xr), pc = vexp(xc);
+      T dr_, dc_;
+      if constexpr (MODE == 0) {
+        dr_ = pr * (xr - (pos ? logq_r : log_eps) - loss_r);
+        dc_ = pc * (xc - (pos ? logq_c[j] : log_eps) - loss_c[j]);
+      } else if constexpr (MODE == 1) {
+        dr_ = pr - (pos ? pr * fac_r : T(0));
+        dc_ = pc - (pos ? pc * fac_c[j] : T(0));
+      } else {
+        dr_ = pr - (pos ? vexp(clamp_arg(s - lsep_r)) : T(0));
+        dc_ = pc - (pos ? vexp(clamp_arg(s - lsep_c[j])) : T(0));
+      }
+      ds = gr * dr_ + gc[j] * dc_;
     }
-    T ds = gr * dr_ + gc[j] * dc_;
     ds = j == self_j ? T(0) : ds;
     acc_st += ds * t;
     acc_s += ds;
@@ -293,9 +310,10 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
     g[j] = dt;
     acc_t += dt;
   }
-  out3[0] = acc_st;
-  out3[1] = acc_s;
-  out3[2] = acc_t;
+  out[0] = acc_st;
+  out[1] = acc_s;
+  out[2] = acc_t;
+  if constexpr (MODE == 4) out[3] = static_cast<T>(acc_l);
 }
 
 // -- sigmoid loss, forward, one row of a tile: pair losses in place, their sum added to *acc ----
@@ -312,31 +330,6 @@ UCA_INLINE void fwd_row_sigmoid_impl(int64_t nj, T* s, T ri, const T* cj, T scal
     sum += l;
   }
   *acc += sum;
-}
-
-// -- sigmoid loss, backward, one row of a tile: dS = (g_row + g_col) dl/dS, dT = scale dS in place.
-// dl/dS = -y sigma(-y S). Writes the sums of dS*t, dS and dT over the row to out3.
-template <typename T>
-UCA_INLINE void bwd_row_sigmoid_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
-                                     const int64_t* lb, int64_t self_j, T gr, const T* gc, T* out3) {
-  T acc_st = 0, acc_s = 0, acc_t = 0;
-#pragma omp simd reduction(+ : acc_st, acc_s, acc_t)
-  for (int64_t j = 0; j < nj; ++j) {
-    const T t = g[j] + ri + cj[j];
-    const T s = scale * t + bias;
-    const bool pos = la == lb[j];
-    const T sig = logistic(pos ? -s : s);
-    T ds = (gr + gc[j]) * (pos ? -sig : sig);
-    ds = j == self_j ? T(0) : ds;
-    acc_st += ds * t;
-    acc_s += ds;
-    const T dt = scale * ds;
-    g[j] = dt;
-    acc_t += dt;
-  }
-  out3[0] = acc_st;
-  out3[1] = acc_s;
-  out3[2] = acc_t;
 }
 
 // Column sums of a tile added to double accumulators (rows in order: deterministic).
@@ -359,6 +352,11 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
 }
 
 // Non-template, multiversioned entry points (target_clones does not apply to templates).
+#define UCA_BWD_MODE(T, MODE)                                                                      \
+  case MODE:                                                                                       \
+    bwd_row_impl<T, MODE>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
+                          loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out);   \
+    break;
 #define UCA_LEAVES(T)                                                                              \
   UCA_MULTIVERSION void fwd_row(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la, \
                                 const int64_t* lb, int64_t self_j, double* a, double* b,           \
@@ -375,16 +373,11 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
                                 int64_t la, const int64_t* lb, int64_t self_j, T log_eps, T gr,    \
                                 T lse_r, T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc,       \
                                 const T* lse_c, const T* lsep_c, const T* loss_c,                  \
-                                const T* logq_c, const T* fac_c, T* out3) {                        \
-    if (mode == 0)                                                                                 \
-      bwd_row_impl<T, 0>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
-                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
-    else if (mode == 1)                                                                            \
-      bwd_row_impl<T, 1>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
-                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
-    else                                                                                           \
-      bwd_row_impl<T, 2>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
-                         loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out3);   \
+                                const T* logq_c, const T* fac_c, T* out) {                         \
+    switch (mode) {                                                                                \
+      UCA_BWD_MODE(T, 0) UCA_BWD_MODE(T, 1) UCA_BWD_MODE(T, 2) UCA_BWD_MODE(T, 3)                 \
+      default: UCA_BWD_MODE(T, 4)                                                                  \
+    }                                                                                              \
   }                                                                                                \
   UCA_MULTIVERSION void col_sum(int64_t mi, int64_t nc, int64_t ld, const T* x, T* out) {          \
     col_sum_impl<T>(mi, nc, ld, x, out);                                                           \
@@ -394,17 +387,13 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
                                         double* acc) {                                             \
     fwd_row_sigmoid_impl<T>(nj, s, ri, cj, scale, bias, la, lb, self_j, acc);                      \
   }                                                                                                \
-  UCA_MULTIVERSION void bwd_row_sigmoid(int64_t nj, T* g, T ri, const T* cj, T scale, T bias,     \
-                                        int64_t la, const int64_t* lb, int64_t self_j, T gr,       \
-                                        const T* gc, T* out3) {                                    \
-    bwd_row_sigmoid_impl<T>(nj, g, ri, cj, scale, bias, la, lb, self_j, gr, gc, out3);             \
-  }                                                                                                \
   UCA_MULTIVERSION void col_sum_acc(int64_t mi, int64_t nc, int64_t ld, const T* x, double* out) { \
     col_sum_acc_impl<T>(mi, nc, ld, x, out);                                                       \
   }
 UCA_LEAVES(float)
 UCA_LEAVES(double)
 #undef UCA_LEAVES
+#undef UCA_BWD_MODE
 
 constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column passes
 // Tiles with fewer logits run their epilogue on one thread: a parallel region's fork and barrier
@@ -591,11 +580,15 @@ void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles
 }
 
 // -- backward ------------------------------------------------------------------------------------
+namespace {
+// One sweep over the tiles: recompute G, form dT in place (bwd_row, `mode` or, for mode < 0, the
+// softmax mode each row needs), reduce dr, dc, dscale, dbias and accumulate dA += dT B,
+// dB += dT^T A. With mode 4 (sigmoid, unit weight) it also sums the pair losses into *loss_total.
 template <typename T>
-void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
-                       const T* grad_rows, const T* grad_cols, const T* loss_rows,
-                       const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
-                       T* dr, T* dc, T* dscale, T* dbias) {
+void backward_sweep(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles, int mode,
+                    const BwdConsts<T>* rk, const BwdConsts<T>* ck, const T* grad_rows,
+                    const T* grad_cols, T* dA, T* dB, T* dr, T* dc, T* dscale, T* dbias,
+                    double* loss_total) {
   const int64_t M = a.M, N = a.N, E = a.E;
   const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
   const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
@@ -603,11 +596,10 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
   std::fill(dB, dB + N * E, T(0));
   std::fill(dr, dr + M, T(0));
   std::fill(dc, dc + N, T(0));
-  const BwdConsts<T> rk(M, grad_rows, loss_rows, row_stats), ck(N, grad_cols, loss_cols, col_stats);
-  const bool sdm = a.loss == Loss::SDM, sigmoid = a.loss == Loss::SIGMOID;
   const T log_eps = static_cast<T>(std::log(kSdmEps));
-  std::vector<T> tile(TM * TN), partial(3 * TM);
-  double acc_scale = 0, acc_bias = 0;
+  const T zero = 0, one = 1;
+  std::vector<T> tile(TM * TN), partial(4 * TM, T(0));
+  double acc_scale = 0, acc_bias = 0, acc_loss = 0;
 
   for (int64_t i0 = 0; i0 < M; i0 += TM) {
     const int64_t mi = std::min(TM, M - i0);
@@ -615,29 +607,34 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
       const int64_t nj = std::min(TN, N - j0);
       T* g = tile.data();
       gemm.nt(mi, nj, E, a.A + i0 * E, E, a.B + j0 * E, E, g, nj);
-      const bool cols_fast = ck.all_fast(j0, nj);
-      // -- dS from saved statistics, dT in place, row sums --
+      const bool cols_fast = mode < 0 && ck->all_fast(j0, nj);
+      // -- dS, dT in place, row sums --
 #pragma omp parallel for schedule(static) if (mi * nj >= kParallelMin)
       for (int64_t ii = 0; ii < mi; ++ii) {
         const int64_t i = i0 + ii;
-        T* out3 = partial.data() + 3 * ii;
-        if (sigmoid) {  // no statistics: every row and column takes its upstream gradient as is
-          bwd_row_sigmoid(nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
-                          a.labels_b + j0, self_index(a, i, j0, nj), grad_rows[i], grad_cols + j0,
-                          out3);
+        T* out = partial.data() + 4 * ii;
+        const int64_t self_j = self_index(a, i, j0, nj);
+        if (mode == 3) {  // sigmoid: every row and column takes its upstream gradient as is
+          bwd_row(3, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                  self_j, log_eps, grad_rows[i], zero, zero, zero, zero, zero, grad_cols + j0, nullptr,
+                  nullptr, nullptr, nullptr, nullptr, out);
+        } else if (mode == 4) {  // sigmoid, unit weight: gc is never read
+          bwd_row(4, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                  self_j, log_eps, one, zero, zero, zero, zero, zero, nullptr, nullptr, nullptr, nullptr,
+                  nullptr, nullptr, out);
         } else {
-          const int mode = sdm ? 0 : (cols_fast && rk.fast[i] ? 1 : 2);
-          bwd_row(mode, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i],
-                  a.labels_b + j0, self_index(a, i, j0, nj), log_eps, rk.g[i], rk.lse[i], rk.lsep[i],
-                  rk.loss[i], rk.logq[i], rk.fac[i], ck.g.data() + j0, ck.lse.data() + j0,
-                  ck.lsep.data() + j0, ck.loss.data() + j0, ck.logq.data() + j0, ck.fac.data() + j0,
-                  out3);
+          const int m = a.loss == Loss::SDM ? 0 : (cols_fast && rk->fast[i] ? 1 : 2);
+          bwd_row(m, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                  self_j, log_eps, rk->g[i], rk->lse[i], rk->lsep[i], rk->loss[i], rk->logq[i], rk->fac[i],
+                  ck->g.data() + j0, ck->lse.data() + j0, ck->lsep.data() + j0, ck->loss.data() + j0,
+                  ck->logq.data() + j0, ck->fac.data() + j0, out);
         }
-        dr[i] += out3[2];
+        dr[i] += out[2];
       }
       for (int64_t ii = 0; ii < mi; ++ii) {  // fixed order: deterministic
-        acc_scale += partial[3 * ii + 0];
-        acc_bias += partial[3 * ii + 1];
+        acc_scale += partial[4 * ii + 0];
+        acc_bias += partial[4 * ii + 1];
+        acc_loss += partial[4 * ii + 3];
       }
       // -- column sums --
       const int64_t n_chunks = (nj + kColChunk - 1) / kColChunk;
@@ -653,6 +650,32 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
   }
   *dscale = static_cast<T>(acc_scale);
   *dbias = static_cast<T>(acc_bias);
+  if (loss_total != nullptr) *loss_total = acc_loss;
+}
+}  // namespace
+
+template <typename T>
+void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                       const T* grad_rows, const T* grad_cols, const T* loss_rows,
+                       const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
+                       T* dr, T* dc, T* dscale, T* dbias) {
+  if (a.loss == Loss::SIGMOID) {
+    backward_sweep<T>(a, gemm, tiles, 3, nullptr, nullptr, grad_rows, grad_cols, dA, dB, dr, dc, dscale,
+                      dbias, nullptr);
+    return;
+  }
+  const BwdConsts<T> rk(a.M, grad_rows, loss_rows, row_stats), ck(a.N, grad_cols, loss_cols, col_stats);
+  backward_sweep<T>(a, gemm, tiles, -1, &rk, &ck, grad_rows, grad_cols, dA, dB, dr, dc, dscale, dbias,
+                    nullptr);
+}
+
+template <typename T>
+void sigmoid_loss_and_grads(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
+                            T* loss_total, T* dA, T* dB, T* dr, T* dc, T* dscale, T* dbias) {
+  double total = 0;
+  backward_sweep<T>(a, gemm, tiles, 4, nullptr, nullptr, nullptr, nullptr, dA, dB, dr, dc, dscale, dbias,
+                    &total);
+  *loss_total = static_cast<T>(total);
 }
 
 #define UCA_INSTANTIATE(T)                                                                        \
@@ -661,7 +684,9 @@ void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tile
                                     T*, T*);                                                      \
   template void contrast_backward<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&,        \
                                      const T*, const T*, const T*, const T*, const T*, const T*,  \
-                                     T*, T*, T*, T*, T*, T*);
+                                     T*, T*, T*, T*, T*, T*);                                     \
+  template void sigmoid_loss_and_grads<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&, T*, \
+                                          T*, T*, T*, T*, T*, T*);
 UCA_INSTANTIATE(float)
 UCA_INSTANTIATE(double)
 #undef UCA_INSTANTIATE

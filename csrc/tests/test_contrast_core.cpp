@@ -175,6 +175,27 @@ void check_problem(const char* name, Problem p, uca::Tiles tiles) {
   expect_close("dscale", dscale, fd(p.scale), 1e-5);
   expect_close("dbias", dbias, fd(p.bias), 1e-5);
 
+  // The one-sweep scalar sigmoid: its total is the rows' sum and its gradients the backward's
+  // with grad_rows = 1, grad_cols = 0.
+  if (p.loss == uca::Loss::SIGMOID) {
+    std::vector<double> ones(M, 1.0), zeros(N, 0.0), dA1(M * E), dB1(N * E), dr1(M), dc1(N);
+    std::vector<double> dA2(M * E), dB2(N * E), dr2(M), dc2(N);
+    double ds1, db1, ds2, db2, total = 0, want_total = 0;
+    uca::contrast_backward<double>(a, gemm, tiles, ones.data(), zeros.data(), rows.data(), cols.data(),
+                                   rs.data(), cs.data(), dA1.data(), dB1.data(), dr1.data(), dc1.data(),
+                                   &ds1, &db1);
+    uca::sigmoid_loss_and_grads<double>(a, gemm, tiles, &total, dA2.data(), dB2.data(), dr2.data(),
+                                        dc2.data(), &ds2, &db2);
+    for (double x : want_rows) want_total += x;
+    expect_close("sigmoid total", total, want_total, 1e-10);
+    for (int64_t k = 0; k < M * E; ++k) expect_close("sigmoid dA", dA2[k], dA1[k], 1e-10);
+    for (int64_t k = 0; k < N * E; ++k) expect_close("sigmoid dB", dB2[k], dB1[k], 1e-10);
+    for (int64_t k = 0; k < M; ++k) expect_close("sigmoid dr", dr2[k], dr1[k], 1e-10);
+    for (int64_t k = 0; k < N; ++k) expect_close("sigmoid dc", dc2[k], dc1[k], 1e-10);
+    expect_close("sigmoid dscale", ds2, ds1, 1e-10);
+    expect_close("sigmoid dbias", db2, db1, 1e-10);
+  }
+
   // float32 forward agrees with double to float precision and is bit-identical on a rerun.
   std::vector<float> Af, Bf, rf, cf;
   const auto af = args_of<float>(p, Af, Bf, rf, cf);
