@@ -56,7 +56,8 @@ __all__ = [
 ENCODER_PRESETS = ("cnn-bigru", "tiny", "clip-vit-b16")  # uca_model.encoders.ENCODERS (torch-free copy)
 MODES = ("uca", "baseline")
 METRICS = ("w2", "kl", "jeffreys", "csd")  # uca_kernels.METRICS (kept here so configs load without torch)
-CONTRAST_LOSSES = ("sdm", "infonce")
+CONTRAST_LOSSES = ("sdm", "infonce", "sigmoid")  # uca_kernels.LOSSES
+BASELINE_LOSSES = ("sdm", "infonce")  # the baseline's cosine contrast (softmax losses only)
 
 
 class ConfigError(ValueError):
@@ -202,12 +203,20 @@ class LossConfig:
     # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd. Both use d(image, text),
     # image first: kl is KL(N_image || N_text) in training and in ranking (the text's Gaussian covers images)
     metric: str = "w2"
-    contrast_loss: str = "infonce"  # sdm | infonce, for DCL and PCL (sdm: IRRA, for pretrained towers)
+    # sdm | infonce | sigmoid, for DCL (and PCL unless pcl_contrast_loss says otherwise). sdm: IRRA, for
+    # pretrained towers; sigmoid: pairwise softplus(-y S) per pair, each pair counted once (SigLIP / PCME++),
+    # the loss under which sigma gets a gradient from its own row (DESIGN.md, "Why sigma needs a pairwise loss")
+    contrast_loss: str = "infonce"
+    pcl_contrast_loss: str = ""  # loss of the PCL terms: "" = contrast_loss | sdm | infonce | sigmoid
     dcl_scale: float = 5.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02 as in IRRA)
+    # sigmoid DCL: logits = -dcl_scale * d + dcl_bias. SigLIP starts from 10 cos - 10 on cosine; with unit mu
+    # and small sigma d ~ 2 - 2 cos, so dcl_scale 5 with bias 0 gives those very logits
+    dcl_bias: float = 0.0
     pcl_weight: float = 0.2  # point contrast, lambda_p (inter + intra)
     num_samples: int = 4  # K samples per distribution (PCL and UA-AMLR)
     pcl_similarity: str = "cosine"  # cosine | euclidean
     pcl_scale: float = 10.0  # point logits = pcl_scale * cos (50 = 1/0.02 as in IRRA)
+    pcl_bias: float = -10.0  # sigmoid PCL: point logits = pcl_scale * cos + pcl_bias (SigLIP's start)
     pcl_intra: bool = True  # include the intra-modal point terms
     amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
     mask_rate: float = 0.5  # share of a caption's attribute words masked
@@ -217,6 +226,9 @@ class LossConfig:
     baseline_loss: str = "sdm"  # baseline (term cosine_<loss>): sdm | infonce on cosine; sdm = IRRA's
     baseline_scale: float = 50.0  # baseline: logits = baseline_scale * cos (1/0.02 as in IRRA; SDM from scratch stalls at 10)
     learn_scale: bool = True  # learn the contrastive logit scales (from the values above, CLIP-style)
+    # learn the logit biases of the sigmoid terms (from dcl_bias / pcl_bias). Softmax losses (sdm, infonce)
+    # do not depend on a bias, so their terms have none
+    learn_bias: bool = True
     max_scale: float = 100.0  # upper clamp of a learned scale
     backend: str = "auto"  # uca_kernels backend for every contrast
 
@@ -225,7 +237,11 @@ class LossConfig:
             _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
         _choice(f"{where}.metric", self.metric, METRICS)
         _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
-        _choice(f"{where}.baseline_loss", self.baseline_loss, CONTRAST_LOSSES)
+        _choice(f"{where}.pcl_contrast_loss", self.pcl_contrast_loss, ("",) + CONTRAST_LOSSES)
+        _choice(f"{where}.baseline_loss", self.baseline_loss, BASELINE_LOSSES)
+        for name in ("dcl_bias", "pcl_bias"):
+            value = getattr(self, name)
+            _need(math.isfinite(value), f"{where}.{name}", f"must be a finite number, got {value!r}")
         _choice(f"{where}.pcl_similarity", self.pcl_similarity, ("cosine", "euclidean"))
         for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale", "max_scale"):
             _positive(f"{where}.{name}", getattr(self, name))
@@ -233,6 +249,13 @@ class LossConfig:
               f"must be an int >= 1, got {self.num_samples!r}")
         _need(0.0 < self.mask_rate <= 1.0, f"{where}.mask_rate", f"must be in (0, 1], got {self.mask_rate}")
         _choice(f"{where}.backend", self.backend, ("auto", "reference", "cpu", "triton", "cuda"))
+
+    def term_loss(self, term: str) -> str:
+        """The contrastive loss of ``term``: "dcl" -> ``contrast_loss``; "pcl" -> ``pcl_contrast_loss``,
+        or ``contrast_loss`` when that is empty; "baseline" -> ``baseline_loss``."""
+        losses = {"dcl": self.contrast_loss, "pcl": self.pcl_contrast_loss or self.contrast_loss,
+                  "baseline": self.baseline_loss}
+        return losses[term]
 
 
 @dataclass
@@ -514,12 +537,30 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     return out
 
 
+_MISSING = "<missing>"
+
+
+def _default_at(key: str):
+    """The :class:`RunConfig` default of the dotted field ``key`` (``model.loss.dcl_bias``), or
+    ``"<missing>"`` when there is no such field."""
+    node: Any = to_dict(RunConfig())
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two config dicts (``key: a -> b``)."""
+    """Human-readable differences between two :class:`RunConfig` dicts (``key: a -> b``).
+
+    A field that one side lacks reads as its default: a config saved before the field existed (e.g.
+    in an old checkpoint) matches a resolved config that keeps that default."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
-        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        va = a[k] if k in a else _default_at(key)
+        vb = b[k] if k in b else _default_at(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += diff_configs(va, vb, key + ".")
         elif va != vb:

@@ -2,7 +2,7 @@
 
 With W processes each holding a local batch of b pairs (global batch B = W·b), the loss we want is
 the single-process loss on the concatenated batch: mean over the B rows (image→text) plus mean over
-the B columns (text→image). On rank k:
+the B columns (text→image) for the softmax losses ``sdm`` / ``infonce`` (``sigmoid``: below). On rank k:
 
 - **cross-modal terms** (DCL, PCL inter, the baseline's SDM): gather the *other* modality from all
   ranks with gradients (an all-gather whose backward all-reduces), compute the local rows
@@ -14,6 +14,16 @@ the B columns (text→image). On rank k:
   whole intra term (``L_k = L``); gradients reach each point's owner through the all-gather. (The
   cost is that of the global intra problem on every rank; a fused "exclude (i, i + offset)" option
   would make it local rows × global columns like the cross-modal terms.)
+
+**The pairwise ``sigmoid`` loss** (SigLIP / PCME++: ℓᵢⱼ = softplus(−yᵢⱼ Sᵢⱼ), y = ±1 for
+positives / negatives) has no softmax: its rows and columns sum the *same* pairs, and a term counts
+each pair once, ``L = Σᵢⱼ ℓᵢⱼ / M`` over the M global rows (:mod:`uca_kernels.losses`' ``mean``).
+So a cross-modal sigmoid term on rank k computes only its local rows against the gathered global
+columns and returns ``W · rows_k.sum() / B`` (B = global rows): ``Σ_k rows_k.sum()`` holds every
+global pair exactly once, and a second "global rows × local columns" pass would count them twice.
+The gradient of a column (the other modality) reaches its owner through the all-gather's backward,
+which sums what every rank's rows contributed. Intra-modal sigmoid terms are computed whole on every
+rank, ``L = rows.sum() / n`` (n global points, self pairs excluded). One process: ``rows.sum() / M``.
 
 **Scaling convention.** Every function here returns a value whose *mean over ranks* is the global
 loss and whose gradient, *averaged over ranks* as DistributedDataParallel does, is the global
@@ -105,38 +115,53 @@ def gather_labels(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return torch.cat(out, 0)
 
 
-def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+def _reduce(rows: torch.Tensor, cols: torch.Tensor, loss: str) -> torch.Tensor:
+    """A whole (single-process) term: mean over rows + mean over columns; ``sigmoid``: Σᵢⱼ ℓᵢⱼ / M,
+    each pair once (rows and columns hold the same pairs)."""
+    if loss == "sigmoid":
+        return rows.sum() / rows.shape[0]
+    return rows.mean() + cols.mean()
+
+
+def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str) -> torch.Tensor:
     """``fn(rows_side, cols_side, labels_rows, labels_cols) -> (loss_rows, loss_cols)`` evaluated as
-    local rows × global columns and global rows × local columns (see the module docstring)."""
+    local rows × global columns and global rows × local columns; ``sigmoid``: local rows × global
+    columns only (see the module docstring)."""
     if not ctx.distributed:
         rows, cols = fn(a, b, labels, labels)
-        return rows.mean() + cols.mean()
+        return _reduce(rows, cols, loss)
     gl = gather_labels(labels, ctx)
-    ga = tuple(gather(x, ctx) for x in a)
+    n_global = gl.shape[0]
     gb = tuple(gather(x, ctx) for x in b)
     rows, _ = fn(a, gb, labels, gl)
+    if loss == "sigmoid":  # every global pair is in exactly one rank's local rows
+        return ctx.world_size * rows.sum() / n_global
+    ga = tuple(gather(x, ctx) for x in a)
     _, cols = fn(ga, b, gl, labels)
-    n_global = gl.shape[0]
     return ctx.world_size * (rows.sum() + cols.sum()) / n_global
 
 
-def dcl_loss(mu_v, logvar_v, mu_t, logvar_t, labels, *, metric="w2", loss="sdm", scale=1.0, backend="auto",
-             ctx: DistContext = DistContext()) -> torch.Tensor:
+def dcl_loss(mu_v, logvar_v, mu_t, logvar_t, labels, *, metric="w2", loss="sdm", scale=1.0, bias=0.0,
+             backend="auto", ctx: DistContext = DistContext()) -> torch.Tensor:
     """Distribution contrast (images = rows, texts = columns) over the global batch.
 
     Args:
         mu_v, logvar_v, mu_t, logvar_t: [b, D] local image and text Gaussians (pair i ↔ i).
-        labels: [b] identities. scale: positive number or 0-d tensor (logits = −scale·d).
+        labels: [b] identities. loss: ``sdm`` | ``infonce`` | ``sigmoid``.
+        scale: positive number or 0-d tensor; bias: number or 0-d tensor (logits = −scale·d + bias;
+            the softmax losses do not depend on the bias, ``sigmoid`` does).
 
-    The logit of (image i, text j) is −scale·d(N_v_i, N_t_j), image first (``kl``: KL(image ‖ text));
-    retrieval ranks by the same pair distance (:func:`uca_model.evaluation.score_fn`).
+    The logit of (image i, text j) is −scale·d(N_v_i, N_t_j) + bias, image first (``kl``:
+    KL(image ‖ text)); retrieval ranks by the same pair distance (:func:`uca_model.evaluation.score_fn`).
+    The value is mean over rows + mean over columns, or for ``sigmoid`` Σᵢⱼ softplus(−yᵢⱼ Sᵢⱼ) / B
+    over the B global pairs (each pair once), with the scaling convention of the module docstring.
     """
 
     def fn(a, b, la, lb):
         return distribution_contrast_loss(a[0], a[1], b[0], b[1], labels=la, labels_t=lb, metric=metric,
-                                          loss=loss, scale=scale, reduction="none", backend=backend)
+                                          loss=loss, scale=scale, bias=bias, reduction="none", backend=backend)
 
-    return _cross_term(fn, (mu_v, logvar_v), (mu_t, logvar_t), labels, ctx)
+    return _cross_term(fn, (mu_v, logvar_v), (mu_t, logvar_t), labels, ctx, loss)
 
 
 def _point_maps(za: torch.Tensor, zb: torch.Tensor, similarity: str):
@@ -150,40 +175,47 @@ def _point_maps(za: torch.Tensor, zb: torch.Tensor, similarity: str):
 
 
 def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, similarity="cosine", scale=50.0,
-             loss="sdm", intra=True, backend="auto", ctx: DistContext = DistContext()) -> dict[str, torch.Tensor]:
+             loss="sdm", bias=0.0, intra=True, backend="auto",
+             ctx: DistContext = DistContext()) -> dict[str, torch.Tensor]:
     """Point contrast over the global batch.
 
     Args:
         z_v, z_t: [b·K, D] local sampled points (row i·K + k is sample k of pair i).
         labels: [b·K] identities of the points (``pids.repeat_interleave(K)``).
         similarity, scale, loss, backend: as :func:`uca_kernels.point_contrast_loss`.
+        bias: number or 0-d tensor added to every logit (scale·cos + bias, or −scale·‖zᵢ − zⱼ‖² + bias);
+            only ``sigmoid`` depends on it.
         intra: compute the image–image and text–text terms (self pairs excluded).
 
     Returns:
-        ``{"inter", "intra_image", "intra_text"}`` (intra terms absent when ``intra`` is False).
+        ``{"inter", "intra_image", "intra_text"}`` (intra terms absent when ``intra`` is False). Each
+        is mean over rows + mean over columns, or for ``sigmoid`` Σᵢⱼ ℓᵢⱼ / n over the n = B·K global
+        points (each pair once), with the scaling convention of the module docstring.
     """
 
     def fn(a, b, la, lb):
         A, B, r, c, sign = _point_maps(a[0], b[0], similarity)
-        return contrast(A, B, r, c, sign * scale, 0.0, la, lb, loss=loss, backend=backend)
+        return contrast(A, B, r, c, sign * scale, bias, la, lb, loss=loss, backend=backend)
 
-    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx)}
+    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss)}
     if intra:
         gl = gather_labels(labels, ctx)
         for name, z in (("intra_image", z_v), ("intra_text", z_t)):
             gz = gather(z, ctx)
             A, B, r, c, sign = _point_maps(gz, gz, similarity)
-            rows, cols = contrast(A, B, r, c, sign * scale, 0.0, gl, gl, loss=loss, exclude_self=True, backend=backend)
-            out[name] = rows.mean() + cols.mean()
+            rows, cols = contrast(A, B, r, c, sign * scale, bias, gl, gl, loss=loss, exclude_self=True,
+                                  backend=backend)
+            out[name] = _reduce(rows, cols, loss)
     return out
 
 
 def cosine_contrast_loss(f_v: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor, *, scale=50.0, loss="sdm",
-                         backend="auto", ctx: DistContext = DistContext()) -> torch.Tensor:
-    """The baseline's SDM (or InfoNCE) on cosine similarities of fixed-point embeddings [b, D]."""
+                         bias=0.0, backend="auto", ctx: DistContext = DistContext()) -> torch.Tensor:
+    """The baseline's SDM (or InfoNCE, or sigmoid) on logits scale·cos + bias of fixed-point
+    embeddings [b, D] (the model's config offers the softmax losses only)."""
 
     def fn(a, b, la, lb):
         A, B, r, c, _ = _point_maps(a[0], b[0], "cosine")
-        return contrast(A, B, r, c, scale, 0.0, la, lb, loss=loss, backend=backend)
+        return contrast(A, B, r, c, scale, bias, la, lb, loss=loss, backend=backend)
 
-    return _cross_term(fn, (f_v,), (f_t,), labels, ctx)
+    return _cross_term(fn, (f_v,), (f_t,), labels, ctx, loss)

@@ -8,7 +8,8 @@ Terms (mode ``uca``), all contrasts through ``uca_kernels`` and over the global 
 data-parallel runs (:mod:`uca_model.distributed`):
 
 ==================  ==============================================================================
-``dcl``             distribution contrast: SDM/InfoNCE on −scale·d(N_v, N_t), d = ``loss.metric``
+``dcl``             distribution contrast: SDM/InfoNCE/sigmoid on −scale·d(N_v, N_t) (+ bias for
+                    sigmoid), d = ``loss.metric``
 ``pcl_inter``       point contrast of K image points vs K text points per pair (identity positives)
 ``pcl_intra_image`` image points vs image points, self pairs excluded
 ``pcl_intra_text``  text points vs text points, self pairs excluded
@@ -25,6 +26,14 @@ data-parallel runs (:mod:`uca_model.distributed`):
 (small when the text distribution covers the image: a vague caption is cheap for every image it
 fits, a vague image is not). Retrieval ranks the images for caption i by −d(N_v_j, N_t_i), the very
 same value (:func:`uca_model.evaluation.score_fn`); ``w2``, ``jeffreys`` and ``csd`` are symmetric.
+
+**Logit scales and biases.** Each contrast has a logit scale (1/τ, ``scale_<term>``), learned through
+its log when ``loss.learn_scale``. A term whose loss is the pairwise ``sigmoid``
+(``loss.contrast_loss`` for DCL, ``loss.pcl_contrast_loss`` or else ``contrast_loss`` for PCL) also has
+a logit bias b (``bias_<term>``, from ``loss.dcl_bias`` / ``loss.pcl_bias``, learned when
+``loss.learn_bias``): DCL logits −scale·d + b, PCL logits scale·cos + b (or −scale·‖Δz‖² + b). A
+softmax loss (sdm, infonce) does not change when a constant is added to every logit, so those terms
+have no bias tensor.
 
 Mode ``baseline`` (IRRA without MLM): fixed-point embeddings and the term ``cosine_<loss>`` =
 ``loss.baseline_loss`` (default ``sdm``: IRRA's SDM, so the term is ``cosine_sdm``) on cosine / τ,
@@ -97,6 +106,17 @@ class UCAModel(nn.Module):
                 setattr(self, f"{name}_log_scale", nn.Parameter(t))
             else:
                 self.register_buffer(f"{name}_log_scale", t)
+        # logit biases of the sigmoid terms (learned when loss.learn_bias and the term is on; a term that
+        # is off keeps its bias as a buffer). Softmax terms have none, so their checkpoints are unchanged.
+        biases = {"dcl": L.dcl_bias, "pcl": L.pcl_bias} if prob else {}
+        for name, value in biases.items():
+            if L.term_loss(name) != "sigmoid":
+                continue
+            t = torch.tensor(float(value))
+            if L.learn_bias and name in self.scale_names():
+                setattr(self, f"{name}_bias", nn.Parameter(t))
+            else:
+                self.register_buffer(f"{name}_bias", t)
 
     # -- parameter groups (by module, for the optimiser) --
 
@@ -132,6 +152,16 @@ class UCAModel(nn.Module):
         """The logit scale of ``name`` ("baseline", "dcl", "pcl") as a float32 0-d tensor."""
         log_scale = getattr(self, f"{name}_log_scale").float()
         return log_scale.clamp(max=math.log(self.cfg.loss.max_scale)).exp()
+
+    def bias_names(self) -> list[str]:
+        """Names of the logit biases this model uses (its terms that are on with the sigmoid loss)."""
+        return [n for n in self.scale_names() if self.cfg.loss.term_loss(n) == "sigmoid"]
+
+    def bias(self, name: str) -> torch.Tensor | float:
+        """The logit bias of ``name`` ("dcl", "pcl") as a float32 0-d tensor; 0.0 for a softmax term."""
+        if self.cfg.loss.term_loss(name) != "sigmoid":
+            return 0.0
+        return getattr(self, f"{name}_bias").float()
 
     def loss_weights(self) -> dict[str, float]:
         """Weight of every term :meth:`forward` returns."""
@@ -199,10 +229,12 @@ class UCAModel(nn.Module):
                 stats["sigma_image"] = (0.5 * lv_v.detach()).exp().mean()
                 stats["sigma_text"] = (0.5 * lv_t.detach()).exp().mean()
                 if L.dcl_weight > 0:
-                    scale = self.scale("dcl")
-                    terms["dcl"] = dcl_loss(mu_v, lv_v, mu_t, lv_t, pids, metric=L.metric, loss=L.contrast_loss,
-                                            scale=scale, backend=L.backend, ctx=ctx)
+                    scale, bias = self.scale("dcl"), self.bias("dcl")
+                    terms["dcl"] = dcl_loss(mu_v, lv_v, mu_t, lv_t, pids, metric=L.metric, loss=L.term_loss("dcl"),
+                                            scale=scale, bias=bias, backend=L.backend, ctx=ctx)
                     stats["scale_dcl"] = scale.detach()
+                    if "dcl" in self.bias_names():
+                        stats["bias_dcl"] = bias.detach()
                 z_v = z_t = None
                 if L.pcl_weight > 0 or L.amlr_weight > 0:
                     eps_v, eps_t = self.noise(mu_v.shape[0], generator, mu_v.device)
@@ -210,10 +242,12 @@ class UCAModel(nn.Module):
                     z_t = uca_kernels.losses.sample_points(mu_t, lv_t, L.num_samples, eps_t)
                 if L.pcl_weight > 0:
                     plab = pids.repeat_interleave(L.num_samples)
-                    scale = self.scale("pcl")
-                    p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=scale, loss=L.contrast_loss,
-                                 intra=L.pcl_intra, backend=L.backend, ctx=ctx)
+                    scale, bias = self.scale("pcl"), self.bias("pcl")
+                    p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=scale, loss=L.term_loss("pcl"),
+                                 bias=bias, intra=L.pcl_intra, backend=L.backend, ctx=ctx)
                     stats["scale_pcl"] = scale.detach()
+                    if "pcl" in self.bias_names():
+                        stats["bias_pcl"] = bias.detach()
                     terms.update({f"pcl_{k}": v for k, v in p.items()})
                 if L.kl_weight > 0:
                     terms["kl_image"] = uca_kernels.prior_kl(mu_v, lv_v)

@@ -360,7 +360,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     term_names = list(weights)
     hist_fields = ["step", "epoch", "lr", "loss/total", *[f"loss/{k}" for k in term_names], "grad_norm",
                    "sigma_image", "sigma_text", *[f"scale_{n}" for n in model.scale_names()],
-                   "samples_per_s", "data_time", "step_time"]
+                   *[f"bias_{n}" for n in model.bias_names()], "samples_per_s", "data_time", "step_time"]
     hist = _CsvLog(run / "history.csv", hist_fields)
     evlog = _CsvLog(run / "eval.csv", EVAL_FIELDS)
     if main:

@@ -3,7 +3,8 @@
 Two gloo processes on the CPU (torch.multiprocessing.spawn, file:// rendezvous in tmp_path), float64,
 the materialised ``reference`` backend. Checked: loss values (mean over ranks), gradients of each
 rank's inputs (``W · ∂L/∂x_k``, see uca_model.distributed), and parameter gradients after
-DistributedDataParallel's averaging.
+DistributedDataParallel's averaging. The pairwise ``sigmoid`` case (with a logit bias) checks that
+every global pair is counted once over the ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from uca_model.distributed import DistContext, cosine_contrast_loss, dcl_loss, p
 
 WORLD = 2
 B_LOCAL, D, K, IN = 4, 6, 3, 5
-CASES = [("w2", "sdm"), ("kl", "infonce"), ("csd", "sdm")]
+CASES = [("w2", "sdm"), ("kl", "infonce"), ("csd", "sdm"), ("csd", "sigmoid")]
+
+
+def _bias(loss):
+    """A logit bias for the sigmoid case (the softmax losses do not depend on one)."""
+    return -1.5 if loss == "sigmoid" else 0.0
 
 
 def _data():
@@ -40,17 +46,19 @@ def _data():
 
 def _losses(mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ctx, metric, loss):
     """Every distributed term on (local) inputs: dict name -> scalar."""
-    out = {"dcl": dcl_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7,
+    bias = _bias(loss)
+    out = {"dcl": dcl_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7, bias=bias,
                            backend="reference", ctx=ctx)}
     zv = uk.losses.sample_points(mu_v, lv_v, K, eps_v)
     zt = uk.losses.sample_points(mu_t, lv_t, K, eps_t)
-    p = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="cosine", scale=5.0, loss=loss, intra=True,
-                 backend="reference", ctx=ctx)
+    p = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="cosine", scale=5.0, loss=loss, bias=bias,
+                 intra=True, backend="reference", ctx=ctx)
     out.update({f"pcl_{k}": v for k, v in p.items()})
-    pe = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="euclidean", scale=0.5, loss=loss, intra=True,
-                  backend="reference", ctx=ctx)
+    pe = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="euclidean", scale=0.5, loss=loss, bias=bias,
+                  intra=True, backend="reference", ctx=ctx)
     out.update({f"pcl_euclid_{k}": v for k, v in pe.items()})
-    out["baseline"] = cosine_contrast_loss(mu_v, mu_t, labels, scale=4.0, loss=loss, backend="reference", ctx=ctx)
+    out["baseline"] = cosine_contrast_loss(mu_v, mu_t, labels, scale=4.0, loss=loss, bias=bias, backend="reference",
+                                           ctx=ctx)
     return out
 
 
@@ -122,15 +130,16 @@ def test_single_process_path_is_the_library_loss(metric, loss):
     """World size 1 gives exactly uca_kernels' own DCL and PCL on the batch."""
     mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, _ = _data()
     terms, _, _, _ = _single(metric, loss)
+    bias = _bias(loss)
     ref = uk.distribution_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7,
-                                        backend="reference")
+                                        bias=bias, backend="reference")
     torch.testing.assert_close(terms["dcl"], ref, rtol=1e-12, atol=1e-12)
     p = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, num_samples=K, eps_v=eps_v, eps_t=eps_t, scale=5.0,
-                               loss=loss, backend="reference")
+                               loss=loss, bias=bias, backend="reference")
     for k in ("inter", "intra_image", "intra_text"):
         torch.testing.assert_close(terms[f"pcl_{k}"], p[k], rtol=1e-12, atol=1e-12)
     pe = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, labels, num_samples=K, eps_v=eps_v, eps_t=eps_t,
-                                similarity="euclidean", scale=0.5, loss=loss, backend="reference")
+                                similarity="euclidean", scale=0.5, loss=loss, bias=bias, backend="reference")
     for k in ("inter", "intra_image", "intra_text"):
         torch.testing.assert_close(terms[f"pcl_euclid_{k}"], pe[k], rtol=1e-10, atol=1e-10)
 
