@@ -3,7 +3,8 @@
     python -m benchmarks.plot benchmarks/results/sweep-cpu.json [--no-png]
 
 Writes, beside the JSON: ``<stem>-<group>.png`` (one figure per case group: a row per D and mode,
-time vs B and peak extra memory vs B, log-log, one line per provider) and ``<stem>.md``.
+time vs B and peak extra memory vs B, log-log, one line per provider; the four-matmul floor
+``matmul4`` dashed, in the time panel only: its memory is one product, not a loss's) and ``<stem>.md``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import os
 from collections import defaultdict
 
-PROVIDER_ORDER = ("cuda", "triton", "cpu", "reference", "compile", "naive", "keops", "infcl")
+FLOOR = "matmul4"  # providers.FLOOR (not imported: plotting needs neither torch nor the library)
+FUSED = ("cuda", "triton", "cpu")
+PROVIDER_ORDER = (*FUSED, "reference", "compile", "naive", "keops", "infcl", "open_clip", FLOOR)
 COLORS = {"cuda": "#d62728", "triton": "#9467bd", "cpu": "#1f77b4", "reference": "#2ca02c", "compile": "#17becf",
-          "naive": "#ff7f0e", "keops": "#8c564b", "infcl": "#e377c2"}
+          "naive": "#ff7f0e", "keops": "#8c564b", "infcl": "#e377c2", "open_clip": "#bcbd22", FLOOR: "#000000"}
 
 
 def load(path: str) -> tuple[dict, list[dict]]:
@@ -75,7 +78,7 @@ def _versus_table(cases: list[str], ok: list[dict], other: str) -> list[str]:
         base = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == other}
         fused = {}
         for r in ok:
-            if r["case"] == case and r["provider"] in ("cuda", "triton", "cpu") and r["B"] in base:
+            if r["case"] == case and r["provider"] in FUSED and r["B"] in base:
                 if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
                     fused[r["B"]] = r
         if not fused:
@@ -87,6 +90,38 @@ def _versus_table(cases: list[str], ok: list[dict], other: str) -> list[str]:
                      f"{_fmt_ms(b['time_median_s'])} | {b['time_median_s'] / f['time_median_s']:.2f}× | "
                      f"{_fmt_mib(f['peak_mem_bytes'])} | {_fmt_mib(b['peak_mem_bytes'])} | "
                      f"{b['peak_mem_bytes'] / max(f['peak_mem_bytes'], 1):.1f}× |")
+    return lines if n else []
+
+
+def _floor_table(cases: list[str], ok: list[dict]) -> list[str]:
+    """Markdown lines: the fastest fused backend against the four-matmul floor at the largest B
+    both ran, per case; and against the ideal floor, ideal_passes / passes of it (the sigmoid's
+    forward+backward needs 3 passes, not the 4 it is credited with)."""
+    lines = ["", "## Fused vs the four-matmul floor at the largest B both ran", "",
+             f"`{FLOOR}`: per contrast 4 torch.matmul [M, E] @ [E, N] for forward+backward, 1 for forward (the "
+             "work every provider is credited with). Ideal floor = the floor × ideal passes / credited passes: "
+             "the sigmoid's forward+backward needs 3 passes (no row statistics), every other case all of them.", "",
+             "| case | B | fused | fused ms | floor ms | fused ÷ floor | passes (ideal) | fused ÷ ideal floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    n = 0
+    for case in cases:
+        floor = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == FLOOR}
+        fused = {}
+        for r in ok:
+            if r["case"] == case and r["provider"] in FUSED and r["B"] in floor:
+                if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
+                    fused[r["B"]] = r
+        if not fused:
+            continue
+        B = max(fused)
+        f, m = fused[B], floor[B]
+        passes = f.get("passes") or (4 if f.get("mode") == "fwd+bwd" else 1)
+        ideal = f.get("ideal_passes") or passes
+        n += 1
+        ratio = f["time_median_s"] / m["time_median_s"]
+        lines.append(f"| {case} | {B} | {f['provider']} | {_fmt_ms(f['time_median_s'])} | "
+                     f"{_fmt_ms(m['time_median_s'])} | {ratio:.2f} | {passes} ({ideal}) | "
+                     f"{ratio * passes / ideal:.2f} |")
     return lines if n else []
 
 
@@ -110,7 +145,10 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         "call (CPU: peak RSS of a fresh process minus its baseline; GPU: `max_memory_allocated`). "
         f"B doubles from {s.get('b_min')} until a call is predicted to take more than {s.get('max_call_s')} s or "
         f"to need more than {s.get('max_mem_gb', 0):.1f} GiB, or fails. GFLOP/s count the fused op's useful "
-        "work (DESIGN.md section 6: 2·M·N·E per pass, forward 1 pass, forward+backward 4).",
+        "work (DESIGN.md section 6: 2·M·N·E per pass, forward 1 pass, forward+backward 4, the sigmoid "
+        "included so that GFLOP/s compare across losses, although its ideal is 3 passes: see the floor table). "
+        "Sigmoid cases use SigLIP-like logits (scale and bias in the CSV: a matching pair near S = 0, an "
+        "unrelated one near S = −10).",
         "",
         "## Where each provider stops",
         "",
@@ -138,8 +176,9 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         lines += [f"- `{r['provider']}` {r['case']} B={r.get('B')}: {r['status']}: {r.get('reason', '')}"
                   for r in failed]
     ok = [r for r in rows if r["status"] == "ok"]
-    for other in ("reference", "naive", "keops"):
+    for other in ("reference", "naive", "keops", "open_clip"):
         lines += _versus_table(cases, ok, other)
+    lines += _floor_table(cases, ok)
     lines += ["", "## Every case", "", "Each cell: median ms / peak extra MiB (GFLOP/s in the CSV).", ""]
     for case in cases:
         mine = [r for r in ok if r["case"] == case]
@@ -183,6 +222,14 @@ def write_pngs(stem: str, meta: dict, rows: list[dict]) -> dict[str, str]:
                 pr = sorted((r for r in vrows if r["provider"] == p), key=lambda r: r["B"])
                 Bs = [r["B"] for r in pr]
                 style = dict(marker="o", ms=3, label=p, color=COLORS.get(p))
+                if p == FLOOR:  # the arithmetic floor: time only, dashed
+                    style.update(marker="x", ms=4, ls="--", lw=1, label="four-matmul floor")
+                    ax_t.plot(Bs, [r["time_median_s"] * 1e3 for r in pr], **style)
+                    passes, ideal = pr[0].get("passes"), pr[0].get("ideal_passes")
+                    if passes and ideal and ideal != passes:  # sigmoid fwd+bwd: 3 of the 4 passes
+                        style.update(marker="+", ls=":", label=f"ideal floor ({ideal} of {passes} passes)")
+                        ax_t.plot(Bs, [r["time_median_s"] * 1e3 * ideal / passes for r in pr], **style)
+                    continue
                 ax_t.plot(Bs, [r["time_median_s"] * 1e3 for r in pr], **style)
                 ax_m.plot(Bs, [max(r["peak_mem_bytes"], 1) / 2**20 for r in pr], **style)
             for ax, what in ((ax_t, "median time (ms)"), (ax_m, "peak extra memory (MiB)")):

@@ -11,12 +11,22 @@ Each provider maps a case's inputs (:func:`benchmarks.cases.make_inputs`) to the
 ``compile``     ``torch.compile`` of ``reference``
 ``naive``       the broadcast form research code writes today (PCME++/IRRA style): pairwise
                 distances or cosines through [M, N, D] intermediates, then an IRRA-style loss on
-                the materialised logits
-``keops``       pykeops LazyTensor reductions of the same W2/KL log-sum-exp (distribution cases;
-                CPU and GPU; when installed)
+                the materialised logits (sigmoid: SigLIP's ``-logsigmoid(y·S).sum() / M``)
+``keops``       pykeops LazyTensor reductions of the same W2/KL/CSD losses (distribution cases;
+                CPU and GPU; when installed): log-sum-exps, or the sigmoid's Σ softplus(−y·S)
 ``infcl``       inf-cl's ``cal_inf_loss`` (GPU, CLIP case only: diagonal-label InfoNCE on points;
                 when installed)
+``open_clip``   open_clip's ``SigLipLoss`` with world_size = 1 (the clip-sigmoid case only:
+                diagonal labels; when installed, ``pip install -r benchmarks/requirements.txt``).
+                Its value is Σᵢⱼ ℓᵢⱼ / B, exactly the library's sigmoid "mean" (no other factor)
+``matmul4``     the arithmetic floor, not a loss: per contrast, 4 ``torch.matmul`` [M, E] @ [E, N]
+                for forward+backward (1 for forward): the work every provider is credited with
+                (:meth:`Case.flops`). The sigmoid's ideal is 3 of the 4 (``Case.ideal_passes``)
 ==============  ===================================================================================
+
+Every loss provider returns the same value as the library's public function on the same inputs:
+``sdm``/``infonce`` mean over rows + mean over columns per contrast, ``sigmoid`` Σᵢⱼ ℓᵢⱼ / M
+(each pair once, SigLIP's normalisation), summed over the contrasts of a point case.
 
 :func:`skip_reason` says why a provider cannot run a case here (missing package, wrong device,
 unsupported case); the harness records that as "skipped", not as an error.
@@ -24,6 +34,7 @@ unsupported case); the harness records that as "skipped", not as an error.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -36,11 +47,13 @@ from uca_kernels import dispatch
 
 from .cases import Case
 
-__all__ = ["FUSED", "PROVIDERS", "loss_fn", "min_peak_bytes", "skip_reason"]
+__all__ = ["FLOOR", "FUSED", "PROVIDERS", "floor_step", "loss_fn", "min_peak_bytes", "skip_reason"]
 
 FUSED = ("cuda", "triton", "cpu")
-PROVIDERS = (*FUSED, "reference", "compile", "naive", "keops", "infcl")
+FLOOR = "matmul4"  # the four-matmul floor (not a loss: it is timed, never checked)
+PROVIDERS = (*FUSED, "reference", "compile", "naive", "keops", "infcl", "open_clip", FLOOR)
 SDM_EPS = 1e-8  # as in the library (and IRRA)
+NAIVE_METRICS = ("w2", "kl", "csd")  # what _naive_gaussian_logits and _keops_loss write out
 
 
 # -- the library: fused backends, reference, torch.compile of the reference ------------------------
@@ -50,11 +63,11 @@ def _library_loss(case: Case, x: dict, backend: str) -> torch.Tensor:
     if case.family == "dist":
         return uca_kernels.distribution_contrast_loss(
             x["mu_v"], x["logvar_v"], x["mu_t"], x["logvar_t"], labels=x["labels"], metric=case.metric,
-            loss=case.loss, scale=x["scale"], backend=backend)
+            loss=case.loss, scale=x["scale"], bias=x["bias"], backend=backend)
     return uca_kernels.point_contrast_loss(
         x["mu_v"], x["logvar_v"], x["mu_t"], x["logvar_t"], labels=x["labels"], num_samples=case.K,
         eps_v=x["eps_v"], eps_t=x["eps_t"], scale=x["scale"], loss=case.loss, intra=case.intra,
-        backend=backend)["total"]
+        backend=backend, bias=x["bias"])["total"]
 
 
 _COMPILED: dict = {}
@@ -76,10 +89,27 @@ def _naive_gaussian_logits(x: dict, metric: str) -> torch.Tensor:
     if metric == "w2":
         std_v, std_t = torch.exp(0.5 * lv_v), torch.exp(0.5 * lv_t)
         d = (dmu2 + (std_v[:, None, :] - std_t[None, :, :]) ** 2).sum(-1)
-    else:  # kl(image || text)
+    elif metric == "csd":  # PCME++'s closed-form sampled distance E‖zᵢ − zⱼ‖² = ‖Δμ‖² + Σ (σᵢ² + σⱼ²)
+        var_v, var_t = lv_v.exp(), lv_t.exp()
+        d = (dmu2 + var_v[:, None, :] + var_t[None, :, :]).sum(-1)
+    elif metric == "kl":  # kl(image || text)
         var_v, var_t = lv_v.exp(), lv_t.exp()
         d = 0.5 * (lv_t[None, :, :] - lv_v[:, None, :] + (var_v[:, None, :] + dmu2) / var_t[None, :, :] - 1).sum(-1)
-    return -x["scale"] * d
+    else:
+        raise ValueError(f"the naive form is written for {NAIVE_METRICS}, not {metric!r}")
+    S = -x["scale"] * d
+    return S + x["bias"] if x["bias"] else S  # the softmax cases have no bias: no extra [B, B] pass
+
+
+def _naive_sigmoid(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """SigLIP's pairwise loss as its reference code writes it (open_clip ``SigLipLoss._loss``):
+    y = ±1 from the label matrix, ``-logsigmoid(y·S).sum() / M``; pairs outside ``valid`` (a point
+    with itself) are dropped."""
+    y = 2.0 * pos.to(S.dtype) - 1.0
+    ell = -F.logsigmoid(y * S)
+    if valid is not None:
+        ell = ell.masked_fill(~valid, 0.0)
+    return ell.sum() / S.shape[0]
 
 
 def _naive_direction(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None, loss: str) -> torch.Tensor:
@@ -108,6 +138,8 @@ def _naive_loss(case: Case, x: dict) -> torch.Tensor:
     if case.family == "dist":
         S = _naive_gaussian_logits(x, case.metric)
         pos = labels[:, None] == labels[None, :]
+        if case.loss == "sigmoid":
+            return _naive_sigmoid(S, pos, None)
         return _naive_direction(S, pos, None, case.loss) + _naive_direction(S.t(), pos.t(), None, case.loss)
     zv = (x["mu_v"][:, None, :] + torch.exp(0.5 * x["logvar_v"])[:, None, :] * x["eps_v"]).flatten(0, 1)
     zt = (x["mu_t"][:, None, :] + torch.exp(0.5 * x["logvar_t"])[:, None, :] * x["eps_t"]).flatten(0, 1)
@@ -116,7 +148,11 @@ def _naive_loss(case: Case, x: dict) -> torch.Tensor:
 
     def term(za, zb, exclude_self):
         S = x["scale"] * F.cosine_similarity(za[:, None, :], zb[None, :, :], dim=-1)  # [BK, BK, D] inside
+        if x["bias"]:  # the softmax cases have no bias: no extra [BK, BK] pass
+            S = S + x["bias"]
         valid = ~torch.eye(len(za), dtype=torch.bool, device=za.device) if exclude_self else None
+        if case.loss == "sigmoid":
+            return _naive_sigmoid(S, pos, valid)
         return _naive_direction(S, pos, valid, case.loss) + _naive_direction(S.t(), pos, valid, case.loss)
 
     total = term(zv, zt, False)
@@ -140,6 +176,14 @@ def _keops_direction(S, pos, log_n, dim: int, loss: str) -> torch.Tensor:
     return per.mean()  # every row has a positive (itself, or its pair's identity)
 
 
+def _keops_sigmoid(S, pos, rows: int) -> torch.Tensor:
+    """Σᵢⱼ softplus(−yᵢⱼ Sᵢⱼ) / M as one KeOps row reduction; softplus written stably,
+    max(u, 0) + log(1 + e^−|u|) (KeOps differentiates relu and abs itself)."""
+    u = -(2 * pos - 1) * S
+    ell = u.relu() + (1 + (-u.abs()).exp()).log()
+    return ell.sum(dim=1).sum() / rows
+
+
 def _keops_loss(case: Case, x: dict) -> torch.Tensor:
     from pykeops.torch import LazyTensor
 
@@ -149,7 +193,11 @@ def _keops_loss(case: Case, x: dict) -> torch.Tensor:
         zi = LazyTensor(torch.cat([mu_v, torch.exp(0.5 * lv_v)], 1)[:, None, :])
         zj = LazyTensor(torch.cat([mu_t, torch.exp(0.5 * lv_t)], 1)[None, :, :])
         d = ((zi - zj) ** 2).sum(-1)
-    else:  # ½ Σ [(σᵢ² + Δμ²)/σⱼ²] + row and column terms
+    elif case.metric == "csd":  # ‖Δμ‖² + Σσᵢ² + Σσⱼ²
+        mi, mj = LazyTensor(mu_v[:, None, :]), LazyTensor(mu_t[None, :, :])
+        ri, cj = LazyTensor(lv_v.exp().sum(1)[:, None, None]), LazyTensor(lv_t.exp().sum(1)[None, :, None])
+        d = ((mi - mj) ** 2).sum(-1) + ri + cj
+    else:  # kl: ½ Σ [(σᵢ² + Δμ²)/σⱼ²] + row and column terms
         mi, vi = LazyTensor(mu_v[:, None, :]), LazyTensor(lv_v.exp()[:, None, :])
         mj, ivj = LazyTensor(mu_t[None, :, :]), LazyTensor((-lv_t).exp()[None, :, :])
         ri = LazyTensor((-0.5 * lv_v.sum(1) - 0.5 * D)[:, None, None])
@@ -161,6 +209,9 @@ def _keops_loss(case: Case, x: dict) -> torch.Tensor:
     lab = labels.to(mu_v.dtype)  # exact for identities < 2**24
     li, lj = LazyTensor(lab[:, None, None]), LazyTensor(lab[None, :, None])
     pos = (0.5 - (li - lj) ** 2).step()  # 1 where the identities match
+    if case.loss == "sigmoid":
+        bias = torch.as_tensor(x["bias"], dtype=mu_v.dtype, device=mu_v.device).reshape(1)
+        return _keops_sigmoid(S + LazyTensor(bias), pos, B)
     _, inv, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     log_n = counts[inv].to(mu_v.dtype).log()  # both directions: labels are shared
     return _keops_direction(S, pos, log_n, 1, case.loss) + _keops_direction(S, pos, log_n, 0, case.loss)
@@ -179,6 +230,61 @@ def _infcl_loss(case: Case, x: dict) -> torch.Tensor:
     return cal_inf_loss(a, b, scale=scale) + cal_inf_loss(b, a, scale=scale)  # mean rows + mean cols
 
 
+# -- open_clip -------------------------------------------------------------------------------------
+
+_SIGLIP: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _open_clip_missing() -> str | None:
+    """Why ``open_clip.loss.SigLipLoss`` cannot be imported here (None when it can)."""
+    if importlib.util.find_spec("open_clip") is None:
+        return "open_clip is not installed (pip install -r benchmarks/requirements.txt)"
+    try:
+        from open_clip.loss import SigLipLoss  # noqa: F401  (the package imports torchvision, timm)
+    except Exception as e:  # noqa: BLE001  (a broken install is a skip with its reason, not a crash)
+        return f"open_clip does not import: {type(e).__name__}: {e}"[:200]
+    return None
+
+
+def _open_clip_loss(case: Case, x: dict) -> torch.Tensor:
+    # open_clip 3.3.0 SigLipLoss (world_size = 1): logits = logit_scale · img @ txtᵀ + logit_bias on
+    # the features it is given (its model normalises them and passes logit_scale already exp'd),
+    # labels 2·I − 1, loss = −logsigmoid(labels · logits).sum() / B: Σᵢⱼ ℓᵢⱼ / B, the library's value.
+    from open_clip.loss import SigLipLoss
+
+    if "loss" not in _SIGLIP:
+        _SIGLIP["loss"] = SigLipLoss(rank=0, world_size=1)
+    zv = x["mu_v"] + torch.exp(0.5 * x["logvar_v"]) * x["eps_v"][:, 0]
+    zt = x["mu_t"] + torch.exp(0.5 * x["logvar_t"]) * x["eps_t"][:, 0]
+    a, b = F.normalize(zv, dim=1), F.normalize(zt, dim=1)
+    scale = torch.tensor(x["scale"], device=a.device, dtype=a.dtype)
+    bias = torch.tensor(x["bias"], device=a.device, dtype=a.dtype)
+    return _SIGLIP["loss"](a, b, scale, bias)
+
+
+# -- the four-matmul floor -------------------------------------------------------------------------
+
+
+def floor_step(case: Case, x: dict):
+    """A callable that runs ``case.gemms()`` ``torch.matmul`` of [M, E] @ [E, N] (M = N =
+    ``case.rows(B)``) in the inputs' dtype on their device: the arithmetic the fused op must do
+    (DESIGN.md section 6: 4 passes per contrast forward+backward, 1 forward), at the matmul rate.
+    The sigmoid's ideal is 3 passes: ``case.ideal_passes / case.passes`` of this time."""
+    B, dev, dt = x["mu_v"].shape[0], x["mu_v"].device, x["mu_v"].dtype
+    n = case.rows(B)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, case.E, generator=g).to(device=dev, dtype=dt)
+    b = torch.randn(case.E, n, generator=g).to(device=dev, dtype=dt)
+    reps = case.gemms()
+
+    def step():
+        for _ in range(reps):
+            torch.matmul(a, b)
+
+    return step
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 
@@ -188,9 +294,11 @@ def min_peak_bytes(name: str, case: Case, B: int, dtype: torch.dtype = torch.flo
     rather than running into the out-of-memory killer. ``naive`` holds about three [M, N, D]
     tensors at once in the forward, and 3 + 2.5 per contrast with backward (measured on CPU:
     3.0-4.0 and 6.2 for one contrast, 10.9 for three)."""
+    n = case.rows(B)
+    if name == FLOOR:  # one [M, N] product at a time
+        return n * n * torch.finfo(dtype).bits / 8
     if name != "naive":
         return 0.0
-    n = case.rows(B)
     per = n * n * case.D * torch.finfo(dtype).bits / 8
     return per * (3 + 2.5 * case.contrasts() if case.backward else 3)
 
@@ -207,11 +315,15 @@ def skip_reason(name: str, case: Case, device: str, dtype: torch.dtype = torch.f
         reasons = dispatch.get_backend(name).not_supported_reasons(A=probe, B=probe, loss=case.loss,
                                                                    exclude_self=case.intra, explicit=True)
         return "; ".join(reasons) or None
+    if name == "naive" and case.family == "dist" and case.metric not in NAIVE_METRICS:
+        return f"the naive form is written for the {'/'.join(NAIVE_METRICS)} metrics only"
     if name == "keops":
         if importlib.util.find_spec("pykeops") is None:
             return "pykeops is not installed"
         if case.family != "dist":
-            return "compared on the W2/KL distribution cases only"
+            return "compared on the distribution cases only"
+        if case.metric not in NAIVE_METRICS:
+            return f"written for the {'/'.join(NAIVE_METRICS)} metrics only"
         if dtype not in (torch.float32, torch.float64):
             return f"not set up for {dtype}"
     if name == "infcl":
@@ -219,10 +331,14 @@ def skip_reason(name: str, case: Case, device: str, dtype: torch.dtype = torch.f
             return "inf-cl is not installed"
         if device != "cuda":
             return "inf-cl runs on CUDA only"
-        if case.family != "clip":
+        if case.family != "clip" or case.loss != "infonce":
             return "inf-cl computes diagonal-label InfoNCE on points only (the clip case)"
         if case.D % 256:
             return "inf-cl needs D divisible by its head_dim 256"
+    if name == "open_clip":
+        if case.family != "clip" or case.loss != "sigmoid":
+            return "open_clip's SigLipLoss computes diagonal-label sigmoid on points only (the clip-sigmoid case)"
+        return _open_clip_missing()
     return None
 
 
@@ -238,4 +354,8 @@ def loss_fn(name: str, case: Case, x: dict) -> torch.Tensor:
         return _keops_loss(case, x)
     if name == "infcl":
         return _infcl_loss(case, x)
+    if name == "open_clip":
+        return _open_clip_loss(case, x)
+    if name == FLOOR:
+        raise ValueError(f"{FLOOR!r} computes no loss: time floor_step(case, x) instead")
     raise ValueError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")

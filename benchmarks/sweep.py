@@ -5,7 +5,8 @@
     python -m benchmarks.sweep ... --compare OLD.json                         # and compare
 
 For each case (:mod:`benchmarks.cases`) and provider (:mod:`benchmarks.providers`): the provider is
-first checked against the float64 reference at ``--check-b``; then B doubles from ``--b-min``.
+first checked against the float64 reference at ``--check-b`` (the four-matmul floor ``matmul4``
+computes no loss and is only timed); then B doubles from ``--b-min``.
 Before each B the next point is predicted from the last (time and memory grow at most as B², so
 ×4): a provider stops when the predicted call time exceeds ``--max-call-s`` or the predicted peak
 memory exceeds ``--max-mem-gb``, or when a run fails (out of memory, timeout). The row at the B it
@@ -30,9 +31,10 @@ from .providers import FUSED, PROVIDERS, min_peak_bytes, skip_reason
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 # torch.compile takes 15-40 s per case and batch size on 2 CPU cores, so the default CPU sweep
-# compiles a representative subset (one case per family); --compile-cases all for every case.
+# compiles a representative subset (one case per family, and one sigmoid case); --compile-cases all
+# for every case.
 CPU_COMPILE_CASES = ("dist-w2-sdm-D256-fwdbwd,dist-kl-infonce-D256-fwdbwd,point-K4-intra-sdm-D256-fwdbwd,"
-                     "clip-D256-fwdbwd")
+                     "clip-D256-fwdbwd,dist-w2-sigmoid-D256-fwdbwd")
 
 
 def _mem_available_bytes() -> int:
