@@ -52,6 +52,7 @@ HEADLINE_CASES = {
 }
 ALIASES = {"sigmoid": ("w2-sigmoid", "csd-sigmoid", "point-sigmoid", "clip-sigmoid"), "all": tuple(HEADLINE_CASES)}
 OTHERS = ("reference", "open_clip")  # the materialised providers the fused ones are compared with
+OPT_IN = ("compile",)  # run only when named in --providers (torch.compile of the reference: compile time)
 
 
 def headline_cases(spec: str, dim: int) -> list[Case]:
@@ -74,7 +75,8 @@ def parse_args(argv=None):
                     help=f"comma-separated, from {', '.join(HEADLINE_CASES)}; 'sigmoid' = "
                     f"{','.join(ALIASES['sigmoid'])}; 'all'")
     ap.add_argument("--providers", default=None,
-                    help=f"comma-separated (default: every usable fused backend, {', '.join(OTHERS)}, {FLOOR})")
+                    help=f"comma-separated (default: every usable fused backend, {', '.join(OTHERS)}, {FLOOR}; "
+                    f"{', '.join(OPT_IN)} only when named)")
     ap.add_argument("--dim", type=int, default=None, help="D of the w2 cases, E = 2D for every case; "
                     "default 256 on CPU, 512 on GPU")
     ap.add_argument("--dtypes", default=None, help="default float32 on CPU, float32,bfloat16 on GPU")
@@ -292,9 +294,8 @@ def main(argv=None) -> int:
           f"{', '.join(c.name for c in args.case_list)}", flush=True)
     for case in args.case_list:
         fused = [p for p in FUSED if skip_reason(p, case, args.device) is None and (wanted is None or p in wanted)]
-        providers = [*fused, *([] if args.large_only else [*OTHERS, FLOOR])]
-        if wanted is not None:
-            providers = [p for p in providers if p in wanted]
+        providers = [*fused, *([] if args.large_only else [*OTHERS, *OPT_IN, FLOOR])]
+        providers = [p for p in providers if (p in wanted if wanted is not None else p not in OPT_IN)]
         print(f"{case.name}: fused backends {', '.join(fused) or 'none'}", flush=True)
         for dt in args.dtypes.split(","):
             dtype = DTYPES[dt]

@@ -164,11 +164,17 @@ class HeadConfig:
     init_logvar: float = -6.0  # initial log sigma^2 (bias of the logvar layer)
     min_logvar: float = -12.0  # soft lower bound of logvar
     max_logvar: float = 2.0  # soft upper bound of logvar
+    # None: logvar is learned. A number: every input gets this logvar, no logvar layer (the
+    # UCA-nosigma control: -30 gives sigma ~ 3e-7, points equal to mu at float32 precision)
+    fixed_logvar: float | None = None
 
     def validate(self, where: str = "model.head") -> None:
         _positive(f"{where}.embed_dim", self.embed_dim)
         _choice(f"{where}.mu_source", self.mu_source, ("global", "tokens"))
         _choice(f"{where}.logvar_source", self.logvar_source, ("global", "tokens"))
+        _need(self.fixed_logvar is None or (isinstance(self.fixed_logvar, (int, float))
+                                             and math.isfinite(self.fixed_logvar)),
+              f"{where}.fixed_logvar", f"must be null or a finite number, got {self.fixed_logvar!r}")
         _need(self.min_logvar < self.init_logvar < self.max_logvar, f"{where}.init_logvar",
               f"must lie strictly between min_logvar={self.min_logvar} and max_logvar={self.max_logvar}, "
               f"got {self.init_logvar}")
@@ -220,6 +226,9 @@ class LossConfig:
     pcl_intra: bool = True  # include the intra-modal point terms
     amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
     mask_rate: float = 0.5  # share of a caption's attribute words masked
+    # "attributes": mask attribute words (UA-AMLR); "random": random 15 % of the tokens instead, as
+    # BERT / IRRA's MLM do (the UCA-randommask control)
+    mask_words: str = "attributes"
     kl_weight: float = 1e-4  # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl
     id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
     id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
@@ -248,6 +257,7 @@ class LossConfig:
         _need(isinstance(self.num_samples, int) and self.num_samples >= 1, f"{where}.num_samples",
               f"must be an int >= 1, got {self.num_samples!r}")
         _need(0.0 < self.mask_rate <= 1.0, f"{where}.mask_rate", f"must be in (0, 1], got {self.mask_rate}")
+        _choice(f"{where}.mask_words", self.mask_words, ("attributes", "random"))
         _choice(f"{where}.backend", self.backend, ("auto", "reference", "cpu", "triton", "cuda"))
 
     def term_loss(self, term: str) -> str:

@@ -5,7 +5,8 @@ the unit sphere). ``logvar`` is a
 LayerNorm + linear map of the global token or of the masked mean of all tokens, softly bounded to
 ``[min_logvar, max_logvar]``; its bias starts at ``init_logvar`` and its weight at zero, so every
 input starts with the same small sigma and the heads learn where to be uncertain. The baseline
-(fixed points) uses the same ``mu`` path without a ``logvar`` layer.
+(fixed points) uses the same ``mu`` path without a ``logvar`` layer. With ``fixed_logvar`` set,
+every input gets that logvar and nothing about it is learned (the ``UCA-nosigma`` control).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ProbabilisticHead(nn.Module):
             with torch.no_grad():
                 self.mu.weight.copy_(init_proj)
         self.probabilistic = probabilistic
-        if probabilistic:
+        self.learned_logvar = probabilistic and cfg.fixed_logvar is None
+        if self.learned_logvar:
             self.norm = nn.LayerNorm(in_dim)
             self.logvar = nn.Linear(in_dim, cfg.embed_dim)
             nn.init.zeros_(self.logvar.weight)
@@ -54,7 +56,7 @@ class ProbabilisticHead(nn.Module):
 
     def forward(self, glob: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         pooled = None
-        if self.cfg.mu_source == "tokens" or (self.probabilistic and self.cfg.logvar_source == "tokens"):
+        if self.cfg.mu_source == "tokens" or (self.learned_logvar and self.cfg.logvar_source == "tokens"):
             if tokens is None:
                 raise ValueError("pooling over tokens needs the token features")
             if mask is None:
@@ -67,6 +69,8 @@ class ProbabilisticHead(nn.Module):
             mu = F.normalize(mu, dim=-1)
         if not self.probabilistic:
             return mu, None
+        if not self.learned_logvar:
+            return mu, torch.full_like(mu, float(self.cfg.fixed_logvar))
         raw = self.logvar(self.norm(pooled if self.cfg.logvar_source == "tokens" else glob))
         lo, hi = self.cfg.min_logvar, self.cfg.max_logvar
         logvar = lo + (hi - lo) * torch.sigmoid(raw)  # soft bound: never below lo or above hi

@@ -28,6 +28,10 @@ ABLATION_VARIANTS: dict[str, dict] = {
     "+DCL+PCL": {"model": {"loss": {"amlr_weight": 0.0}}},
     # + uncertainty-aware attribute-masking language reconstruction = full UCA
     "UCA": {},
+    # controls: the same losses with sigma = 0 (points equal mu; no prior KL, which would only add a
+    # constant), and random 15 % token masking instead of attribute words
+    "UCA-nosigma": {"model": {"head": {"fixed_logvar": -30.0}, "loss": {"kl_weight": 0.0}}},
+    "UCA-randommask": {"model": {"loss": {"mask_words": "random"}}},
 }
 
 

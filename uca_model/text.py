@@ -300,10 +300,12 @@ class AttributeMasker:
         fallback_rate: share of tokens masked when a caption has no attribute word, in (0, 1].
         ignore_index: label of every position that is not masked.
         mask_prob, random_prob: the 80/10/10 split (the rest is kept unchanged).
+        attributes: False masks every caption as one without attribute words (random
+            ``fallback_rate`` of its tokens): BERT / IRRA-style random masking, for the control.
     """
 
     def __init__(self, tokenizer, mask_rate: float = 0.5, fallback_rate: float = 0.15, ignore_index: int = -100,
-                 mask_prob: float = 0.8, random_prob: float = 0.1) -> None:
+                 mask_prob: float = 0.8, random_prob: float = 0.1, attributes: bool = True) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("AttributeMasker needs a fast tokenizer (character offsets); "
                             f"got {type(tokenizer).__name__}")
@@ -320,6 +322,7 @@ class AttributeMasker:
         self.ignore_index = int(ignore_index)
         self.mask_prob = float(mask_prob)
         self.random_prob = float(random_prob)
+        self.attributes = bool(attributes)
 
     @cached_property
     def _random_ids(self) -> torch.Tensor:
@@ -362,7 +365,7 @@ class AttributeMasker:
         rnd = self._random_ids
         for b, caption in enumerate(captions):
             special = [s or not a for s, a in zip(enc["special_tokens_mask"][b], enc["attention_mask"][b])]
-            units = self.attribute_units(caption, enc["offset_mapping"][b], special)
+            units = self.attribute_units(caption, enc["offset_mapping"][b], special) if self.attributes else []
             for u in units:
                 attr_pos[b, u] = True
             if units:

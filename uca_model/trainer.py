@@ -331,7 +331,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     # -- model, optimiser, schedule --
     torch.manual_seed(seed_for(tc.seed, 0))
     model = build_model(mcfg, tok, ds.num_train_ids, ctx).to(device)
-    masker = AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate) if model.decoder is not None else None
+    masker = (AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate, attributes=mcfg.loss.mask_words == "attributes")
+              if model.decoder is not None else None)
     weights = model.loss_weights()
     opt = build_optimizer(model, oc)
     warmup = int(round(oc.warmup_epochs * steps_per_epoch))

@@ -266,3 +266,20 @@ def test_masker_bad_arguments(tok):
         AttributeMasker(tok, mask_prob=0.95, random_prob=0.1)
     with pytest.raises(TypeError, match="fast tokenizer"):
         AttributeMasker(object())
+
+
+def test_random_masking_ignores_attribute_words(tok):
+    """attributes=False (the UCA-randommask control): a caption full of attribute words is masked as
+    one without any, random 15 % of its ordinary tokens."""
+    cap = "She is wearing a pink skirt, a white blouse and sunglasses."
+    m = AttributeMasker(tok, attributes=False, fallback_rate=0.15)([cap] * 4, max_len=24,
+                                                                   generator=torch.Generator().manual_seed(5))
+    n_tokens = len(tok(cap)["input_ids"]) - 2
+    assert m["used_fallback"].all() and not m["attribute_positions"].any()
+    chosen = set()
+    for b in range(4):
+        lab = _labelled(m, b)
+        assert len(lab) == max(1, round(0.15 * n_tokens)) and all(0 < i <= n_tokens for i in lab)
+        chosen.update(lab)
+    with_attrs = AttributeMasker(tok)([cap], max_len=24)
+    assert not with_attrs["used_fallback"][0] and with_attrs["attribute_positions"].any()
