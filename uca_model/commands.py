@@ -212,7 +212,43 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="ranking (default: the run's eval.score)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--calibration-out", type=Path, default=None, metavar="DIR",
+                   help="folder for calibration-<split>.png / .json, the sigma calibration of a probabilistic run "
+                        "(default: the run folder)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _write_calibration(args: argparse.Namespace, cfg, queries, gallery, emb: dict, score: str) -> None:
+    """``calibration-<split>.json`` and ``.png`` from the embeddings ``evaluate_split`` computed (printed paths)."""
+    from .plots import plot_calibration
+    from .uncertainty import calibration_table, query_scores, sigma_of, split_annotations
+
+    txt, img = emb["text"], emb["image"]
+    try:
+        ann = split_annotations(cfg.data.root, queries, gallery)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"warning: SynthPedes attributes of {cfg.data.root} not usable, calibration without them: {e}",
+              file=sys.stderr)
+        ann = None
+    table = calibration_table(sigma_of(txt["logvar"]), query_scores(txt, img, score, cfg.model.loss.metric),
+                              [q.pid for q in queries], [g.pid for g in gallery], sigma_image=sigma_of(img["logvar"]),
+                              annotations=ann)
+    table = {"run": str(args.run), "split": args.split, "checkpoint": args.checkpoint, "score": score,
+             "metric": cfg.model.loss.metric, **table}
+    out_dir = args.calibration_out or args.run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, png = out_dir / f"calibration-{args.split}.json", out_dir / f"calibration-{args.split}.png"
+    js.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    plot_calibration(table, png, title=f"{args.run.name} ({args.checkpoint}), {args.split}: {table['queries']} "
+                                       f"queries, {table['gallery']} images, ranking by {score}"
+                                       + (f" ({cfg.model.loss.metric})" if score == "distance" else ""))
+    d1, d10 = table["by_sigma_decile"][0], table["by_sigma_decile"][-1]
+    line = f"sigma calibration: R@1 {d1['R1']:.1f} in the most certain decile, {d10['R1']:.1f} in the least certain"
+    rho = table["spearman_text_sigma_vs_identities_fitted"]
+    if rho is not None:
+        line += f"; Spearman(text sigma, identities fitted) = {rho:+.2f}"
+    print(line)
+    print(f"calibration: {png}, {js}")
 
 
 def _eval_run(args: argparse.Namespace) -> int:
@@ -228,9 +264,10 @@ def _eval_run(args: argparse.Namespace) -> int:
         q, g = ds.eval_split(args.split)
         score = args.score or eval_score(cfg)
         t0 = time.perf_counter()
+        emb: dict = {}  # the embeddings of the split, kept for the calibration table
         m = evaluate_split(model, tok, q, g, score=score, metric=cfg.model.loss.metric,
                            image_size=cfg.model.encoder.vision.image_size, max_len=cfg.model.encoder.text.max_len,
-                           batch_size=cfg.eval.batch_size, device=dev)
+                           batch_size=cfg.eval.batch_size, device=dev, embeddings=emb)
         held_out_val = args.split == "val" and cfg.data.val_from_train is not None  # not the card's val split
         ceil = None if held_out_val else ceiling_from_root(cfg.data.root, args.split)
         if ceil is not None:
@@ -253,6 +290,13 @@ def _eval_run(args: argparse.Namespace) -> int:
     print(f"({time.perf_counter() - t0:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+    if not cfg.model.probabilistic or emb.get("text") is None or emb["text"]["logvar"] is None:
+        print("calibration: skipped (a fixed-point baseline run has no sigma)")
+        return 0
+    try:
+        _write_calibration(args, cfg, q, g, emb, score)
+    except (OSError, ValueError) as e:
+        return _fail("eval", e)
     return 0
 
 
@@ -282,13 +326,24 @@ def _search_run(args: argparse.Namespace) -> int:
         if not args.query.strip():
             raise ValueError("the query is empty")
         cfg, model, tok, ds, dev, _ = load_run(args.run, args.checkpoint, args.device)
-        _, gallery = ds.eval_split(args.split)
+        queries, gallery = ds.eval_split(args.split)
         rows = search_rows(model, tok, cfg, [args.query], gallery, args.topk, dev)
+        r = rows[0]
+        where = None
+        if r["sigma"] is not None:  # where the query's sigma falls among the split's captions (embedded once)
+            from .evaluation import embed_texts
+            from .uncertainty import sigma_of, sigma_percentile
+
+            txt = embed_texts(model, tok, [x.caption for x in queries], cfg.model.encoder.text.max_len,
+                              cfg.eval.batch_size, dev)
+            where = sigma_percentile(r["sigma"], sigma_of(txt["logvar"]))
     except _user_errors() as e:
         return _fail("search", e)
-    r = rows[0]
     sig = f" (text sigma {r['sigma']:.4f})" if r["sigma"] is not None else ""
     print(f"query: \"{args.query}\"{sig}; {args.split} gallery of {len(gallery)} images")
+    if where is not None:
+        print(f"text sigma {r['sigma']:.4f}: more ambiguous than {where:.0f} % of the {args.split} captions "
+              f"({len(queries)} captions)")
     for i, h in enumerate(r["hits"], 1):
         s = f"  sigma {h['sigma']:.4f}" if h["sigma"] is not None else ""
         print(f"{i:3d}. {h['score_name']} {h['score']:8.4f}{s}  id {h['pid']:5d}  {h['path']}")

@@ -76,7 +76,8 @@ def score_fn(txt: dict, img: dict, score: str, metric: str):
 
 @torch.no_grad()
 def evaluate_split(model, tokenizer, queries: Sequence[Query], gallery: Sequence[GalleryItem], *, score: str,
-                   metric: str, image_size, max_len: int, batch_size: int, device, amp: bool = False) -> dict:
+                   metric: str, image_size, max_len: int, batch_size: int, device, amp: bool = False,
+                   embeddings: dict | None = None) -> dict:
     """Retrieval metrics of one split.
 
     Args:
@@ -84,6 +85,9 @@ def evaluate_split(model, tokenizer, queries: Sequence[Query], gallery: Sequence
         score: "distance" or "cosine" (the primary ranking); a probabilistic model also gets the
             other one under ``"alt"``.
         metric: Gaussian metric for distance ranking.
+        embeddings: if a dict is given, ``"image"`` and ``"text"`` are set in it to the
+            :func:`embed_images` / :func:`embed_texts` results the metrics come from, so a caller can
+            analyse them (``uca eval``'s calibration table) without embedding the split twice.
 
     Returns:
         ``{"R1", "R5", "R10", "mAP", "mINP", "score", "alt": {"score", ...}, "sigma_image",
@@ -96,6 +100,8 @@ def evaluate_split(model, tokenizer, queries: Sequence[Query], gallery: Sequence
         txt = embed_texts(model, tokenizer, [q.caption for q in queries], max_len, batch_size, device, amp)
     finally:
         model.train(was_training)
+    if embeddings is not None:
+        embeddings["image"], embeddings["text"] = img, txt
     qp = torch.tensor([q.pid for q in queries])
     gp = torch.tensor([g.pid for g in gallery])
     out: dict = dict(retrieval_metrics(score_fn(txt, img, score, metric), query_pids=qp, gallery_pids=gp))

@@ -1,4 +1,4 @@
-"""Pictures of a run: training curves, retrieval results, ablation bars (matplotlib, Agg)."""
+"""Pictures of a run: training curves, retrieval results, σ calibration, ablation bars (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["plot_curves", "plot_retrieval", "plot_ablation", "read_csv"]
+__all__ = ["plot_curves", "plot_retrieval", "plot_calibration", "plot_ablation", "read_csv"]
 
 
 def _plt():
@@ -122,6 +122,74 @@ def plot_retrieval(rows: Sequence[dict], out_png: str | os.PathLike, title: str 
             ax.set_xlabel(label, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _rho(x) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def plot_calibration(table: dict, out_png: str | os.PathLike, title: str = "") -> Path:
+    """Two panels of a :func:`uca_model.uncertainty.calibration_table`: R@1 and mAP per text-σ decile
+    (1 = most certain; the dashed lines are the whole split), and mean ± std text σ per number of
+    identities a caption fits (SynthPedes; a note instead on other data). The Spearman values are
+    in the panel titles."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    dec = table["by_sigma_decile"]
+    x = [r["decile"] for r in dec]
+    for key, colour, marker in (("R1", "tab:blue", "o"), ("mAP", "tab:orange", "s")):
+        label = "R@1" if key == "R1" else key
+        a1.plot(x, [r[key] for r in dec], marker=marker, color=colour, label=label)
+        a1.axhline(table["overall"][key], color=colour, ls="--", lw=0.9, alpha=0.7,
+                   label=f"{label}, all queries ({table['overall'][key]:.1f})")
+    a1.set_xticks(x)
+    a1.set_xticklabels([f"{r['decile']}\n≤{r['sigma_max']:.4f}" for r in dec], fontsize=7)
+    sizes = sorted({r["queries"] for r in dec})
+    each = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    a1.set_xlabel(f"text σ decile (1 = most certain; below: its largest σ; {each} queries each)", fontsize=9)
+    a1.set_ylabel("% (this split)")
+    a1.set_ylim(0, min(105.0, 1.25 * max(max(r["R1"], r["mAP"]) for r in dec) + 5))
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8, loc="best")
+    a1.set_title(f"retrieval by text σ — Spearman(decile, R@1) = {_rho(table['spearman_sigma_decile_vs_R1'])}"
+                 "\n(a σ that tracks difficulty: R@1 falls left to right, ρ < 0)", fontsize=10)
+    fits = table.get("by_identities_fitted")
+    if fits:
+        xs = list(range(len(fits)))
+        a2.errorbar(xs, [r["sigma_mean"] for r in fits], yerr=[r["sigma_std"] for r in fits], fmt="o-",
+                    color="tab:green", ecolor="0.45", capsize=4)
+        top = max(r["sigma_mean"] + r["sigma_std"] for r in fits)
+        for i, r in enumerate(fits):
+            a2.annotate(f"n={r['captions']}", (i, r["sigma_mean"] + r["sigma_std"]), textcoords="offset points",
+                        xytext=(0, 4), ha="center", fontsize=7, color="0.3")
+        bottom = min(r["sigma_mean"] - r["sigma_std"] for r in fits)
+        pad = 0.12 * max(top - bottom, 1e-12)
+        a2.set_ylim(bottom - pad, top + 2 * pad)
+        a2.set_xticks(xs)
+        a2.set_xticklabels([r["label"] for r in fits])
+        a2.set_xlabel("identities of the gallery the caption fits (every mentioned attribute)", fontsize=9)
+        a2.set_ylabel("text σ (mean ± std over captions)")
+        a2.grid(alpha=0.3)
+        a2.set_title(f"text σ vs ambiguity — Spearman(σ, identities fitted) = "
+                     f"{_rho(table['spearman_text_sigma_vs_identities_fitted'])}\n(expected > 0; vs attributes "
+                     f"mentioned: {_rho(table['spearman_text_sigma_vs_attributes_mentioned'])}, expected < 0)",
+                     fontsize=10)
+        occ, unocc = table.get("image_sigma_occluded"), table.get("image_sigma_unoccluded")
+        if unocc is not None:
+            note = f"image σ: occluded {occ:.4f} ({table['occluded_images']} images), unoccluded {unocc:.4f}" \
+                if occ is not None else f"image σ: {unocc:.4f} (no occluded image)"
+            a2.text(0.01, 0.02, note, transform=a2.transAxes, fontsize=8, color="0.3")
+    else:
+        a2.axis("off")
+        a2.text(0.5, 0.5, "identities fitted: SynthPedes only\n(no synth_attributes.json for this data)",
+                ha="center", va="center", fontsize=10, color="0.4", transform=a2.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     out = Path(out_png)
     fig.savefig(out, dpi=110)

@@ -9,25 +9,11 @@ import pytest
 import torch
 
 from uca_model import cli
-from uca_model.config import to_dict
-from uca_model.presets import smoke_config
-from uca_model.synth import generate_synthpedes
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny SynthPedes and a one-epoch run trained through ``uca train``."""
-    tmp = tmp_path_factory.mktemp("cli")
-    data = tmp / "tiny"
-    generate_synthpedes(data, "tiny", seed=0, progress=False)
-    cfg_path = tmp / "smoke.json"
-    cfg_path.write_text(json.dumps(to_dict(smoke_config(data))))
-    run = tmp / "run"
-    assert cli.main(["train", "--config", str(cfg_path), "--out", str(run), "--no-progress"]) == 0
-    return {"tmp": tmp, "data": data, "config": cfg_path, "run": run}
+# ``trained`` (a tiny SynthPedes and a one-epoch run) is in conftest.py, shared with test_uncertainty_report.py
 
 
 def test_train_prints_the_table(trained, capsys):
