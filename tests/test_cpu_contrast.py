@@ -10,15 +10,11 @@ import torch
 
 import uca_kernels as uk
 from uca_kernels import _ext, dispatch
-from helpers import assert_matches_oracle, make_problem, reference_fn, run_with_grads
+from helpers import (FLOOR, GRAD_NAMES, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads,
+                     shift_masses)
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
 
-# Stated tolerances (relative to each output's largest magnitude; see helpers.assert_matches_oracle).
-# float32 sums thousands of exp terms per row and the SDM backward reuses the float32 row loss, so
-# its error is up to a few 1e-5 of the largest gradient (as is the float32 reference's own);
-# float64 is near machine precision.
-FLOOR = {torch.float32: 5e-5, torch.float64: 1e-10}
 LOSSES = ["sdm", "infonce", "sigmoid"]
 
 
@@ -37,17 +33,10 @@ def check_against_reference(M, N, E, *, loss, labels, exclude_self, dtype, scale
     oracle = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64, requires)
     ref_same = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
     fused = run_with_grads(cpu_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
+    mass = grad_mass(gr, gc, loss)
     assert_matches_oracle(fused, oracle, ref_same, floor=FLOOR[dtype] if floor is None else floor,
-                          grad_l1=grad_mass(gr, gc, loss))
+                          grad_l1=mass, mass=shift_masses(M, N, loss, scale, mass))
     return fused, oracle
-
-
-def grad_mass(gr, gc, loss):
-    """A bound on Σ|dS| (the scale of dbias's rounding error): Σ|g_row| + Σ|g_col| for the softmax
-    losses (Σⱼ|∂Lᵢ/∂Sᵢⱼ| ≤ 2), N·Σ|g_row| + M·Σ|g_col| for sigmoid (|∂ℓᵢⱼ/∂Sᵢⱼ| ≤ 1 on every pair)."""
-    if loss == "sigmoid":
-        return float(len(gc) * gr.abs().sum() + len(gr) * gc.abs().sum())
-    return float(gr.abs().sum() + gc.abs().sum())
 
 
 SIZES = [(1, 1), (7, 7), (129, 7), (7, 129), (129, 129), (1000, 1000), (1000, 129)]
@@ -219,22 +208,90 @@ def test_bit_identical_reruns(loss):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
-def test_nan_in_unused_padding_does_not_leak(loss):
-    """Inputs that are views into larger NaN-filled buffers give the same results as clean copies."""
+def _in_nan_buffer(x, offset, fill):
+    """``x`` copied into rows ``[offset, offset + len(x))`` of a buffer of ``2·len(x) + 3`` rows that is
+    otherwise ``fill``: a *contiguous* view at a non-zero storage offset. ``.contiguous()`` returns it
+    as it is, so the kernel reads it through ``data_ptr`` and must honour the offset."""
+    n = x.shape[0]
+    big = torch.full((2 * n + 3, *x.shape[1:]), fill, dtype=x.dtype)
+    view = big[offset : offset + n]
+    view.copy_(x)
+    assert view.is_contiguous() and view.storage_offset() > 0 and view.contiguous().data_ptr() == view.data_ptr()
+    return view
+
+
+def _outputs_and_grads(loss, reduction, leaves, la, lb, g_rows, g_cols):
+    """(rows, cols) or the sigmoid sum, then the gradients of every leaf (A, B, r, c, scale, bias)."""
+    leaves = [x.detach().requires_grad_() for x in leaves]  # detach keeps the view's storage and offset
+    out = uk.contrast(*leaves, la, lb, loss=loss, reduction=reduction, backend="cpu")
+    if reduction == "none":
+        outs = list(out)
+        total = (out[0] * g_rows).sum() + (out[1] * g_cols).sum()
+    else:  # the scalar sigmoid: uca.sigmoid_loss_and_grads, a second op that reads the inputs
+        outs = [out]
+        total = 0.7 * out
+    return [o.detach() for o in outs] + list(torch.autograd.grad(total, leaves))
+
+
+@pytest.mark.parametrize("loss,reduction", [("sdm", "none"), ("infonce", "none"), ("sigmoid", "none"),
+                                            ("sigmoid", "sum")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tiles", [None, ("8", "5")])
+def test_nan_around_offset_views_does_not_leak(loss, reduction, dtype, tiles, monkeypatch):
+    """Every input a contiguous view at a non-zero storage offset into a buffer that is NaN (features,
+    r, c, scale, bias) or an unused identity (labels) everywhere else. The backend hands these views
+    to the kernel as they are, so a kernel that ignored the offset, or read a row, column or label
+    past its tile, would see NaN or the wrong identities. Outputs and all six gradients must be
+    finite and bit-identical to those of clean copies (same data, same kernel, same tiles)."""
+    if tiles is not None:  # several row and column tiles: every tile's pointer is offset from the base
+        monkeypatch.setenv("UCA_CPU_TILE_ROWS", tiles[0])
+        monkeypatch.setenv("UCA_CPU_TILE_COLS", tiles[1])
+    M, N = 31, 29
+    A, B, r, c, sc, bi, la, lb = (x.to(dtype) if x.is_floating_point() else x
+                                  for x in make_problem(M, N, 10, labels="repeats", seed=9))
+    g = torch.Generator().manual_seed(10)
+    g_rows, g_cols = (torch.randn(n, generator=g, dtype=torch.float64).to(dtype) for n in (M, N))
+    unused_id = int(torch.cat([la, lb]).max()) + 1
+    nan = float("nan")
+    offset_views = [_in_nan_buffer(A, 7, nan), _in_nan_buffer(B, 3, nan), _in_nan_buffer(r, 5, nan),
+                    _in_nan_buffer(c, 2, nan), _in_nan_buffer(sc.reshape(1), 1, nan).reshape(()),
+                    _in_nan_buffer(bi.reshape(1), 2, nan).reshape(())]
+    la_view, lb_view = _in_nan_buffer(la, 4, unused_id), _in_nan_buffer(lb, 6, unused_id)
+    assert offset_views[4].storage_offset() > 0 and offset_views[5].storage_offset() > 0
+
+    clean = _outputs_and_grads(loss, reduction, [x.clone() for x in (A, B, r, c, sc, bi)], la.clone(), lb.clone(),
+                               g_rows, g_cols)
+    dirty = _outputs_and_grads(loss, reduction, offset_views, la_view, lb_view, g_rows, g_cols)
+    names = (["loss_rows", "loss_cols"] if reduction == "none" else ["loss_sum"]) + [f"d{k}" for k in GRAD_NAMES]
+    for name, x, y in zip(names, clean, dirty, strict=True):
+        assert torch.isfinite(y).all(), f"{name}: NaN/inf read from outside the views"
+        assert torch.equal(x, y), f"{name}: differs from the clean copies by {float((x - y).abs().max()):.3g}"
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_nan_in_row_padding_does_not_leak(loss):
+    """A and B with NaN-padded rows (row stride E + 5) and r, c every other element of a NaN buffer.
+    These views are not contiguous, so CpuBackend.contrast copies them (``.contiguous()``) and the
+    kernel never sees the padding: this passes by that copy, and checks that it is made (and that
+    the gradients come back in the views' shapes); the kernel's own indexing is what the offset
+    test above checks."""
     A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
                                   for x in make_problem(31, 29, 10, labels="repeats", seed=9))
 
     def padded(x, extra_cols=5):
         big = torch.full((x.shape[0] * 2, *(x.shape[1:] if x.dim() == 1 else (x.shape[1] + extra_cols,))), float("nan"))
-        view = big[::2] if x.dim() == 1 else big[::2, : x.shape[1]]
+        view = big[::2] if x.dim() == 1 else big[:x.shape[0], : x.shape[1]]
         view.copy_(x)
+        assert not view.is_contiguous()
         return view
 
-    clean = uk.contrast(A, B, r, c, sc, bi, la, lb, loss=loss, backend="cpu")
-    with_pad = uk.contrast(padded(A), padded(B), padded(r), padded(c), sc, bi, la, lb, loss=loss, backend="cpu")
-    for x, y in zip(clean, with_pad):
-        assert torch.equal(x, y)
+    g = torch.Generator().manual_seed(10)
+    g_rows, g_cols = torch.randn(31, generator=g), torch.randn(29, generator=g)
+    clean = _outputs_and_grads(loss, "none", [A, B, r, c, sc, bi], la, lb, g_rows, g_cols)
+    dirty = _outputs_and_grads(loss, "none", [padded(A), padded(B), padded(r), padded(c), sc, bi], la, lb,
+                               g_rows, g_cols)
+    for name, x, y in zip(["loss_rows", "loss_cols", *GRAD_NAMES], clean, dirty, strict=True):
+        assert torch.isfinite(y).all() and x.shape == y.shape and torch.equal(x, y), name
 
 
 def test_opcheck_registered_ops():

@@ -9,12 +9,11 @@ import torch
 import uca_kernels as uk
 from uca_kernels import _ext
 from uca_kernels.contrast import contrast_reference
-from helpers import GRAD_NAMES, assert_matches_oracle, make_problem
+from helpers import FLOOR, GRAD_NAMES, assert_matches_oracle, make_problem
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("sigmoid_loss_and_grads"),
                                 reason=f"uca_kernels._C without the one-sweep op: {_ext.load_error()}")
 
-FLOOR = {torch.float32: 5e-5, torch.float64: 1e-10}
 NAMES = ("total",) + GRAD_NAMES
 
 

@@ -233,18 +233,32 @@ def test_gaussian_scores_match_the_distance_oracle(metric):
 
 
 def test_gaussian_ranking_retrieves_the_matching_distribution():
+    """25 identities with two gallery images each, all with the same variances (so W2 ranks by
+    ‖μ_q − μ_g‖): image 0 of identity k at 10k·e₀, image 1 at 10k·e₀ + 15·e₁; query k is image 0
+    plus noise of 0.01. Query k's distances: its own image 0 ≈ 0, image 0 of identity k ± 1 = 10,
+    its own image 1 = 15, everything else ≥ √(10² + 15²) ≈ 18 (images 1 of k ± 1) or 20 (k ± 2).
+    So its positives rank 1 and 4 (1 and 3 for k = 0 and 24, which have one neighbour):
+    AP = (1/1 + 2/4)/2 = 3/4 and INP = 2/4 (AP = 5/6, INP = 2/3 at the ends)."""
     torch.manual_seed(0)
-    mg, lg = torch.randn(50, 8), torch.full((50, 8), -2.0)
-    gp = torch.arange(50) // 2  # two images per identity
+    n_ids, d = 25, 8
+    gp = torch.arange(2 * n_ids) // 2  # two images per identity
+    mg = torch.zeros(2 * n_ids, d)
+    mg[:, 0] = 10.0 * gp
+    mg[1::2, 1] = 15.0
+    lg = torch.full((2 * n_ids, d), -2.0)
     qp = gp[::2]
-    mq = mg[::2] + 0.01 * torch.randn(25, 8)
-    lq = torch.full((25, 8), -2.0)
+    mq = mg[::2] + 0.01 * torch.randn(n_ids, d)
+    lq = torch.full((n_ids, d), -2.0)
     fn = GaussianScores(mq, lq, mg, lg, "w2")
     m = retrieval_metrics(fn, query_pids=qp, gallery_pids=gp, chunk_size=7)
-    assert m["R1"] == 100.0
-    assert m["mAP"] == pytest.approx(retrieval_metrics(gaussian_scores(mq, lq, mg, lg, "w2"),
-                                                       query_pids=qp, gallery_pids=gp)["mAP"])
-    assert m["mAP"] < 100.0 or torch.equal(mg[::2], mg[1::2])  # the second image is farther
+    dense = retrieval_metrics(gaussian_scores(mq, lq, mg, lg, "w2"), query_pids=qp, gallery_pids=gp)
+    want = {"R1": 100.0, "R5": 100.0, "R10": 100.0,
+            "mAP": 100 * (23 * 3 / 4 + 2 * 5 / 6) / 25,  # 75.667
+            "mINP": 100 * (23 * 2 / 4 + 2 * 2 / 3) / 25}  # 51.333
+    assert m.keys() == dense.keys() == want.keys()
+    for k in want:
+        assert m[k] == pytest.approx(want[k], abs=1e-6), (k, m)
+        assert dense[k] == pytest.approx(want[k], abs=1e-6), (k, dense)
 
 
 def test_cosine_scores():
