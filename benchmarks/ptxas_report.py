@@ -31,19 +31,22 @@ def find_nvcc() -> str | None:
     return None
 
 
+LOSS_NAMES = {"0": "sdm", "1": "infonce", "2": "sigmoid"}  # uca::cuda::Loss in csrc/cuda/contrast_cuda.h
+
+
 def short_name(mangled: str) -> str:
-    """'fwd_kernel<float, 2, false, true>' -> 'fwd float fma cols=0 sdm' (demangled with c++filt)."""
+    """'fwd_kernel<float, 2, false, (uca::cuda::Loss)0>' -> 'fwd f32 fma rows sdm' (demangled with c++filt)."""
     name = mangled
     if shutil.which("c++filt"):
         name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
-    m = re.search(r"(fwd|bwd)_kernel<([^,]+), \(?(?:uca::cuda::\(anonymous namespace\)::)?(\w+)\)?, (true|false), (true|false)>",
+    m = re.search(r"(fwd|bwd)_kernel<([^,]+), \(?(?:uca::cuda::\(anonymous namespace\)::)?(\w+)\)?, (true|false), \(uca::cuda::Loss\)(\d)>",
                   name)
     if not m:
         return name
-    kind, dtype, k, columns, sdm = m.groups()
+    kind, dtype, k, columns, loss = m.groups()
     k = KINDS.get(k, k.lower())
     dtype = {"__half": "f16", "__nv_bfloat16": "bf16", "float": "f32", "double": "f64"}.get(dtype, dtype)
-    return f"{kind} {dtype} {k} {'cols' if columns == 'true' else 'rows'} {'sdm' if sdm == 'true' else 'infonce'}"
+    return f"{kind} {dtype} {k} {'cols' if columns == 'true' else 'rows'} {LOSS_NAMES.get(loss, loss)}"
 
 
 def parse(log: str) -> list[dict]:

@@ -26,13 +26,6 @@ inline LossKind parse_loss(c10::string_view loss) {
   return loss == "sdm" ? LossKind::SDM : (loss == "infonce" ? LossKind::INFONCE : LossKind::SIGMOID);
 }
 
-// For kernels that implement only the softmax losses (CUDA): true for "sdm", false for "infonce".
-inline bool is_sdm(c10::string_view loss) {
-  TORCH_CHECK(parse_loss(loss) != LossKind::SIGMOID,
-              "loss='sigmoid' is not implemented by the CUDA kernels yet (use backend='cpu', 'triton' or 'reference')");
-  return loss == "sdm";
-}
-
 inline void check_vector(const at::Tensor& x, const char* name, int64_t n, at::ScalarType dt, const at::Device& dev) {
   TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape [", n, "], got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == dt, name, " must be ", dt, ", got ", x.scalar_type());

@@ -19,7 +19,7 @@ import torch
 
 import uca_kernels as uk
 from uca_kernels import _ext, contrast_reference, dispatch
-from helpers import assert_matches_oracle, make_problem, reference_fn, run_with_grads
+from helpers import FLOOR, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads, shift_masses
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -27,6 +27,7 @@ BUILT = _ext.built_with_cuda()
 on_gpu = pytest.mark.skipif(not (HAS_CUDA and BUILT), reason="needs a CUDA device and uca_kernels._C built with CUDA")
 LEAVES = ("A", "B", "r", "c", "scale", "bias")
 OUT_NAMES = ("loss_rows", "loss_cols") + LEAVES
+LOSSES = ["sdm", "infonce", "sigmoid"]
 
 
 def cuda_fn(loss, exclude_self):
@@ -45,10 +46,13 @@ def low_reference_fn(loss, exclude_self):
     return fn
 
 
-def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.float32, scale=-0.5, seed=0,
-            spread=1.0):
-    """(fused, float64 oracle, same-dtype reference, Σ|upstream|) on the GPU, all as float64."""
-    tensors = make_problem(M, N, E, labels=labels, scale=scale, seed=seed, exclude_self=exclude_self,
+def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.float32, scale=-0.5, bias=0.25,
+            seed=0, spread=1.0, fused_fn=None):
+    """(fused, float64 oracle, same-dtype reference, Σ|dS| bound) on the GPU, all as float64.
+
+    The bound is helpers.grad_mass (Σ|g_row| + Σ|g_col| for the softmax losses, N·Σ|g_row| +
+    M·Σ|g_col| for sigmoid). ``fused_fn`` replaces the CUDA call (default cuda_fn(loss, exclude_self))."""
+    tensors = make_problem(M, N, E, labels=labels, scale=scale, bias=bias, seed=seed, exclude_self=exclude_self,
                            spread=spread, device="cuda")
     if dtype in (torch.float16, torch.bfloat16):  # inputs exactly representable in dtype
         tensors[0], tensors[1] = tensors[0].to(dtype).double(), tensors[1].to(dtype).double()
@@ -57,8 +61,18 @@ def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.
     gc = torch.randn(N, generator=g, dtype=torch.float64).cuda()
     oracle = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64)
     same = run_with_grads(low_reference_fn(loss, exclude_self), tensors, gr, gc, dtype)
-    fused = run_with_grads(cuda_fn(loss, exclude_self), tensors, gr, gc, dtype)
-    return fused, oracle, same, float(gr.abs().sum() + gc.abs().sum())
+    fused = run_with_grads(fused_fn or cuda_fn(loss, exclude_self), tensors, gr, gc, dtype)
+    return fused, oracle, same, grad_mass(gr, gc, loss)
+
+
+def check(M, N, E, *, loss, floor, dtype=torch.float32, scale=-0.5, against_oracle=False, **kw):
+    """compare(), then the shared rule (helpers.assert_matches_oracle): each output's error vs float64
+    ≤ max(2 × the same-dtype reference's, floor). ``against_oracle``: the floor alone bounds it (tf32,
+    whose products the same-dtype reference does not share). Returns (fused, oracle)."""
+    fused, oracle, same, mass = compare(M, N, E, loss=loss, dtype=dtype, scale=scale, **kw)
+    assert_matches_oracle(fused, oracle, oracle if against_oracle else same, floor=floor, grad_l1=mass,
+                          mass=shift_masses(M, N, loss, scale, mass))
+    return fused, oracle
 
 
 # -- build checks (no GPU needed) ------------------------------------------------------------------
@@ -93,12 +107,17 @@ def test_cuda_backend_passes_its_selftest():
     assert v.ok, v.reason + "\n" + "\n".join(v.details)
 
 
-def test_sigmoid_is_not_offered_by_the_cuda_backend():
-    """The CUDA kernels implement the softmax losses only: dispatch says so, even when named."""
-    meta = torch.empty(4, 4, device="meta")
-    reasons = dispatch.get_backend("cuda").not_supported_reasons(A=meta, B=meta, loss="sigmoid", exclude_self=False,
-                                                                 explicit=True)
-    assert any("do not implement loss='sigmoid'" in r for r in reasons)
+@pytest.mark.parametrize("explicit", [False, True])
+def test_sigmoid_is_offered_by_the_cuda_backend(explicit):
+    """The CUDA kernels implement every loss: dispatch gives sigmoid exactly the reasons it gives sdm
+    (here, without a GPU: the device and possibly the build), none about the loss."""
+    backend = dispatch.get_backend("cuda")
+    for device in ("meta", "cuda") if HAS_CUDA else ("meta",):
+        probe = torch.empty(4, 4, device=device)
+        by_loss = {loss: backend.not_supported_reasons(A=probe, B=probe, loss=loss, exclude_self=False,
+                                                       explicit=explicit) for loss in LOSSES}
+        assert by_loss["sigmoid"] == by_loss["sdm"] == by_loss["infonce"], by_loss
+        assert not any("sigmoid" in r for r in by_loss["sigmoid"]), by_loss["sigmoid"]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
@@ -135,40 +154,54 @@ SHAPES = [  # (labels, M, N, E, exclude_self)
 
 @pytest.mark.gpu
 @on_gpu
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("labels,M,N,E,exclude_self", SHAPES)
 @pytest.mark.parametrize("dtype,precision,floor", [
-    (torch.float32, "ieee", 5e-5),
-    (torch.float64, "ieee", 1e-10),
+    (torch.float32, "ieee", FLOOR[torch.float32]),
+    (torch.float64, "ieee", FLOOR[torch.float64]),
     (torch.float32, "tf32", 5e-3),
 ])
 def test_matches_reference(labels, M, N, E, exclude_self, loss, dtype, precision, floor, monkeypatch):
     monkeypatch.setenv("UCA_CUDA_PRECISION", precision)
-    fused, oracle, same, mass = compare(M, N, E, loss=loss, labels=labels, exclude_self=exclude_self, dtype=dtype)
     # tf32 products carry ~1e-3 relative error: only the floor bounds it (comparing against the
     # oracle itself makes the "2 x same-dtype reference" term zero)
-    assert_matches_oracle(fused, oracle, same if precision == "ieee" else oracle, floor=floor, grad_l1=mass)
+    check(M, N, E, loss=loss, labels=labels, exclude_self=exclude_self, dtype=dtype, floor=floor,
+          against_oracle=precision == "tf32")
 
 
 @pytest.mark.gpu
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("M,N,E", [(70, 130, 100), (1000, 1200, 256), (130, 70, 33)])
 def test_low_precision_within_twice_reference_error(M, N, E, dtype, loss):
-    fused, oracle, same, mass = compare(M, N, E, loss=loss, dtype=dtype, seed=23)
+    fused, _ = check(M, N, E, loss=loss, dtype=dtype, seed=23, floor=1e-3)
     assert fused[2].dtype == torch.float64  # run_with_grads returns float64 copies
-    assert_matches_oracle(fused, oracle, same, floor=1e-3, grad_l1=mass)
 
 
 @pytest.mark.gpu
 @on_gpu
+@pytest.mark.parametrize("scale", [-100.0, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_extreme_logits(scale, dtype):
+    """|scale| = 100 on distances up to ~1e3 (logits up to ~1e5, far past |S| = 1e3): the stable
+    softplus / sigmoid stay finite (assert_matches_oracle checks it) and as accurate as the
+    same-dtype reference (floor x 10, as in the CPU backend's test_extreme_scales)."""
+    kw = dict(scale=scale, bias=-3.0, spread=60.0, seed=0)
+    A, B, r, c, sc, bi, _, _ = make_problem(50, 50, 4, device="cuda", **kw)
+    assert (sc * (A @ B.T + r[:, None] + c[None, :]) + bi).abs().max() > 1e4
+    check(50, 50, 4, loss="sigmoid", dtype=dtype, floor=FLOOR[dtype] * 10, **kw)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_bit_identical_reruns(dtype):
+def test_bit_identical_reruns(dtype, loss):
     tensors = make_problem(300, 257, 200, seed=5, device="cuda")
     gr, gc = torch.rand(300, dtype=torch.float64, device="cuda"), torch.rand(257, dtype=torch.float64, device="cuda")
-    first = run_with_grads(cuda_fn("sdm", False), tensors, gr, gc, dtype)
-    second = run_with_grads(cuda_fn("sdm", False), tensors, gr, gc, dtype)
+    first = run_with_grads(cuda_fn(loss, False), tensors, gr, gc, dtype)
+    second = run_with_grads(cuda_fn(loss, False), tensors, gr, gc, dtype)
     for name, a, b in zip(OUT_NAMES, first, second):
         assert torch.equal(a, b), name
 
@@ -193,17 +226,89 @@ def test_stats_and_rows_without_positives(loss):
 
 @pytest.mark.gpu
 @on_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_stats_are_zeros_and_rows_without_positives_keep_their_terms(dtype):
+    """The sigmoid forward writes the schema's stats (shape [·, 3], the output dtype) as zeros; rows
+    and columns without positives keep their negative terms (loss > 0) and their gradient; the row
+    and column losses sum the same pairs."""
+    A, B, r, c, sc, bi, la, lb = make_problem(70, 45, 20, labels="repeats", seed=9, device="cuda")
+    lb = lb + 3  # some rows and columns lose every positive
+    args = [x.to(dtype) for x in (A, B, r, c, sc, bi)] + [la, lb]
+    rows, cols, row_stats, col_stats = torch.ops.uca.contrast_forward(*args, "sigmoid", False)
+    assert row_stats.shape == (70, 3) and col_stats.shape == (45, 3)
+    assert row_stats.dtype == col_stats.dtype == rows.dtype == dtype
+    assert not row_stats.any() and not col_stats.any()
+    pos = la[:, None] == lb[None, :]
+    lonely_rows, lonely_cols = ~pos.any(1), ~pos.any(0)
+    assert lonely_rows.any() and lonely_cols.any()
+    assert (rows[lonely_rows] > 0).all() and (cols[lonely_cols] > 0).all()
+    torch.testing.assert_close(rows.double().sum(), cols.double().sum(), rtol=1e-6 if dtype == torch.float32 else 1e-13,
+                               atol=0)
+    g = torch.Generator().manual_seed(10)
+    gr = torch.randn(70, generator=g, dtype=torch.float64).cuda()
+    gc = torch.randn(45, generator=g, dtype=torch.float64).cuda()
+    tensors = [A, B, r, c, sc, bi, la, lb]
+    fused = run_with_grads(cuda_fn("sigmoid", False), tensors, gr, gc, dtype)
+    oracle = run_with_grads(reference_fn("sigmoid", False), tensors, gr, gc, torch.float64)
+    same = run_with_grads(low_reference_fn("sigmoid", False), tensors, gr, gc, dtype)
+    assert_matches_oracle(fused, oracle, same, floor=FLOOR[dtype], grad_l1=grad_mass(gr, gc, "sigmoid"))
+    assert (fused[2][lonely_rows].abs().sum(1) > 0).all() and (fused[3][lonely_cols].abs().sum(1) > 0).all()
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("labels", ["none", "one"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_sigmoid_diagonal_and_single_identity(labels, exclude_self):
+    """labels=None (diagonal positives, the SigLIP setting: the oracle sees the equivalent unique
+    labels) and one identity (every valid pair positive), with SigLIP-like scale and bias."""
+    def fused_fn(A, B, r, c, sc, bi, la, lb):
+        la, lb = (None, None) if labels == "none" else (la, lb)
+        return uk.contrast(A, B, r, c, sc, bi, la, lb, loss="sigmoid", exclude_self=exclude_self, backend="cuda")
+
+    check(65, 65, 24, loss="sigmoid", labels="unique" if labels == "none" else "one", exclude_self=exclude_self,
+          scale=10.0, bias=-10.0, seed=13, floor=FLOOR[torch.float32], fused_fn=fused_fn)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_sigmoid_scalar_reduction(reduction):
+    """reduction "sum" / "mean" on the CUDA backend (Backend.sigmoid_sum: Σ loss_rows of the two-call
+    path) against the float64 reference, forward and every gradient, with an upstream gradient ≠ 1."""
+    M, N = 130, 70
+    A, B, r, c, sc, bi, la, lb = make_problem(M, N, 33, labels="repeats", seed=17, device="cuda")
+
+    def scalar_and_grads(backend, dtype):
+        leaves = [x.to(dtype).detach().requires_grad_() for x in (A, B, r, c, sc, bi)]
+        if backend == "reference":
+            rows, _ = contrast_reference(*leaves, la, lb, "sigmoid")
+            total = rows.sum() if reduction == "sum" else rows.sum() / M
+        else:
+            total = uk.contrast(*leaves, la, lb, loss="sigmoid", backend=backend, reduction=reduction)
+        assert total.dim() == 0
+        return [total.double().detach().reshape(1)] + [x.double() for x in torch.autograd.grad(0.7 * total, leaves)]
+
+    fused, oracle, same = (scalar_and_grads(b, d) for b, d in (("cuda", torch.float32), ("reference", torch.float64),
+                                                                ("reference", torch.float32)))
+    norm = 1.0 if reduction == "sum" else 1.0 / M
+    assert_matches_oracle(fused, oracle, same, floor=FLOOR[torch.float32], grad_l1=0.7 * M * N * norm,
+                          names=("total",) + LEAVES)
+
+
+@pytest.mark.gpu
+@on_gpu
 def test_opcheck():
     A, B, r, c, sc, bi, la, lb = make_problem(9, 7, 5, seed=31, device="cuda")
     args = [A.float(), B.float(), r.float(), c.float(), sc.float(), bi.float(), la, lb]
     for x in args[:6]:
         x.requires_grad_(True)
-    for loss in ("sdm", "infonce"):
-        torch.library.opcheck(torch.ops.uca.contrast_forward.default, (*args, loss, False))
     plain = [a.detach() for a in args]
-    out = torch.ops.uca.contrast_forward(*plain, "sdm", False)
     grads = (torch.rand(9, device="cuda"), torch.rand(7, device="cuda"))
-    torch.library.opcheck(torch.ops.uca.contrast_backward.default, (*grads, *plain, *out, "sdm", False))
+    for loss in LOSSES:
+        torch.library.opcheck(torch.ops.uca.contrast_forward.default, (*args, loss, False))
+        out = torch.ops.uca.contrast_forward(*plain, loss, False)
+        torch.library.opcheck(torch.ops.uca.contrast_backward.default, (*grads, *plain, *out, loss, False))
 
 
 @pytest.mark.gpu
@@ -217,21 +322,41 @@ def test_errors_name_the_problem():
         torch.ops.uca.contrast_forward(A, A, r[:5], r, s, s, la, la, "sdm", False)
     with pytest.raises(RuntimeError, match="loss must be"):
         torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "hinge", False)
-    with pytest.raises(RuntimeError, match="loss='sigmoid' is not implemented by the CUDA kernels"):
-        torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "sigmoid", False)
     with pytest.raises(RuntimeError, match="labels_b is on|labels_b must"):
         torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la.cpu(), "sdm", False)
 
 
 @pytest.mark.gpu
 @on_gpu
-def test_peak_extra_memory_below_one_percent_of_reference():
+def test_sigmoid_runs_through_the_op():
+    """loss='sigmoid' goes through the schema's ops on CUDA tensors like the other losses (it used
+    to be refused): finite losses, zero stats, a backward of the schema's shapes, and the same
+    values as the CPU kernel on the same inputs."""
+    A = torch.randn(8, 4, device="cuda")
+    r = torch.zeros(8, device="cuda")
+    s = torch.tensor(1.0, device="cuda")
+    la = torch.arange(8, device="cuda") % 3
+    rows, cols, rs, cs = torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "sigmoid", True)
+    assert rows.shape == cols.shape == (8,) and rs.shape == cs.shape == (8, 3)
+    assert torch.isfinite(rows).all() and torch.isfinite(cols).all() and not rs.any() and not cs.any()
+    g = torch.rand(8, device="cuda")
+    out = torch.ops.uca.contrast_backward(g, g, A, A, r, r, s, s, la, la, rows, cols, rs, cs, "sigmoid", True)
+    assert [tuple(x.shape) for x in out] == [(8, 4), (8, 4), (8,), (8,), (), ()]
+    cpu = torch.ops.uca.contrast_forward(*(x.cpu() for x in (A, A, r, r, s, s, la, la)), "sigmoid", True)
+    for x, y in zip((rows, cols), cpu[:2]):
+        torch.testing.assert_close(x.cpu(), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
+def test_peak_extra_memory_below_one_percent_of_reference(loss):
     M = N = 8192
     tensors = make_problem(M, N, 256, seed=47, device="cuda")
     gr = torch.ones(M, dtype=torch.float64, device="cuda")
     gc = torch.ones(N, dtype=torch.float64, device="cuda")
     extra = {}
-    for name, fn in (("cuda", cuda_fn("sdm", False)), ("reference", low_reference_fn("sdm", False))):
+    for name, fn in (("cuda", cuda_fn(loss, False)), ("reference", low_reference_fn(loss, False))):
         run_with_grads(fn, tensors, gr, gc, torch.float32)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -252,7 +377,8 @@ def test_compute_sanitizer_memcheck():
         "import sys; sys.path.insert(0, 'tests'); import torch, uca_kernels as uk; from helpers import make_problem;"
         "t = make_problem(70, 130, 33, seed=3, device='cuda');"
         "[x.requires_grad_(True) for x in t[:6]];"
-        "rows, cols = uk.contrast(*t, loss='sdm', backend='cuda'); (rows.sum() + cols.sum()).backward();"
+        "[(lambda rc: (rc[0].sum() + rc[1].sum()).backward())(uk.contrast(*t, loss=loss, backend='cuda'))"
+        " for loss in ('sdm', 'infonce', 'sigmoid')];"
         "torch.cuda.synchronize(); print('ok')"
     )
     proc = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-c", code],

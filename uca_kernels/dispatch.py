@@ -162,8 +162,6 @@ class CudaBackend(Backend):
             reasons.append(f"needs CUDA tensors, got {A.device.type}")
         if A.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             reasons.append(f"needs float16/bfloat16/float32/float64 inputs, got {A.dtype}")
-        if loss == "sigmoid":
-            reasons.append("the CUDA kernels do not implement loss='sigmoid' yet")
         return reasons
 
     def fingerprint(self):

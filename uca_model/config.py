@@ -207,12 +207,15 @@ class LossConfig:
 
     dcl_weight: float = 1.0  # distribution contrast (DCL)
     # Gaussian metric of DCL and of distance ranking: w2 | kl | jeffreys | csd. Both use d(image, text),
-    # image first: kl is KL(N_image || N_text) in training and in ranking (the text's Gaussian covers images)
-    metric: str = "w2"
+    # image first: kl is KL(N_image || N_text) in training and in ranking (the text's Gaussian covers images).
+    # csd (PCME++'s closed-form sampled distance, ||dmu||^2 + sum sigma_i^2 + sum sigma_j^2) with the pairwise
+    # sigmoid is the default: there a caption's sigma^2 is a per-caption logit offset that the loss sets from how
+    # many in-batch negatives the caption cannot tell from its positives (README, "Uncertainty")
+    metric: str = "csd"
     # sdm | infonce | sigmoid, for DCL (and PCL unless pcl_contrast_loss says otherwise). sdm: IRRA, for
     # pretrained towers; sigmoid: pairwise softplus(-y S) per pair, each pair counted once (SigLIP / PCME++),
     # the loss under which sigma gets a gradient from its own row (DESIGN.md, "Why sigma needs a pairwise loss")
-    contrast_loss: str = "infonce"
+    contrast_loss: str = "sigmoid"
     pcl_contrast_loss: str = ""  # loss of the PCL terms: "" = contrast_loss | sdm | infonce | sigmoid
     dcl_scale: float = 5.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02 as in IRRA)
     # sigmoid DCL: logits = -dcl_scale * d + dcl_bias. SigLIP starts from 10 cos - 10 on cosine; with unit mu
@@ -229,7 +232,9 @@ class LossConfig:
     # "attributes": mask attribute words (UA-AMLR); "random": random 15 % of the tokens instead, as
     # BERT / IRRA's MLM do (the UCA-randommask control)
     mask_words: str = "attributes"
-    kl_weight: float = 1e-4  # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl
+    # prior KL(N(mu, sigma^2) || N(0, I)), lambda_kl: 1e-3 keeps sigma off its floor (1e-4: sigma 0.006, its
+    # ranking of captions weaker; demo pilots, benchmarks/results/uncertainty-pilots/)
+    kl_weight: float = 1e-3
     id_weight: float = 0.0  # identity classification of mu (cosine classifier shared by both modalities)
     id_scale: float = 30.0  # logits = id_scale * cos(mu, identity prototype)
     baseline_loss: str = "sdm"  # baseline (term cosine_<loss>): sdm | infonce on cosine; sdm = IRRA's

@@ -43,13 +43,14 @@ template <>
 constexpr double kLow<double> = -800.0;
 
 // exp(x) for x in [kLow, 0]: Cephes range reduction + degree-6 polynomial, branch-free so loops
-// over it vectorise; returns 0 below -87 (the float underflow point).
-UCA_INLINE float vexp(float x) {
-  const bool under = x < -87.0f;
-  x = under ? -87.0f : (x > 0.0f ? 0.0f : x);
+// over it vectorise (selects only, and -fno-trapping-math: without it GCC keeps a branch around the
+// float ops and the loop stays scalar); returns 0 below -87 (the float underflow point).
+UCA_INLINE float vexp(float x0) {
+  const float keep = x0 < -87.0f ? 0.0f : 1.0f;
+  const float x = std::min(std::max(x0, -87.0f), 0.0f);
   const float v = x * 1.44269504088896341f + 0.5f;
   int32_t n = static_cast<int32_t>(v);
-  n -= (v < static_cast<float>(n));  // floor(x log2 e + 1/2)
+  n -= (v < static_cast<float>(n)) ? 1 : 0;  // floor(x log2 e + 1/2)
   const float fn = static_cast<float>(n);
   float r = x - fn * 0.693359375f;
   r = r - fn * -2.12194440e-4f;
@@ -63,7 +64,7 @@ UCA_INLINE float vexp(float x) {
   const int32_t bits = (n + 127) << 23;  // 2^n, n in [-126, 0]
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(float));
-  return under ? 0.0f : y * two_n;
+  return y * two_n * keep;
 }
 UCA_INLINE double vexp(double x) { return x < -708.0 ? 0.0 : std::exp(x > 0.0 ? 0.0 : x); }
 
@@ -169,7 +170,9 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
   if (md == kNegInf<double>) return;  // nothing valid in this tile row
   // -- online log-sum-exp sums (maxima are tile values, so exact in T) --
   const T m = static_cast<T>(md), mp = static_cast<T>(mpd);
-  double l = 0, w = 0, lneg = 0, lpm = 0;
+  // Sums over one tile row in T (a double accumulator inside the loop stops it from vectorising);
+  // they go into the double row state below.
+  T l = 0, w = 0, lneg = 0, lpm = 0;
 #pragma omp simd reduction(+ : l, w, lneg, lpm)
   for (int64_t j = 0; j < nj; ++j) {
     const bool pos = la == lb[j];
@@ -189,7 +192,7 @@ UCA_INLINE void fwd_row_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bia
   if (md - mpd < kFastGap<T>) {
     *st_lp += lpm * std::exp(md - mpd);
   } else {
-    double lp = 0;
+    T lp = 0;
 #pragma omp simd reduction(+ : lp)
     for (int64_t j = 0; j < nj; ++j) lp += la == lb[j] ? vexp(clamp_arg(s[j] - mp)) : T(0);
     *st_lp += lp;
@@ -267,8 +270,7 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
                              T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc, const T* lse_c,
                              const T* lsep_c, const T* loss_c, const T* logq_c, const T* fac_c,
                              T* out) {
-  T acc_st = 0, acc_s = 0, acc_t = 0;
-  double acc_l = 0;
+  T acc_st = 0, acc_s = 0, acc_t = 0, acc_l = 0;  // in T: see fwd_row_impl
 #pragma omp simd reduction(+ : acc_st, acc_s, acc_t, acc_l)
   for (int64_t j = 0; j < nj; ++j) {
     const T t = g[j] + ri + cj[j];
@@ -313,19 +315,20 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
   out[0] = acc_st;
   out[1] = acc_s;
   out[2] = acc_t;
-  if constexpr (MODE == 4) out[3] = static_cast<T>(acc_l);
+  if constexpr (MODE == 4) out[3] = acc_l;
 }
 
 // -- sigmoid loss, forward, one row of a tile: pair losses in place, their sum added to *acc ----
 template <typename T>
 UCA_INLINE void fwd_row_sigmoid_impl(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la,
                                      const int64_t* lb, int64_t self_j, double* acc) {
-  double sum = 0;
+  T sum = 0;  // in T: see fwd_row_impl
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < nj; ++j) {
     const T logit = scale * (s[j] + ri + cj[j]) + bias;
     const T x = la == lb[j] ? -logit : logit;  // l = softplus(-y S)
-    const T l = j == self_j ? T(0) : softplus(x);
+    const T sp = softplus(x);                   // computed for every j: a select, not a branch
+    const T l = j == self_j ? T(0) : sp;
     s[j] = l;
     sum += l;
   }

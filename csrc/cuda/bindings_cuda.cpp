@@ -31,6 +31,16 @@ uc::DType feature_dtype(const at::Tensor& A) {
   }
 }
 
+// The schema's loss (checked by parse_loss: same message as the CPU) as the kernels' enum.
+uc::Loss kernel_loss(c10::string_view loss) {
+  switch (uca::checks::parse_loss(loss)) {
+    case uca::checks::LossKind::SDM: return uc::Loss::SDM;
+    case uca::checks::LossKind::INFONCE: return uc::Loss::INFONCE;
+    case uca::checks::LossKind::SIGMOID: return uc::Loss::SIGMOID;
+  }
+  TORCH_CHECK(false, "unknown loss '", std::string(loss), "'");
+}
+
 uc::Precision precision_from_env() {
   const char* v = std::getenv("UCA_CUDA_PRECISION");
   const std::string s = v == nullptr ? "" : v;
@@ -64,7 +74,7 @@ uc::Args make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r
   a.bias = bias.data_ptr();
   a.labels_a = labels_a.data_ptr<int64_t>();
   a.labels_b = labels_b.data_ptr<int64_t>();
-  a.sdm = uca::checks::is_sdm(loss);
+  a.loss = kernel_loss(loss);
   a.exclude_self = exclude_self;
   return a;
 }

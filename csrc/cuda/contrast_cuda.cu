@@ -9,10 +9,12 @@
 //   forward     logits S = scale (G + r + c) + bias, online row statistics (running max, sum of
 //               exp, sum of exp * (s - max), negatives' sum, positives with their own max), kept
 //               per thread over its columns and merged across the threads of a row at the end;
-//   backward    dS from both sides' saved statistics, dT = scale dS to shared memory (in the
-//               operand type), then dX[own] += dT Y[other] over E in BX chunks, accumulated in
-//               an Acc scratch buffer whose rows only this block touches (read-modify-write per
-//               tile: no atomics), plus per-row sums of dS and dS * t.
+//               sigmoid: plain sums of the pair losses softplus(-y S) instead (no statistics);
+//   backward    dS from both sides' saved statistics (sigmoid: from the upstream gradients
+//               alone), dT = scale dS to shared memory (in the operand type), then dX[own] +=
+//               dT Y[other] over E in BX chunks, accumulated in an Acc scratch buffer whose rows
+//               only this block touches (read-modify-write per tile: no atomics), plus per-row
+//               sums of dS and dS * t.
 //
 // Rows launch (COLUMNS = false) owns rows of A: row stats, dA. Columns launch owns rows of B:
 // column stats, dB. The gram tile is computed A-rows x B-rows in both, with the same BM, BK and
@@ -105,6 +107,8 @@ __device__ __forceinline__ float ex(float x) { return expf(x); }
 __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float lg(float x) { return logf(x); }
 __device__ __forceinline__ double lg(double x) { return log(x); }
+__device__ __forceinline__ float lg1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double lg1p(double x) { return log1p(x); }
 
 template <typename Acc>
 __device__ __forceinline__ Acc neg_inf() { return -INFINITY; }
@@ -314,18 +318,46 @@ __device__ __forceinline__ Side<Acc> side_consts(const Acc* grad, const Acc* los
   return s;
 }
 
-// g * dL/dS of one side for a valid entry with logit s.
-template <bool SDM, typename Acc>
+// The constants the backward of LOSS reads for row / column k. Sigmoid reads only the upstream
+// gradient: every row and column is active (a row without positives keeps its negative terms).
+template <Loss LOSS, typename Acc>
+__device__ __forceinline__ Side<Acc> side_of(const Acc* grad, const Acc* loss, const Acc* stats, int64_t k) {
+  if constexpr (LOSS == Loss::SIGMOID)
+    return Side<Acc>{grad[k], Acc(0), Acc(0), Acc(0), Acc(0)};
+  else
+    return side_consts(grad, loss, stats, k);
+}
+
+// g * dL/dS of one side for a valid entry with logit s (the softmax losses).
+template <Loss LOSS, typename Acc>
 __device__ __forceinline__ Acc dloss_dlogit(Acc s, bool pos, Acc g, Acc lse, Acc lsep, Acc loss, Acc logq) {
+  static_assert(LOSS != Loss::SIGMOID, "the sigmoid loss uses sigmoid_pair_dlogit");
   const Acc x = fmin(s - lse, Acc(0));  // log p
   const Acc p = ex(x);
   Acc d;
-  if constexpr (SDM) {
+  if constexpr (LOSS == Loss::SDM) {
     d = p * (x - (pos ? logq : Acc(-18.420680743952367)) - loss);  // log(1e-8)
   } else {
     d = p - (pos ? ex(fmin(s - lsep, Acc(0))) : Acc(0));
   }
   return g * d;
+}
+
+// The sigmoid loss of a valid pair with logit s, y = +1 (pos) or -1: l = softplus(x), x = -y s, and
+// dl/ds = -y sigma(x). Stable for every finite s: e = exp(-|x|) never overflows (it underflows to 0
+// where it should), softplus(x) = max(x, 0) + log1p(e), sigma(x) = (x >= 0 ? 1 : e) / (1 + e).
+template <typename Acc>
+__device__ __forceinline__ Acc sigmoid_pair_loss(Acc s, bool pos) {
+  const Acc x = pos ? -s : s;
+  return fmax(x, Acc(0)) + lg1p(ex(-fabs(x)));
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc sigmoid_pair_dlogit(Acc s, bool pos) {
+  const Acc x = pos ? -s : s;
+  const Acc e = ex(-fabs(x));
+  const Acc sig = (x >= Acc(0) ? Acc(1) : e) / (Acc(1) + e);
+  return pos ? -sig : sig;
 }
 
 // -- kernels ----------------------------------------------------------------------------------------
@@ -422,7 +454,7 @@ struct Owner {
   }
 };
 
-template <typename T, int KIND, bool COLUMNS, bool SDM>
+template <typename T, int KIND, bool COLUMNS, Loss LOSS>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(KParams p, void* loss_out, void* stats_out) {
   using C = Cfg<T, KIND>;
   using Acc = typename C::Acc;
@@ -433,73 +465,102 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(KParams p, vo
   Acc* sRC = reinterpret_cast<Acc*>(sLab + BM);
   const Owner<T, KIND, COLUMNS> me(p);
 
-  Online<Acc> st;
-  online_init(st);
-  for (int64_t k0 = 0; k0 < me.n_oth; k0 += BM) {
-    me.stage_other(k0, sLab, sRC);
-    me.gram(k0, smem);
+  if constexpr (LOSS == Loss::SIGMOID) {
+    // -- sigmoid: sums of the pair losses, no statistics --
+    // Each thread sums its CPT entries of a tile in Acc, the tile sums in double (CPU: double);
+    // then the TPR threads of a row merge by a butterfly (a + b = b + a: every lane the same bits).
+    double sum = 0;
+    for (int64_t k0 = 0; k0 < me.n_oth; k0 += BM) {
+      me.stage_other(k0, sLab, sRC);
+      me.gram(k0, smem);
+      Acc tile = 0;
+#pragma unroll
+      for (int jj = 0; jj < CPT; ++jj) {
+        Acc t, s;
+        bool pos;
+        const bool valid = me.entry(me.part * CPT + jj, k0, sG, sRC, sLab, t, s, pos);
+        tile += valid ? sigmoid_pair_loss(s, pos) : Acc(0);
+      }
+      sum += double(tile);
+      __syncthreads();  // sG, sLab, sRC are rewritten by the next tile
+    }
+#pragma unroll
+    for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (me.part == 0 && me.own_ok) {
+      Acc* stats = static_cast<Acc*>(stats_out);
+      static_cast<Acc*>(loss_out)[me.own] = Acc(sum);
+#pragma unroll
+      for (int k = 0; k < kStats; ++k) stats[me.own * kStats + k] = Acc(0);
+    }
+  } else {
+    Online<Acc> st;
+    online_init(st);
+    for (int64_t k0 = 0; k0 < me.n_oth; k0 += BM) {
+      me.stage_other(k0, sLab, sRC);
+      me.gram(k0, smem);
 
-    // -- this thread's logits of the tile, tile maxima, positives --
-    Acc s_loc[CPT];
-    uint32_t pos_mask = 0, valid_mask = 0;
-    Acc tmax = neg_inf<Acc>(), tpmax = neg_inf<Acc>(), cnt = 0;
+      // -- this thread's logits of the tile, tile maxima, positives --
+      Acc s_loc[CPT];
+      uint32_t pos_mask = 0, valid_mask = 0;
+      Acc tmax = neg_inf<Acc>(), tpmax = neg_inf<Acc>(), cnt = 0;
 #pragma unroll
-    for (int jj = 0; jj < CPT; ++jj) {
-      Acc t, s;
-      bool pos;
-      const bool valid = me.entry(me.part * CPT + jj, k0, sG, sRC, sLab, t, s, pos);
-      s_loc[jj] = s;
-      valid_mask |= uint32_t(valid) << jj;
-      pos_mask |= uint32_t(pos) << jj;
-      tmax = valid ? fmax(tmax, s) : tmax;
-      tpmax = pos ? fmax(tpmax, s) : tpmax;
-      cnt += pos ? Acc(1) : Acc(0);
-    }
-    // -- rescale the running sums to the new maxima, then add this tile --
-    Online<Acc> add;
-    online_init(add);
-    add.n = cnt;
-    add.m = tmax;
-    add.mp = tpmax;
+      for (int jj = 0; jj < CPT; ++jj) {
+        Acc t, s;
+        bool pos;
+        const bool valid = me.entry(me.part * CPT + jj, k0, sG, sRC, sLab, t, s, pos);
+        s_loc[jj] = s;
+        valid_mask |= uint32_t(valid) << jj;
+        pos_mask |= uint32_t(pos) << jj;
+        tmax = valid ? fmax(tmax, s) : tmax;
+        tpmax = pos ? fmax(tpmax, s) : tpmax;
+        cnt += pos ? Acc(1) : Acc(0);
+      }
+      // -- rescale the running sums to the new maxima, then add this tile --
+      Online<Acc> add;
+      online_init(add);
+      add.n = cnt;
+      add.m = tmax;
+      add.mp = tpmax;
 #pragma unroll
-    for (int jj = 0; jj < CPT; ++jj) {
-      if (!((valid_mask >> jj) & 1u)) continue;
-      const bool pos = (pos_mask >> jj) & 1u;
-      const Acc x = s_loc[jj] - tmax;
-      const Acc e = ex(x);
-      add.l += e;
-      add.w += e * x;
-      if (!pos) add.lneg += e;
-      if (pos) add.lp += ex(s_loc[jj] - tpmax);
+      for (int jj = 0; jj < CPT; ++jj) {
+        if (!((valid_mask >> jj) & 1u)) continue;
+        const bool pos = (pos_mask >> jj) & 1u;
+        const Acc x = s_loc[jj] - tmax;
+        const Acc e = ex(x);
+        add.l += e;
+        add.w += e * x;
+        if (!pos) add.lneg += e;
+        if (pos) add.lp += ex(s_loc[jj] - tpmax);
+      }
+      st = online_merge(st, add);
+      __syncthreads();  // sG, sLab, sRC are rewritten by the next tile
     }
-    st = online_merge(st, add);
-    __syncthreads();  // sG, sLab, sRC are rewritten by the next tile
-  }
 
-  // -- merge the TPR threads of each row; the first writes the loss and the stats --
+    // -- merge the TPR threads of each row; the first writes the loss and the stats --
 #pragma unroll
-  for (int off = TPR / 2; off > 0; off /= 2) st = online_merge(st, shfl_xor(st, off));
-  if (me.part == 0 && me.own_ok) {
-    const int64_t own = me.own;
-    const Acc inf = INFINITY;
-    const bool has_l = st.l > Acc(0), has_lp = st.lp > Acc(0);
-    const Acc l1 = has_l ? st.l : Acc(1), lp1 = has_lp ? st.lp : Acc(1);
-    const Acc m0 = has_l ? st.m : Acc(0), mp0 = has_lp ? st.mp : Acc(0);
-    Acc value;
-    if constexpr (SDM) {
-      const Acc p_pos = lp1 * ex(mp0 - m0) / l1, p_neg = st.lneg / l1;
-      const Acc logq = lg(Acc(1) / fmax(st.n, Acc(1)) + Acc(kSdmEps));
-      value = st.w / l1 - lg(l1) - p_pos * logq - p_neg * Acc(-18.420680743952367);
-    } else {
-      value = (m0 - mp0) + lg(l1) - lg(lp1);
+    for (int off = TPR / 2; off > 0; off /= 2) st = online_merge(st, shfl_xor(st, off));
+    if (me.part == 0 && me.own_ok) {
+      const int64_t own = me.own;
+      const Acc inf = INFINITY;
+      const bool has_l = st.l > Acc(0), has_lp = st.lp > Acc(0);
+      const Acc l1 = has_l ? st.l : Acc(1), lp1 = has_lp ? st.lp : Acc(1);
+      const Acc m0 = has_l ? st.m : Acc(0), mp0 = has_lp ? st.mp : Acc(0);
+      Acc value;
+      if constexpr (LOSS == Loss::SDM) {
+        const Acc p_pos = lp1 * ex(mp0 - m0) / l1, p_neg = st.lneg / l1;
+        const Acc logq = lg(Acc(1) / fmax(st.n, Acc(1)) + Acc(kSdmEps));
+        value = st.w / l1 - lg(l1) - p_pos * logq - p_neg * Acc(-18.420680743952367);
+      } else {
+        value = (m0 - mp0) + lg(l1) - lg(lp1);
+      }
+      value = (st.n > Acc(0) && has_l && has_lp) ? value : Acc(0);
+      Acc* loss = static_cast<Acc*>(loss_out);
+      Acc* stats = static_cast<Acc*>(stats_out);
+      loss[own] = value;
+      stats[own * kStats + 0] = has_l ? m0 + lg(l1) : -inf;
+      stats[own * kStats + 1] = has_lp ? mp0 + lg(lp1) : -inf;
+      stats[own * kStats + 2] = st.n;
     }
-    value = (st.n > Acc(0) && has_l && has_lp) ? value : Acc(0);
-    Acc* loss = static_cast<Acc*>(loss_out);
-    Acc* stats = static_cast<Acc*>(stats_out);
-    loss[own] = value;
-    stats[own * kStats + 0] = has_l ? m0 + lg(l1) : -inf;
-    stats[own * kStats + 1] = has_lp ? mp0 + lg(lp1) : -inf;
-    stats[own * kStats + 2] = st.n;
   }
 }
 
@@ -572,7 +633,7 @@ __device__ __forceinline__ void dx_chunk(const T* sDT, const T* sY, typename Cfg
   }
 }
 
-template <typename T, int KIND, bool COLUMNS, bool SDM>
+template <typename T, int KIND, bool COLUMNS, Loss LOSS>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BParams q) {
   using C = Cfg<T, KIND>;
   using Acc = typename C::Acc;
@@ -596,8 +657,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
   Acc* dX = static_cast<Acc*>(q.dX);
   Side<Acc> mine{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
   if (me.own_ok)
-    mine = side_consts(static_cast<const Acc*>(q.g_own), static_cast<const Acc*>(q.loss_own),
-                       static_cast<const Acc*>(q.st_own), me.own);
+    mine = side_of<LOSS>(static_cast<const Acc*>(q.g_own), static_cast<const Acc*>(q.loss_own),
+                         static_cast<const Acc*>(q.st_own), me.own);
 
   Acc sum_ds = 0, sum_dst = 0;
   for (int64_t k0 = 0; k0 < me.n_oth; k0 += BM) {
@@ -605,7 +666,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t o = k0 + i;
       Side<Acc> s{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
-      if (o < me.n_oth) s = side_consts(g_oth, loss_oth, st_oth, o);
+      if (o < me.n_oth) s = side_of<LOSS>(g_oth, loss_oth, st_oth, o);
       sGo[i] = s.g;
       sLse[i] = s.lse;
       sLsep[i] = s.lsep;
@@ -622,8 +683,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
       bool pos;
       Acc ds = 0;
       if (me.entry(j, k0, sG, sRC, sLab, t, s, pos)) {
-        ds = dloss_dlogit<SDM>(s, pos, mine.g, mine.lse, mine.lsep, mine.loss, mine.logq) +
-             dloss_dlogit<SDM>(s, pos, sGo[j], sLse[j], sLsep[j], sLoss[j], sLogq[j]);
+        if constexpr (LOSS == Loss::SIGMOID) {
+          // (g_row + g_col) dl/dS: the same bits in the rows and the columns launch (a + b = b + a)
+          ds = (mine.g + sGo[j]) * sigmoid_pair_dlogit(s, pos);
+        } else {
+          ds = dloss_dlogit<LOSS>(s, pos, mine.g, mine.lse, mine.lsep, mine.loss, mine.logq) +
+               dloss_dlogit<LOSS>(s, pos, sGo[j], sLse[j], sLsep[j], sLoss[j], sLogq[j]);
+        }
       }
       sum_ds += ds;
       if (!COLUMNS) sum_dst += ds * t;
@@ -683,14 +749,14 @@ cudaError_t prepare(Kernel kernel, size_t smem) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 }
 
-template <typename T, int KIND, bool SDM>
+template <typename T, int KIND, Loss LOSS>
 cudaError_t forward_t(const Args& a, void* loss_rows, void* loss_cols, void* row_stats, void* col_stats,
                       cudaStream_t stream) {
   using C = Cfg<T, KIND>;
   KParams p = make_params(a);
   p.vec = rows_aligned<T>(a);
-  const auto rows_kernel = fwd_kernel<T, KIND, false, SDM>;
-  const auto cols_kernel = fwd_kernel<T, KIND, true, SDM>;
+  const auto rows_kernel = fwd_kernel<T, KIND, false, LOSS>;
+  const auto cols_kernel = fwd_kernel<T, KIND, true, LOSS>;
   cudaError_t err;
   if ((err = prepare(rows_kernel, C::kSmem)) != cudaSuccess) return err;
   if ((err = prepare(cols_kernel, C::kSmem)) != cudaSuccess) return err;
@@ -700,7 +766,7 @@ cudaError_t forward_t(const Args& a, void* loss_rows, void* loss_cols, void* row
   return cudaGetLastError();
 }
 
-template <typename T, int KIND, bool SDM>
+template <typename T, int KIND, Loss LOSS>
 cudaError_t backward_t(const Args& a, const void* grad_rows, const void* grad_cols, const void* loss_rows,
                        const void* loss_cols, const void* row_stats, const void* col_stats, void* dA_acc,
                        void* dB_acc, void* sum_ds_rows, void* sum_dst_rows, void* sum_ds_cols,
@@ -711,8 +777,8 @@ cudaError_t backward_t(const Args& a, const void* grad_rows, const void* grad_co
   const int64_t ldx = round_up(a.E, C::BX);
   BParams rows{grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats, dA_acc, ldx, sum_ds_rows, sum_dst_rows};
   BParams cols{grad_cols, grad_rows, loss_cols, loss_rows, col_stats, row_stats, dB_acc, ldx, sum_ds_cols, nullptr};
-  const auto rows_kernel = bwd_kernel<T, KIND, false, SDM>;
-  const auto cols_kernel = bwd_kernel<T, KIND, true, SDM>;
+  const auto rows_kernel = bwd_kernel<T, KIND, false, LOSS>;
+  const auto cols_kernel = bwd_kernel<T, KIND, true, LOSS>;
   cudaError_t err;
   if ((err = prepare(rows_kernel, C::kSmem)) != cudaSuccess) return err;
   if ((err = prepare(cols_kernel, C::kSmem)) != cudaSuccess) return err;
@@ -729,21 +795,25 @@ struct TypeKind {
 };
 
 struct ForwardRun {
-  template <typename T, int KIND, bool SDM, typename... Rest>
-  static cudaError_t run(const Args& a, Rest... rest) { return forward_t<T, KIND, SDM>(a, rest...); }
+  template <typename T, int KIND, Loss LOSS, typename... Rest>
+  static cudaError_t run(const Args& a, Rest... rest) { return forward_t<T, KIND, LOSS>(a, rest...); }
 };
 struct BackwardRun {
-  template <typename T, int KIND, bool SDM, typename... Rest>
-  static cudaError_t run(const Args& a, Rest... rest) { return backward_t<T, KIND, SDM>(a, rest...); }
+  template <typename T, int KIND, Loss LOSS, typename... Rest>
+  static cudaError_t run(const Args& a, Rest... rest) { return backward_t<T, KIND, LOSS>(a, rest...); }
 };
 
-// Calls F::run<T, KIND, SDM>(a, rest...) for the dtype, precision and loss of a.
+// Calls F::run<T, KIND, LOSS>(a, rest...) for the dtype, precision and loss of a.
 template <typename F, typename... Rest>
 cudaError_t dispatch(const Args& a, Rest... rest) {
   const auto by_loss = [&](auto tag) -> cudaError_t {
     using TK = decltype(tag);
-    return a.sdm ? F::template run<typename TK::type, TK::kind, true>(a, rest...)
-                 : F::template run<typename TK::type, TK::kind, false>(a, rest...);
+    switch (a.loss) {
+      case Loss::SDM: return F::template run<typename TK::type, TK::kind, Loss::SDM>(a, rest...);
+      case Loss::INFONCE: return F::template run<typename TK::type, TK::kind, Loss::INFONCE>(a, rest...);
+      case Loss::SIGMOID: return F::template run<typename TK::type, TK::kind, Loss::SIGMOID>(a, rest...);
+    }
+    return cudaErrorInvalidValue;
   };
   switch (a.dtype) {
     case DType::F16: return by_loss(TypeKind<__half, MMA16>{});

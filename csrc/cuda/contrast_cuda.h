@@ -4,9 +4,9 @@
 // (CMakeLists.txt) and is reused by the torch bindings (bindings_cuda.cpp).
 //
 // Kernels are written once for an *owner* side and launched twice: programs (thread blocks) own
-// a block of rows of A (row launch: row statistics, dA) or of B (column launch: column
-// statistics, dB) and sweep the other side. Every output element is written by exactly one
-// block: no atomics, results bit-identical run to run. The logit of a pair is always computed
+// a block of rows of A (row launch: row statistics or sums, dA) or of B (column launch: column
+// statistics or sums, dB) and sweep the other side. Every output element is written by exactly
+// one block: no atomics, results bit-identical run to run. The logit of a pair is always computed
 // the same way (A rows x B rows, same tile shape, same order along E, rounding fixed with
 // __fadd_rn/__fmul_rn), so the four launches agree bit for bit on every logit and a
 // probability formed from one launch's logits and another's log-sum-exp is consistent.
@@ -26,7 +26,11 @@ enum class DType : int { F16 = 0, BF16 = 1, F32 = 2, F64 = 3 };
 // float16/bfloat16 always use tensor cores (fp32 accumulation); float64 always exact FMA.
 enum class Precision : int { IEEE = 0, TF32 = 1 };
 
-constexpr int kStats = 3;  // per row / column: LSE, positive LSE, #positives
+// The losses of the schema (same values as uca::Loss in core/contrast.h). SIGMOID needs no
+// statistics: its forward sums the pair losses, its backward reads only the upstream gradients.
+enum class Loss : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
+
+constexpr int kStats = 3;  // per row / column: LSE, positive LSE, #positives (all zeros for SIGMOID)
 
 struct Args {
   int64_t M = 0, N = 0, E = 0;     // rows of A, rows of B, feature width
@@ -41,7 +45,7 @@ struct Args {
   const void* bias = nullptr;      // []
   const int64_t* labels_a = nullptr;  // [M]
   const int64_t* labels_b = nullptr;  // [N]
-  bool sdm = true;                 // loss: sdm (true) or infonce (false)
+  Loss loss = Loss::SDM;           // sdm, infonce or sigmoid
   bool exclude_self = false;       // drop pairs i == j (M == N)
 };
 
@@ -54,11 +58,12 @@ int64_t padded_cols(DType dtype, Precision precision, int64_t E);
 // dtype and precision (forward and backward, rows and columns launches).
 size_t shared_bytes(DType dtype, Precision precision);
 
-// loss_rows [M], loss_cols [N], row_stats [M, 3], col_stats [N, 3] (Acc).
+// loss_rows [M], loss_cols [N], row_stats [M, 3], col_stats [N, 3] (Acc; zeros for SIGMOID).
 cudaError_t contrast_forward(const Args& a, void* loss_rows, void* loss_cols, void* row_stats,
                              void* col_stats, cudaStream_t stream);
 
-// Inputs (Acc): grad_rows [M], grad_cols [N], the forward's losses and stats.
+// Inputs (Acc): grad_rows [M], grad_cols [N], the forward's losses and stats (SIGMOID reads
+// neither: dS_ij = (grad_rows_i + grad_cols_j) dl_ij/dS_ij).
 // Outputs (Acc): dA_acc [padded_rows(M), padded_cols(E)] and dB_acc [padded_rows(N), ...]
 // (row-major with that leading dimension; the [M, E] / [N, E] corner is the gradient),
 // sum_ds_rows [M] = sum_j dS_ij, sum_dst_rows [M] = sum_j dS_ij t_ij, sum_ds_cols [N].

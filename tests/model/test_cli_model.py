@@ -31,7 +31,7 @@ def test_eval_rebuilds_the_run_and_matches_training(trained, capsys):
     js = trained["tmp"] / "eval.json"
     assert cli.main(["eval", "--run", str(trained["run"]), "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "ranking by distance (w2)" in out and "| test (distance) |" in out and "| test (cosine) |" in out
+    assert "ranking by distance (csd)" in out and "| test (distance) |" in out and "| test (cosine) |" in out
     got = json.loads(js.read_text())
     want = json.loads((trained["run"] / "metrics.json").read_text())["test"]
     for k in ("R1", "R5", "R10", "mAP", "mINP"):
@@ -47,7 +47,7 @@ def test_search_writes_the_picture(trained, capsys):
     out = capsys.readouterr().out
     assert out_png.is_file() and out_png.stat().st_size > 1000
     lines = [ln for ln in out.splitlines() if re.match(r"^\s*\d+\. ", ln)]
-    assert len(lines) == 5 and "w2" in lines[0] and "sigma" in lines[0]
+    assert len(lines) == 5 and "csd" in lines[0] and "sigma" in lines[0]
     dists = [float(ln.split()[2]) for ln in lines]
     assert dists == sorted(dists)  # nearest first
 

@@ -140,7 +140,7 @@ def test_model_terms_weights_and_gradients():
     assert set(out["terms"]) == set(w) == {"dcl", "pcl_inter", "pcl_intra_image", "pcl_intra_text", "amlr",
                                            "kl_image", "kl_text", "id"}
     assert w["pcl_inter"] == cfg.loss.pcl_weight and w["kl_text"] == cfg.loss.kl_weight
-    assert set(out["stats"]) == {"sigma_image", "sigma_text", "scale_dcl", "scale_pcl"}
+    assert set(out["stats"]) == {"sigma_image", "sigma_text", "scale_dcl", "scale_pcl", "bias_dcl", "bias_pcl"}
     total = sum(w[k] * out["terms"][k] for k in w)
     total.backward()
     for name, p in model.named_parameters():
@@ -152,8 +152,9 @@ def test_model_terms_weights_and_gradients():
     # the DCL term is uca_kernels' loss on the model's distributions
     b = _batch()
     img, txt = model.encode_image(b["images"]), model.encode_text(b["input_ids"], b["attention_mask"])
-    ref = uk.distribution_contrast_loss(img["mu"], img["logvar"], txt["mu"], txt["logvar"], b["pids"], metric="w2",
-                                        loss=cfg.loss.contrast_loss, scale=cfg.loss.dcl_scale, backend="reference")
+    ref = uk.distribution_contrast_loss(img["mu"], img["logvar"], txt["mu"], txt["logvar"], b["pids"],
+                                        metric=cfg.loss.metric, loss=cfg.loss.contrast_loss, scale=cfg.loss.dcl_scale,
+                                        bias=cfg.loss.dcl_bias, backend="reference")
     torch.testing.assert_close(model(b)["terms"]["dcl"], ref, rtol=1e-5, atol=1e-5)
     # same generator -> same samples -> same loss
     a = model(b, generator=torch.Generator().manual_seed(5))["terms"]["pcl_inter"]
@@ -171,7 +172,7 @@ def test_switched_off_terms_build_no_modules_and_baseline():
     out = model(_batch())
     assert set(out["terms"]) == {"cosine_sdm"} and model.loss_weights() == {"cosine_sdm": 1.0}
     # the baseline is IRRA's SDM on cosine whatever UCA's contrast_loss is; the term says which loss
-    assert cfg.loss.contrast_loss == "infonce" and cfg.loss.baseline_loss == "sdm"
+    assert cfg.loss.contrast_loss == "sigmoid" and cfg.loss.baseline_loss == "sdm"
     f_v = model.encode_image(_batch()["images"])["mu"]
     f_t = model.encode_text(_batch()["input_ids"], _batch()["attention_mask"])["mu"]
     A, Bf = torch.nn.functional.normalize(f_v, dim=1), torch.nn.functional.normalize(f_t, dim=1)

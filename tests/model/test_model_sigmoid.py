@@ -29,9 +29,9 @@ def test_sigmoid_config_and_per_term_losses():
     assert (L.term_loss("dcl"), L.term_loss("pcl")) == ("sigmoid", "sigmoid")
     L = from_dict({"model": {"loss": {"contrast_loss": "sigmoid", "pcl_contrast_loss": "infonce"}}}).model.loss
     assert (L.term_loss("dcl"), L.term_loss("pcl")) == ("sigmoid", "infonce")
-    # the defaults are unchanged: InfoNCE everywhere, biases only matter for sigmoid terms
+    # the defaults: CSD + sigmoid everywhere (biases only matter for sigmoid terms)
     L = RunConfig().model.loss
-    assert (L.contrast_loss, L.pcl_contrast_loss, L.term_loss("pcl")) == ("infonce", "", "infonce")
+    assert (L.metric, L.contrast_loss, L.pcl_contrast_loss, L.term_loss("pcl")) == ("csd", "sigmoid", "", "sigmoid")
     assert (L.dcl_bias, L.pcl_bias, L.learn_bias) == (0.0, -10.0, True)
 
 
@@ -61,7 +61,8 @@ def test_configs_saved_before_the_new_fields_still_match():
     cfg.model.loss.dcl_bias = -5.0
     with pytest.raises(CheckpointError, match=r"model.loss.dcl_bias: 0.0 -> -5.0"):
         check_config_match(old, cfg, "old.pt")
-    model = UCAModel(_tiny_model_cfg(), vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
+    # a run saved with a softmax loss (the default before sigmoid) has no bias tensors to load
+    model = UCAModel(_tiny_model_cfg(contrast_loss="infonce"), vocab_size=VOCAB, special=SPECIAL, num_train_ids=4)
     assert not [k for k in model.state_dict() if k in ("dcl_bias", "pcl_bias")]
     assert model.bias_names() == [] and model.bias("dcl") == 0.0
 

@@ -227,7 +227,7 @@ def test_eval_writes_the_calibration_next_to_the_run_or_where_asked(trained, tmp
     assert png.is_file() and png.stat().st_size > 10_000
     t = json.loads(js.read_text())
     assert set(t) == TABLE_KEYS | {"run", "split", "checkpoint", "score", "metric"}
-    assert t["split"] == "test" and t["score"] == "distance" and t["metric"] == "w2" and t["synthpedes"]
+    assert t["split"] == "test" and t["score"] == "distance" and t["metric"] == "csd" and t["synthpedes"]
     m = json.loads(js_metrics.read_text())
     assert t["queries"] == m["num_queries"] and t["gallery"] == m["gallery_size"]
     assert t["overall"]["R1"] == pytest.approx(m["R1"]) and t["overall"]["mAP"] == pytest.approx(m["mAP"])
