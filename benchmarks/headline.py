@@ -329,7 +329,11 @@ def main(argv=None) -> int:
     meta["load_1m_end"] = round(os.getloadavg()[0], 2)
     write_results(stem, meta, rows)
     text = write_markdown(stem + ".md", meta, rows, summary, args)
-    print(f"wrote {stem}.json, {stem}.csv, {stem}.md\n")
+    if not args.large_only:
+        from .plot import write_headline_png
+
+        write_headline_png(stem + ".png", meta, rows, args.ratio_batch)
+    print(f"wrote {stem}.json, {stem}.csv, {stem}.md" + ("" if args.large_only else f", {stem}.png") + "\n")
     print(text)
     return 0
 

@@ -249,6 +249,53 @@ def write_pngs(stem: str, meta: dict, rows: list[dict]) -> dict[str, str]:
     return out
 
 
+def write_headline_png(path: str, meta: dict, rows: list[dict], B: int) -> str:
+    """One figure for a headline run at one B: per case, each provider's time as a multiple of the
+    four-matmul floor (left; the sigmoid's ideal, 3 of the 4 passes, dotted) and its peak extra
+    memory (right, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok" and r.get("B") == B and not r.get("large_batch_check")]
+    cases = list(dict.fromkeys(r["case"] for r in ok))
+    providers = [p for p in _ordered(r["provider"] for r in ok) if p != FLOOR]
+    floor = {r["case"]: r["time_median_s"] for r in ok if r["provider"] == FLOOR}
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / max(1, len(providers))
+    for k, p in enumerate(providers):
+        xs, ts, ms = [], [], []
+        for i, c in enumerate(cases):
+            r = next((r for r in ok if r["case"] == c and r["provider"] == p), None)
+            if r is None or c not in floor:
+                continue
+            xs.append(i + (k - (len(providers) - 1) / 2) * width)
+            ts.append(r["time_median_s"] / floor[c])
+            ms.append(max(r["peak_mem_bytes"], 1) / 2**20)
+        ax_t.bar(xs, ts, width, label=p, color=COLORS.get(p))
+        ax_m.bar(xs, ms, width, label=p, color=COLORS.get(p))
+    ax_t.axhline(1.0, color="k", ls="--", lw=1, label="four matmuls")
+    for i, c in enumerate(cases):
+        r = next((r for r in ok if r["case"] == c), {})
+        if r.get("ideal_passes") and r.get("passes") and r["ideal_passes"] != r["passes"]:
+            f = r["ideal_passes"] / r["passes"]
+            ax_t.plot([i - 0.45, i + 0.45], [f, f], color="k", ls=":", lw=1)
+    labels = [c.replace("-fwdbwd", "") for c in cases]
+    for ax, what in ((ax_t, "time ÷ four matmuls (dotted: 3-pass ideal)"), (ax_m, "peak extra memory (MiB)")):
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(what)
+        ax.grid(True, axis="y", alpha=0.3)
+    ax_m.set_yscale("log")
+    ax_t.legend(fontsize=8)
+    fig.suptitle(f"forward + backward, B = {B}: {meta['device_name']}, torch {meta['torch']}, {meta['commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def report(json_path: str, png: bool = True) -> list[str]:
     """Write the PNGs (unless ``png`` is False) and the markdown summary of a sweep JSON."""
     meta, rows = load(json_path)
