@@ -454,3 +454,27 @@ def test_feature_map_backward_matches_autograd(metric, center):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
     leaves3 = [t.clone().requires_grad_() for t in base]
     assert torch.autograd.gradcheck(lambda *t: uk.feature_maps(*t, metric, center=False), leaves3)
+
+
+def test_sigmoid_modules_start_from_siglip():
+    """loss='sigmoid' defaults: points on cosine start from SigLIP's 10·cos − 10; distributions from
+    −5·d + 0, the same logits for unit μ and small σ (d ≈ 2 − 2 cos); softmax defaults unchanged."""
+    pcl = uk.PointContrastLoss(loss="sigmoid", learn_scale=True, learn_bias=True)
+    assert float(pcl.scale.detach()) == pytest.approx(10.0) and float(pcl.bias.detach()) == -10.0
+    assert isinstance(pcl.bias, torch.nn.Parameter) and isinstance(pcl.log_scale, torch.nn.Parameter)
+    dcl = uk.DistributionContrastLoss(metric="csd", loss="sigmoid")
+    assert float(dcl.scale) == pytest.approx(5.0) and float(dcl.bias) == 0.0
+    assert float(uk.DistributionContrastLoss().scale) == pytest.approx(1.0)
+    assert float(uk.PointContrastLoss().scale) == pytest.approx(50.0) and float(uk.PointContrastLoss().bias) == 0.0
+    # the module's bias reaches the loss: same value as the function with SigLIP's start
+    mu_v, lv_v, mu_t, lv_t = gaussians(4, 4, 3, seed=27)
+    g = torch.Generator().manual_seed(3)
+    got = uk.PointContrastLoss(num_samples=2, loss="sigmoid", backend="reference")(mu_v, lv_v, mu_t, lv_t, generator=g)
+    want = uk.point_contrast_loss(mu_v, lv_v, mu_t, lv_t, num_samples=2, loss="sigmoid", scale=10.0, bias=-10.0,
+                                  generator=torch.Generator().manual_seed(3), backend="reference")
+    torch.testing.assert_close(got["total"], want["total"])
+    u = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    tiny = torch.full((6, 8), -20.0)
+    d = uk.gaussian_distance(u, tiny, v, tiny, "csd")
+    torch.testing.assert_close(-5.0 * d, 10.0 * (u @ v.T) - 10.0, rtol=0, atol=1e-6)

@@ -218,19 +218,20 @@ class DistributionContrastLoss(_ScaleMixin):
     """Module form of :func:`distribution_contrast_loss` with an optionally learnable scale (kept
     positive through its log) and bias.
 
-    The defaults (scale 1, bias 0, neither learnable) are the same for every loss. SigLIP starts its
-    sigmoid loss from scale 10, bias −10, both learnable, on cosine logits; here the logits are
-    −scale·d + bias on a distance, so pass the starting point that suits the metric explicitly
-    (e.g. ``loss="sigmoid", learn_scale=True, learn_bias=True``)."""
+    Defaults: scale 1, bias 0 for the softmax losses (which ignore the bias). For ``sigmoid`` they
+    follow SigLIP, whose start is the logit 10·cos − 10: on unit-norm μ with small σ a distance is
+    d ≈ 2 − 2 cos (W2, CSD), so −5·d + 0 gives those very logits; the sigmoid defaults are
+    therefore scale 5 and bias 0. ``learn_scale`` / ``learn_bias`` make them learnable (SigLIP
+    learns both)."""
 
-    def __init__(self, metric: str = "w2", loss: str = "sdm", scale: float = 1.0, learn_scale: bool = False,
-                 bias: float = 0.0, learn_bias: bool = False, backend: str = "auto"):
+    def __init__(self, metric: str = "w2", loss: str = "sdm", scale: float | None = None, learn_scale: bool = False,
+                 bias: float | None = None, learn_bias: bool = False, backend: str = "auto"):
         super().__init__()
         self.metric = check_choice("metric", metric, METRICS)
         self.loss = check_choice("loss", loss, LOSSES)
         self.backend = backend
-        self._init_scale(scale, learn_scale)
-        b = torch.tensor(float(bias))
+        self._init_scale((5.0 if loss == "sigmoid" else 1.0) if scale is None else scale, learn_scale)
+        b = torch.tensor(0.0 if bias is None else float(bias))
         self.bias = nn.Parameter(b) if learn_bias else b
 
     def forward(self, mu_v, logvar_v, mu_t, logvar_t, labels=None, *, labels_t=None):
@@ -241,10 +242,14 @@ class DistributionContrastLoss(_ScaleMixin):
 
 
 class PointContrastLoss(_ScaleMixin):
-    """Module form of :func:`point_contrast_loss`; returns the dict of named terms."""
+    """Module form of :func:`point_contrast_loss`; returns the dict of named terms.
+
+    Defaults: scale 1/0.02 on cosine (IRRA), 1 on euclidean, bias 0; for ``sigmoid`` on cosine
+    SigLIP's start, scale 10 and bias −10 (``learn_scale`` / ``learn_bias`` to learn them)."""
 
     def __init__(self, num_samples: int = 4, similarity: str = "cosine", scale: float | None = None,
-                 learn_scale: bool = False, loss: str = "sdm", intra: bool = True, backend: str = "auto"):
+                 learn_scale: bool = False, loss: str = "sdm", intra: bool = True, backend: str = "auto",
+                 bias: float | None = None, learn_bias: bool = False):
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -252,9 +257,15 @@ class PointContrastLoss(_ScaleMixin):
         self.similarity = check_choice("similarity", similarity, SIMILARITIES)
         self.loss = check_choice("loss", loss, LOSSES)
         self.intra, self.backend = intra, backend
-        self._init_scale(DEFAULT_POINT_SCALE[similarity] if scale is None else scale, learn_scale)
+        siglip = loss == "sigmoid" and similarity == "cosine"
+        if scale is None:
+            scale = 10.0 if siglip else DEFAULT_POINT_SCALE[similarity]
+        self._init_scale(scale, learn_scale)
+        b = torch.tensor((-10.0 if siglip else 0.0) if bias is None else float(bias))
+        self.bias = nn.Parameter(b) if learn_bias else b
 
     def forward(self, mu_v, logvar_v, mu_t, logvar_t, labels=None, generator=None):
         return point_contrast_loss(mu_v, logvar_v, mu_t, logvar_t, labels, self.num_samples, generator=generator,
                                    similarity=self.similarity, scale=self.scale.to(mu_v.dtype), loss=self.loss,
-                                   intra=self.intra, backend=self.backend)
+                                   intra=self.intra, backend=self.backend,
+                                   bias=self.bias.to(mu_v.device, mu_v.dtype))
