@@ -67,6 +67,21 @@ def _load_verdict(meta: dict) -> str:
     return f"(a quiet machine at the start, {cores} cores; the end value includes this run's own threads)"
 
 
+def _fastest_fused_vs(ok: list[dict], case: str, other: str):
+    """``(B, fastest fused row, other's row)`` at the largest B where ``other`` and a fused backend
+    both ran ``case``, or None."""
+    base = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == other}
+    fused = {}
+    for r in ok:
+        if r["case"] == case and r["provider"] in FUSED and r["B"] in base:
+            if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
+                fused[r["B"]] = r
+    if not fused:
+        return None
+    B = max(fused)
+    return B, fused[B], base[B]
+
+
 def _versus_table(cases: list[str], ok: list[dict], other: str) -> list[str]:
     """Markdown lines: the fastest fused backend against ``other`` at the largest B both ran, per
     case (time ratio > 1: fused faster; memory ratio > 1: fused smaller)."""
@@ -75,16 +90,10 @@ def _versus_table(cases: list[str], ok: list[dict], other: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     n = 0
     for case in cases:
-        base = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == other}
-        fused = {}
-        for r in ok:
-            if r["case"] == case and r["provider"] in FUSED and r["B"] in base:
-                if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
-                    fused[r["B"]] = r
-        if not fused:
+        pair = _fastest_fused_vs(ok, case, other)
+        if pair is None:
             continue
-        B = max(fused)
-        f, b = fused[B], base[B]
+        B, f, b = pair
         n += 1
         lines.append(f"| {case} | {B} | {f['provider']} | {_fmt_ms(f['time_median_s'])} | "
                      f"{_fmt_ms(b['time_median_s'])} | {b['time_median_s'] / f['time_median_s']:.2f}× | "
@@ -105,16 +114,10 @@ def _floor_table(cases: list[str], ok: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     n = 0
     for case in cases:
-        floor = {r["B"]: r for r in ok if r["case"] == case and r["provider"] == FLOOR}
-        fused = {}
-        for r in ok:
-            if r["case"] == case and r["provider"] in FUSED and r["B"] in floor:
-                if r["B"] not in fused or r["time_median_s"] < fused[r["B"]]["time_median_s"]:
-                    fused[r["B"]] = r
-        if not fused:
+        pair = _fastest_fused_vs(ok, case, FLOOR)
+        if pair is None:
             continue
-        B = max(fused)
-        f, m = fused[B], floor[B]
+        B, f, m = pair
         passes = f.get("passes") or (4 if f.get("mode") == "fwd+bwd" else 1)
         ideal = f.get("ideal_passes") or passes
         n += 1
