@@ -58,6 +58,15 @@ class Backend:
         return self.contrast(A, B, r, c, scale, bias, labels_a, labels_b, "sigmoid", exclude_self)[0].sum()
 
 
+def _op_args(A, B, r, c, scale, bias, labels_a, labels_b, *, upcast_half: bool):
+    """The tensor arguments of the extension's ops: contiguous, and fp16/bf16 features in float32
+    when the kernels compute in float32 (the CPU ones)."""
+    if upcast_half and A.dtype in (torch.float16, torch.bfloat16):
+        A, B = A.float(), B.float()
+    return (A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
+            labels_a.contiguous(), labels_b.contiguous())
+
+
 def _grad_needed(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -99,23 +108,15 @@ class CpuBackend(Backend):
         return {"extension": _extension_hash()}
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
-        if A.dtype in (torch.float16, torch.bfloat16):  # CPU kernels compute in float32
-            A, B = A.float(), B.float()
-        out = torch.ops.uca.contrast_forward(
-            A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
-            labels_a.contiguous(), labels_b.contiguous(), loss, exclude_self,
-        )
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=True)  # CPU kernels: float32
+        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self)
         return out[0], out[1]
 
     def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
         if not (_grad_needed(A, B, r, c, scale, bias) and _ext.has_op("sigmoid_loss_and_grads")):
             return super().sigmoid_sum(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
-        if A.dtype in (torch.float16, torch.bfloat16):
-            A, B = A.float(), B.float()
-        return torch.ops.uca.sigmoid_loss_and_grads(
-            A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
-            labels_a.contiguous(), labels_b.contiguous(), exclude_self,
-        )[0]
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=True)
+        return torch.ops.uca.sigmoid_loss_and_grads(*args, exclude_self)[0]
 
 
 class TritonBackend(Backend):
@@ -170,10 +171,8 @@ class CudaBackend(Backend):
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         # fp16/bf16 features go to the tensor cores as they are (fp32 accumulation)
-        out = torch.ops.uca.contrast_forward(
-            A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
-            labels_a.contiguous(), labels_b.contiguous(), loss, exclude_self,
-        )
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=False)
+        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self)
         return out[0], out[1]
 
 
