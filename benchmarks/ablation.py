@@ -15,7 +15,15 @@ Writes to ``--out`` (default ``benchmarks/results/ablation``):
 - ``summary.json`` / ``table.md``: mean ± std over seeds per variant (the README table),
 - ``ablation.png``: grouped bars with error bars,
 - ``command.txt``: the command line and the resolved base config,
-- ``progress.log``: one line per finished run.
+- ``progress.log``: one line per finished run,
+- ``uncertainty.json``: for every run with a learned sigma, :func:`benchmarks.uncertainty.analyse`
+  on the test split (Spearman of text sigma with identities fitted / attributes mentioned, image
+  sigma occluded vs unoccluded, retrieval of the certain vs the uncertain half); the per-variant
+  means are in ``summary.json``.
+
+``--reuse DIR`` takes the finished runs of an earlier results folder (its ``runs.json`` and
+``uncertainty.json``) for the variants and seeds asked for instead of training them again; the
+folder is named in ``command.txt``. Reuse only runs whose resolved config is this one's.
 """
 
 from __future__ import annotations
@@ -30,6 +38,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+#: the uncertainty figures copied from uncertainty.json into each run's row (and averaged per variant)
+UNCERTAINTY = ("spearman_text_sigma_vs_identities_fitted", "spearman_text_sigma_vs_attributes_mentioned",
+               "image_sigma_occluded", "image_sigma_unoccluded")
+
+
+def _uncertainty_row(u: dict) -> dict:
+    """The figures of one run's uncertainty analysis that go into its ablation row."""
+    halves = u.get("retrieval_by_text_sigma") or {}
+    out = {k: u.get(k) for k in UNCERTAINTY}
+    for name in ("certain_half", "uncertain_half"):
+        if name in halves:
+            out[f"{name}_R1"] = halves[name]["R1"]
+    return out
 
 
 def _config(args, variant: str, seed: int):
@@ -59,6 +80,10 @@ def _run_one(args, variant: str, seed: int) -> dict:
            "steps": res["steps"], "train_time_s": res["train_time_s"], "wall_s": round(time.perf_counter() - t0, 1)}
     row.update({k: round(res["test"][k], 3) for k in METRICS})
     row.update({f"val_{k}": round(res["val"][k], 3) for k in ("R1", "mAP")})
+    if cfg.model.probabilistic and cfg.model.head.fixed_logvar is None:  # a learned sigma: what it tracks
+        from benchmarks.uncertainty import analyse
+
+        row["_uncertainty"] = analyse(str(run), "test")
     if "fraction_of_ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
         row.update({f"ceiling_{k}": round(res["ceiling"]["test"][k], 3) for k in ("R1", "mAP")})
         row.update({f"pct_ceiling_{k}": round(res["fraction_of_ceiling"]["test"][k], 2) for k in ("R1", "mAP")})
@@ -77,7 +102,7 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
             continue
         s = {"variant": v, "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
         for k in METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s",
-                            "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP"):
+                            "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP") + UNCERTAINTY:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[f"{k}_mean"] = statistics.fmean(vals)
@@ -87,18 +112,49 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
 
 
 def _table(summary: list[dict]) -> str:
-    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | mean σ image / text | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | mean σ image / text "
+             "| Spearman(text σ, identities fitted) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         cells = [f"{s[f'{k}_mean']:.2f} ± {s[f'{k}_std']:.2f}" for k in METRICS]
         pct = (f"{s['pct_ceiling_R1_mean']:.1f} ± {s['pct_ceiling_R1_std']:.1f} / "
                f"{s['pct_ceiling_mAP_mean']:.1f} ± {s['pct_ceiling_mAP_std']:.1f}" if "pct_ceiling_R1_mean" in s else "–")
         sig = (f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–")
-        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sig} | {s['n']} |")
+        k = "spearman_text_sigma_vs_identities_fitted"
+        rho = f"{s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else "–"
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sig} | {rho} | {s['n']} |")
     ceil = next((s for s in summary if "ceiling_R1_mean" in s), None)
     if ceil is not None:
-        lines.append(f"| Bayes ceiling (oracle) | {ceil['ceiling_R1_mean']:.2f} | | | {ceil['ceiling_mAP_mean']:.2f} | | 100 / 100 | | |")
+        lines.append(f"| Bayes ceiling (oracle) | {ceil['ceiling_R1_mean']:.2f} | | | {ceil['ceiling_mAP_mean']:.2f} "
+                     "| | 100 / 100 | | | |")
     return "\n".join(lines)
+
+
+def _write_results(args, out: Path, base, jobs: list, rows: list[dict], uncertainty: list[dict]) -> str:
+    """(Re)write every results file from the rows so far (after each finished run: nothing is lost
+    on interruption); returns the table."""
+    from uca_model.plots import plot_ablation
+
+    order = {(v, s): i for i, (v, s) in enumerate(jobs)}
+    rows = sorted(rows, key=lambda r: order[(r["variant"], r["seed"])])
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("variant", "seed"), k))
+    with (out / "runs.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "runs.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    uncertainty = sorted(uncertainty, key=lambda u: u["run"])
+    (out / "uncertainty.json").write_text(json.dumps(uncertainty, indent=2) + "\n", encoding="utf-8")
+    summary = _summary(rows, args.variants)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    table = _table(summary)
+    (out / "table.md").write_text(
+        f"SynthPedes '{args.preset}', test split, mean ± std over seeds {args.seeds} "
+        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others; "
+        f"the ceiling is the split's Bayes oracle, uca_model.ceiling).\n\n"
+        + table + "\n", encoding="utf-8")
+    plot_ablation(summary, out / "ablation.png", title=f"UCA ablation on SynthPedes '{args.preset}' (test)")
+    return table
 
 
 def main(argv=None) -> int:
@@ -116,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/ablation", help="results folder (committed)")
     ap.add_argument("--parallel", type=int, default=1, help="runs trained at the same time (processes)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    ap.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                    help="take these variants' finished runs from an earlier results folder (repeatable)")
     args = ap.parse_args(argv)
     if args.data is None:
         args.data = f"data/synthpedes-{args.preset}"
@@ -123,11 +181,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     Path(args.runs).mkdir(parents=True, exist_ok=True)
 
-    # the data once, before the workers start
     from uca_model.config import to_dict
-    from uca_model.synth import generate_synthpedes
-
-    generate_synthpedes(args.data, args.preset, seed=0, progress=True)
     base = _config(args, "UCA", args.seeds[0])
     (out / "command.txt").write_text(
         "python -m benchmarks.ablation " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n\n"
@@ -137,10 +191,35 @@ def main(argv=None) -> int:
 
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     rows: list[dict] = []
+    uncertainty: list[dict] = []
+    for d in args.reuse:
+        rows_file = Path(d) / "runs.json"
+        if not rows_file.is_file():
+            raise SystemExit(f"--reuse {d}: no runs.json there")
+        unc_file = Path(d) / "uncertainty.json"
+        unc = {u["run"]: u for u in json.loads(unc_file.read_text())} if unc_file.is_file() else {}
+        for r in json.loads(rows_file.read_text()):
+            if (r["variant"], r["seed"]) in jobs and all((r["variant"], r["seed"]) != (q["variant"], q["seed"])
+                                                         for q in rows):
+                r = {**r, "reused_from": str(d)}
+                if r["run"] in unc:
+                    uncertainty.append(unc[r["run"]])
+                    r.update(_uncertainty_row(unc[r["run"]]))
+                rows.append(r)
+    reused = {(r["variant"], r["seed"]) for r in rows}
+    jobs_to_run = [j for j in jobs if j not in reused]
+    if jobs_to_run:  # the data once, before the workers start
+        from uca_model.synth import generate_synthpedes
+
+        generate_synthpedes(args.data, args.preset, seed=0, progress=True)
     log = (out / "progress.log").open("a", encoding="utf-8")
     t0 = time.perf_counter()
 
     def done(row):
+        u = row.pop("_uncertainty", None)
+        if u is not None:
+            uncertainty.append(u)
+            row.update(_uncertainty_row(u))
         rows.append(row)
         msg = (f"[{len(rows)}/{len(jobs)} {time.perf_counter() - t0:7.0f}s] {row['variant']:9s} seed {row['seed']}: "
                + " ".join(f"{k} {row[k]:.2f}" for k in METRICS)
@@ -149,38 +228,21 @@ def main(argv=None) -> int:
         print(msg, flush=True)
         log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
         log.flush()
+        _write_results(args, out, base, jobs, rows, uncertainty)
 
     if args.parallel > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, args, v, s) for v, s in jobs]
+            futures = [pool.submit(_run_one, args, v, s) for v, s in jobs_to_run]
             for f in as_completed(futures):
                 done(f.result())
     else:
-        for v, s in jobs:
+        for v, s in jobs_to_run:
             done(_run_one(args, v, s))
     log.close()
 
-    order = {(v, s): i for i, (v, s) in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["variant"], r["seed"])])
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("variant", "seed"), k))
-    with (out / "runs.csv").open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    (out / "runs.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    summary = _summary(rows, args.variants)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    table = _table(summary)
-    (out / "table.md").write_text(
-        f"SynthPedes '{args.preset}', test split, mean ± std over seeds {args.seeds} "
-        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others; "
-        f"the ceiling is the split's Bayes oracle, uca_model.ceiling).\n\n"
-        + table + "\n", encoding="utf-8")
-    from uca_model.plots import plot_ablation
-
-    plot_ablation(summary, out / "ablation.png", title=f"UCA ablation on SynthPedes '{args.preset}' (test)")
+    table = _write_results(args, out, base, jobs, rows, uncertainty)
     print("\n" + table)
     print(f"\nwritten to {out}/ in {time.perf_counter() - t0:.0f} s")
     return 0

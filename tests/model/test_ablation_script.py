@@ -1,0 +1,51 @@
+"""benchmarks.ablation: reusing finished runs of an earlier results folder, and the uncertainty columns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+ablation = pytest.importorskip("benchmarks.ablation")
+
+
+def _row(variant, seed, r1, run):
+    return {"variant": variant, "seed": seed, "run": run, "score": "distance", "best_epoch": 3, "steps": 10,
+            "train_time_s": 1.0, "wall_s": 1.0, "R1": r1, "R5": r1 + 10, "R10": r1 + 20, "mAP": r1 + 1,
+            "mINP": r1 - 1, "val_R1": r1, "val_mAP": r1}
+
+
+def _unc(run, rho):
+    return {"run": run, "split": "test", "spearman_text_sigma_vs_identities_fitted": rho,
+            "spearman_text_sigma_vs_attributes_mentioned": -rho, "image_sigma_occluded": 0.02,
+            "image_sigma_unoccluded": 0.01, "retrieval_by_text_sigma": {"certain_half": {"R1": 30.0, "mAP": 31.0},
+                                                                       "uncertain_half": {"R1": 20.0, "mAP": 21.0}}}
+
+
+def test_reuse_takes_earlier_runs_and_averages_their_uncertainty(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    rows = [_row("UCA", 0, 20.0, "r/UCA-s0"), _row("UCA", 1, 24.0, "r/UCA-s1"), _row("UCA", 2, 99.0, "r/UCA-s2")]
+    (old / "runs.json").write_text(json.dumps(rows))
+    (old / "uncertainty.json").write_text(json.dumps([_unc("r/UCA-s0", 0.2), _unc("r/UCA-s1", 0.4)]))
+    out = tmp_path / "out"
+    # seeds 0 and 1 only: nothing is left to train (no data is generated), seed 2 of the old folder is not taken
+    assert ablation.main(["--variants", "UCA", "--seeds", "0", "1", "--reuse", str(old), "--out", str(out),
+                          "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "nodata")]) == 0
+    assert not (tmp_path / "nodata").exists()
+    (s,) = json.loads((out / "summary.json").read_text())
+    assert s["variant"] == "UCA" and s["n"] == 2
+    assert s["R1_mean"] == pytest.approx(22.0)
+    assert s["spearman_text_sigma_vs_identities_fitted_mean"] == pytest.approx(0.3)
+    runs = json.loads((out / "runs.json").read_text())
+    assert [r["reused_from"] for r in runs] == [str(old)] * 2
+    assert runs[0]["certain_half_R1"] == 30.0
+    assert [u["run"] for u in json.loads((out / "uncertainty.json").read_text())] == ["r/UCA-s0", "r/UCA-s1"]
+    assert "+0.30" in (out / "table.md").read_text()
+    assert f"--reuse {old}" in (out / "command.txt").read_text()
+
+
+def test_reuse_of_a_folder_without_runs_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="no runs.json"):
+        ablation.main(["--variants", "UCA", "--reuse", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                       "--runs", str(tmp_path / "r")])
