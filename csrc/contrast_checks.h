@@ -37,7 +37,7 @@ inline void check_vector(const at::Tensor& x, const char* name, int64_t n, at::S
 // backend takes for A and B.
 inline void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
                          const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
-                         const at::Tensor& labels_b, bool exclude_self,
+                         const at::Tensor& labels_b, bool /*exclude_self: any M, N*/,
                          std::initializer_list<at::ScalarType> features) {
   TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
   TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1), ", got ", B.sizes());
@@ -61,7 +61,6 @@ inline void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Ten
     TORCH_CHECK(t->scalar_type() == acc, "scale and bias must be ", acc, ", got ", t->scalar_type());
     TORCH_CHECK(t->device() == dev, "scale and bias must be on ", dev, ", got ", t->device());
   }
-  TORCH_CHECK(!exclude_self || M == N, "exclude_self needs M == N, got M=", M, ", N=", N);
 }
 
 // The backward's own inputs: upstream gradients and the forward's losses and statistics.

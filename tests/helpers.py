@@ -37,6 +37,10 @@ def make_problem(M, N, E, *, labels="repeats", dtype=torch.float32, scale=-0.5, 
     if labels == "unique":
         la = torch.randperm(n_ids, generator=g)[:M]
         lb = la.clone() if exclude_self or M == N else torch.randperm(n_ids, generator=g)[:N]
+    if exclude_self and M != N:  # row i is column i for i < min(M, N): one list of identities cut twice
+        ids = (torch.randperm(n_ids, generator=g) if labels == "unique"
+               else torch.randint(0, n_ids, (max(M, N),), generator=g))[:max(M, N)]
+        la, lb = ids[:M].clone(), ids[:N].clone()
     sc = torch.tensor(float(scale), dtype=torch.float64)
     bi = torch.tensor(float(bias), dtype=torch.float64)
     return [t.to(device) for t in (A, B, r, c, sc, bi, la, lb)]

@@ -63,6 +63,24 @@ def test_labels_and_exclude_self(labels, loss, exclude_self):
     check_against_reference(40, 40, 5, loss=loss, labels=labels, exclude_self=exclude_self, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("labels", ["unique", "repeats", "one"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("M,N", [(23, 70), (70, 23), (1, 9), (9, 1)])
+def test_exclude_self_rectangular(labels, loss, M, N):
+    """Local rows against columns that start with them (the data-parallel intra-modal term): pairs
+    (i, i), i < min(M, N), are dropped, also across small tiles."""
+    check_against_reference(M, N, 6, loss=loss, labels=labels, exclude_self=True, dtype=torch.float64)
+    check_against_reference(M, N, 6, loss=loss, labels=labels, exclude_self=True, dtype=torch.float32)
+
+
+def test_exclude_self_rectangular_small_tiles(monkeypatch):
+    monkeypatch.setenv("UCA_CPU_TILE_ROWS", "5")
+    monkeypatch.setenv("UCA_CPU_TILE_COLS", "7")
+    for loss in LOSSES:
+        check_against_reference(13, 31, 6, loss=loss, labels="repeats", exclude_self=True, dtype=torch.float64)
+        check_against_reference(31, 13, 6, loss=loss, labels="repeats", exclude_self=True, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("loss", ["sdm", "infonce"])
 def test_rows_without_positive(loss):
     """M != N with independent unique labels: most rows have no positive (loss 0, no gradient)."""

@@ -149,6 +149,8 @@ SHAPES = [  # (labels, M, N, E, exclude_self)
     ("one", 20, 30, 12, False),
     ("unique", 20, 20, 12, False),
     ("repeats", 300, 257, 1024, False),  # E = 1024: many dX chunks
+    ("repeats", 40, 150, 24, True),  # exclude_self, M < N: local rows against the gathered columns
+    ("repeats", 150, 40, 24, True),
 ]
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import uca_kernels as uk
-from uca_kernels import _ext, dispatch, info, selftest
+from uca_kernels import _ext, backends, dispatch, info, selftest
 from uca_kernels.selftest import SelftestWarning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"),
                                 reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
 
 
-class WrongBackend(dispatch.CpuBackend):
+class WrongBackend(backends.CpuBackend):
     """The cpu kernels with a row loss 1 % too large: what a racy kernel looks like from outside."""
 
     def contrast(self, *args):
@@ -31,7 +31,7 @@ class WrongBackend(dispatch.CpuBackend):
         return rows * 1.01, cols
 
 
-class RaisingBackend(dispatch.CpuBackend):
+class RaisingBackend(backends.CpuBackend):
     def contrast(self, *args):
         raise RuntimeError("illegal memory access (simulated)")
 
@@ -137,7 +137,7 @@ def test_cache_is_written_and_reused(cache, runs):
 def test_new_kernel_code_means_a_new_selftest(cache, runs, monkeypatch):
     selftest.verdict("cpu", "cpu")
     selftest.clear_memo()
-    monkeypatch.setattr(dispatch.CpuBackend, "fingerprint", lambda self: {"extension": "rebuilt"})
+    monkeypatch.setattr(backends.CpuBackend, "fingerprint", lambda self: {"extension": "rebuilt"})
     assert selftest.verdict("cpu", "cpu").source == "run" and len(runs) == 2
     assert len(json.loads(cache.read_text())["verdicts"]) == 2  # merged, not overwritten
 

@@ -68,6 +68,12 @@ def test_labels_exclude_self_reduction(labels, exclude_self, reduction):
     check(40, 40, 5, labels=labels, exclude_self=exclude_self, reduction=reduction, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("M,N", [(23, 70), (70, 23)])
+def test_exclude_self_rectangular(M, N):
+    check(M, N, 6, exclude_self=True, dtype=torch.float64)
+    check(M, N, 6, exclude_self=True, labels="one")
+
+
 def test_diagonal_labels_siglip_setting():
     check(65, 65, 16, diagonal=True, scale=10.0, bias=-10.0, reduction="mean")
 

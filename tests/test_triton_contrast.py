@@ -143,6 +143,8 @@ SHAPES = [  # (labels, M, N, E, exclude_self)
     ("unique", 20, 20, 12, False),  # no positives at all: zero loss, zero gradient
     ("mixed", 40, 50, 24, False),  # some rows and columns without positives
     ("mixed", 1, 1, 3, True),  # a single pair, excluded: nothing valid
+    ("repeat", 20, 45, 12, True),  # exclude_self, M < N: pairs (i, i), i < M, dropped
+    ("repeat", 45, 20, 12, True),
 ]
 
 
@@ -363,8 +365,8 @@ def test_unsupported_inputs_are_explained():
     assert any("int32" in m for m in reasons)
     case = make_case(6, 5, 4)
     args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
-    with pytest.raises(ValueError, match="exclude_self needs M == N"):
-        torch.ops.uca.triton_contrast_forward(*args, "sdm", True)
+    with pytest.raises(ValueError, match="labels_a must be an int64"):
+        torch.ops.uca.triton_contrast_forward(*args[:6], args[6].int(), args[7], "sdm", True)
     with pytest.raises(ValueError, match="r must be a torch.float32"):
         torch.ops.uca.triton_contrast_forward(args[0], args[1], args[2].double(), *args[3:], "sdm", False)
 

@@ -12,6 +12,7 @@ Public API::
 
 from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
 from ._validation import FiniteChecks, deferred_finite_checks
+from ._version import __version__
 from .contrast import LOSSES, contrast, contrast_reference
 from .gaussian import METRICS, feature_maps, gaussian_distance
 from .losses import (
@@ -37,4 +38,3 @@ __all__ = [
     "FiniteChecks",
     "deferred_finite_checks",
 ]
-__version__ = "0.1.0"

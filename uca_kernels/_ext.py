@@ -1,7 +1,7 @@
 """Loads the compiled extension ``uca_kernels._C`` once; a failure logs one line and is remembered.
 
 The extension registers the ``torch.ops.uca`` operators (schema in ``csrc/bindings.cpp``); this
-module attaches their fake kernels and autograd formulas (``contrast.register_contrast_autograd``).
+module attaches their fake kernels and autograd formulas (:mod:`uca_kernels._registry`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _load():
         return
     _C = ext
     _WITH_CUDA = bool(ext.built_with_cuda())
-    from .contrast import register_contrast_autograd, register_sigmoid_sum_autograd
+    from ._registry import register_contrast_autograd, register_sigmoid_sum_autograd
 
     register_contrast_autograd(torch.ops.uca.contrast_forward.default, torch.ops.uca.contrast_backward.default)
     if hasattr(torch.ops.uca, "sigmoid_loss_and_grads"):

@@ -6,7 +6,8 @@ Raw value and logit of pair (i, j), i ∈ [0, M) a row (query), j ∈ [0, N) a c
 
     t_ij = ⟨A_i, B_j⟩ + r_i + c_j          S_ij = scale · t_ij + bias
 
-Valid pairs: all, or all but i == j when ``exclude_self`` (then M == N). Positives
+Valid pairs: all, or all but (i, i) for i < min(M, N) when ``exclude_self`` (row i's own point is
+column i: a set against itself, or a rank's local rows against columns that start with them). Positives
 P(i) = {j valid : labels_a[i] == labels_b[j]}, n_i = |P(i)|. Row softmax over valid j:
 p_ij = exp(S_ij − LSE_i), LSE_i = log Σ_valid exp S_ij, LSEᴾ_i = log Σ_{P(i)} exp S_ij.
 
@@ -67,6 +68,15 @@ from __future__ import annotations
 
 import torch
 
+from . import dispatch
+from ._registry import (  # noqa: F401  (re-exported: the op's constants and registration)
+    LOSSES,
+    REDUCTIONS,
+    SDM_EPS,
+    out_dtype,
+    register_contrast_autograd,
+    register_sigmoid_sum_autograd,
+)
 from ._validation import (
     check_choice,
     check_features,
@@ -74,6 +84,7 @@ from ._validation import (
     check_same_device,
     check_scalar,
 )
+from .reference import contrast_reference  # noqa: F401  (re-exported)
 
 __all__ = [
     "LOSSES",
@@ -86,131 +97,6 @@ __all__ = [
     "register_contrast_autograd",
     "register_sigmoid_sum_autograd",
 ]
-
-LOSSES = ("sdm", "infonce", "sigmoid")
-REDUCTIONS = ("none", "sum", "mean")
-SDM_EPS = 1e-8
-
-
-def out_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of losses and statistics for inputs of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# -- reference -------------------------------------------------------------------------------------
-
-
-def _loss_along_rows(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, loss: str) -> torch.Tensor:
-    """Row losses of a materialised logit matrix (NaN-free forward and backward)."""
-    npos = pos.sum(1)
-    has_pos = npos > 0
-    has_valid = valid.any(1, keepdim=True)
-    # Fill masked entries so that no -inf ever meets a 0 in the backward pass.
-    S_valid = torch.where(has_valid, S.masked_fill(~valid, float("-inf")), 0.0)
-    lse = torch.logsumexp(S_valid, 1)
-    if loss == "infonce":
-        S_pos = torch.where(has_pos[:, None], S.masked_fill(~pos, float("-inf")), 0.0)
-        per_row = lse - torch.logsumexp(S_pos, 1)
-    else:  # sdm
-        logp = S.masked_fill(~valid, 0.0) - lse[:, None]
-        p = logp.exp() * valid
-        q = pos.to(S.dtype) / npos.clamp(min=1).to(S.dtype)[:, None]
-        per_row = (p * (logp - torch.log(q + SDM_EPS))).sum(1)
-    return torch.where(has_pos, per_row, torch.zeros_like(per_row))
-
-
-def _pairwise_sigmoid(S: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """ℓ_ij = softplus(−y_ij S_ij) = −log σ(y_ij S_ij) on valid pairs, 0 elsewhere. ``logsigmoid``
-    is exact for any finite input (``softplus`` switches to x past its threshold, ~1e-9 off)."""
-    y = torch.where(pos, 1.0, -1.0).to(S.dtype)
-    return torch.where(valid, -torch.nn.functional.logsigmoid(y * S), 0.0)
-
-
-def contrast_reference(A, B, r, c, scale, bias, labels_a, labels_b, loss: str = "sdm", exclude_self: bool = False):
-    """Materialised plain-PyTorch contrast (the oracle); autograd gives every gradient.
-
-    Shapes as in :func:`contrast`; ``scale``/``bias`` are 0-d tensors. Computes in the input dtype
-    (use float64 for the oracle) and returns ``(loss_rows[M], loss_cols[N])``.
-    """
-    t = A @ B.T + r[:, None] + c[None, :]
-    S = scale * t + bias
-    valid = torch.ones_like(S, dtype=torch.bool)
-    if exclude_self:
-        valid &= ~torch.eye(S.shape[0], S.shape[1], dtype=torch.bool, device=S.device)
-    pos = (labels_a[:, None] == labels_b[None, :]) & valid
-    if loss == "sigmoid":
-        ell = _pairwise_sigmoid(S, pos, valid)
-        rows, cols = ell.sum(1), ell.sum(0)
-    else:
-        rows = _loss_along_rows(S, pos, valid, loss)
-        cols = _loss_along_rows(S.T, pos.T, valid.T, loss)
-    odt = out_dtype(A.dtype)
-    return rows.to(odt), cols.to(odt)
-
-
-# -- autograd for the fused ops --------------------------------------------------------------------
-
-
-def register_contrast_autograd(forward_op, backward_op) -> None:
-    """Attach fake (meta) kernels and autograd to a backend's forward/backward op pair.
-
-    ``forward_op`` / ``backward_op`` are ``torch.ops`` overloads (or ``custom_op`` objects) that
-    follow the op contract above. Works for ops defined in C++ (``TORCH_LIBRARY``) and in Python.
-    """
-
-    def fake_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
-        odt = out_dtype(A.dtype)
-        M, N = A.shape[0], B.shape[0]
-        return (
-            A.new_empty((M,), dtype=odt),
-            A.new_empty((N,), dtype=odt),
-            A.new_empty((M, 3), dtype=odt),
-            A.new_empty((N, 3), dtype=odt),
-        )
-
-    def fake_backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                      loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
-        return (torch.empty_like(A), torch.empty_like(B), torch.empty_like(r), torch.empty_like(c),
-                torch.empty_like(scale), torch.empty_like(bias))
-
-    def setup_context(ctx, inputs, output):
-        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self = inputs
-        loss_rows, loss_cols, row_stats, col_stats = output
-        ctx.save_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats)
-        ctx.loss, ctx.exclude_self = loss, exclude_self
-
-    def backward(ctx, grad_rows, grad_cols, _grad_row_stats, _grad_col_stats):
-        A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats = ctx.saved_tensors
-        grad_rows = torch.zeros_like(loss_rows) if grad_rows is None else grad_rows.contiguous()
-        grad_cols = torch.zeros_like(loss_cols) if grad_cols is None else grad_cols.contiguous()
-        grads = backward_op(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                            loss_rows, loss_cols, row_stats, col_stats, ctx.loss, ctx.exclude_self)
-        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
-        return (*grads, None, None, None, None)
-
-    torch.library.register_fake(forward_op)(fake_forward)
-    torch.library.register_fake(backward_op)(fake_backward)
-    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
-
-
-def register_sigmoid_sum_autograd(op) -> None:
-    """Fake kernel and autograd of a backend's ``sigmoid_loss_and_grads`` op (see the module
-    docstring): the backward multiplies the gradients the forward formed by the incoming one."""
-
-    def fake(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
-        return (A.new_empty((), dtype=out_dtype(A.dtype)), torch.empty_like(A), torch.empty_like(B),
-                torch.empty_like(r), torch.empty_like(c), torch.empty_like(scale), torch.empty_like(bias))
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*output[1:])
-
-    def backward(ctx, grad_total, *_unused):
-        grads = [g * grad_total if need else None for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:6])]
-        return (*grads, None, None, None)
-
-    torch.library.register_fake(op)(fake)
-    torch.library.register_autograd(op, backward, setup_context=setup_context)
-
 
 def reduce_losses(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: str):
     """The scalar of ``(loss_rows, loss_cols)``: for ``sdm`` / ``infonce`` mean over rows + mean over
@@ -255,7 +141,8 @@ def contrast(
             means diagonal positives (requires M == N).
         loss: ``"sdm"``, ``"infonce"`` or ``"sigmoid"`` (pairwise; its rows and columns sum the
             same pairs' terms, see the module docstring).
-        exclude_self: drop the pairs i == j (intra-modal contrast; requires M == N).
+        exclude_self: drop the pairs (i, i), i < min(M, N) (intra-modal contrast: row i is column i;
+            M != N for local rows against columns that start with the same points).
         backend: ``"auto"`` or a name from :func:`uca_kernels.dispatch.backend_names`.
         reduction: ``"none"`` (the two vectors), ``"mean"`` or ``"sum"`` (a scalar, see
             :func:`reduce_losses`; for ``sigmoid`` it takes the one-sweep path where the backend
@@ -265,8 +152,6 @@ def contrast(
         ``(loss_rows [M], loss_cols [N])``: per-row (A→B) and per-column (B→A) losses,
         float64 for float64 inputs and float32 otherwise; a 0-d tensor for ``"mean"`` / ``"sum"``.
     """
-    from . import dispatch
-
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     check_features("A", A)
@@ -287,8 +172,6 @@ def contrast(
     else:
         labels_a = check_labels("labels_a", labels_a, M, device)
         labels_b = check_labels("labels_b", labels_b, N, device)
-    if exclude_self and M != N:
-        raise ValueError(f"exclude_self=True needs M == N (one set against itself), got M={M}, N={N}")
     scale = check_scalar("scale", scale, A)
     bias = check_scalar("bias", bias, A)
     rc_dtype = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32

@@ -2,7 +2,7 @@ r"""Self-test of the fused backends: no kernel serves ``auto`` on a device where
 
 The rule (DESIGN.md §3)
 -----------------------
-``backend="auto"`` picks the first backend in :data:`uca_kernels.dispatch.PRIORITY` that can run
+``backend="auto"`` picks the first backend in :data:`uca_kernels.backends.PRIORITY` that can run
 the inputs *and* has passed this self-test on that kind of device. The first time ``auto`` would
 pick a fused backend (``cpu``, ``triton``, ``cuda``; the ``reference`` backend is the oracle and
 needs none) for a device kind, it runs :func:`run_selftest` once, keeps the :class:`Verdict` for
@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -76,6 +75,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from . import backends
+from ._version import __version__
+from .backends import file_hash  # noqa: F401  (part of this module's interface: the cache key's hashes)
 
 __all__ = [
     "CASES",
@@ -271,9 +274,7 @@ def _test_mode(device: torch.device):
 
 
 def _default_device(backend: str) -> str:
-    from . import dispatch
-
-    return dispatch.get_backend(backend).device_type
+    return backends.get_backend(backend).device_type
 
 
 def _resolve(device) -> torch.device:
@@ -289,10 +290,10 @@ def run_selftest(backend: str, device: str | torch.device | None = None) -> Verd
     ``device`` defaults to ``cpu`` for the cpu backend and ``cuda`` for the GPU backends. Never
     raises for a failing backend: exceptions from its kernels are failures in the verdict.
     """
-    from . import dispatch
-    from .contrast import LOSSES, contrast_reference
+    from ._registry import LOSSES
+    from .reference import contrast_reference
 
-    impl = dispatch.get_backend(backend)
+    impl = backends.get_backend(backend)
     device = _resolve(device if device is not None else _default_device(backend))
     try:
         name = device_name(device)
@@ -399,41 +400,17 @@ def device_name(device) -> str:
     return device.type
 
 
-_HASHES: dict = {}
-
-
-def file_hash(path) -> str:
-    """sha256 (first 16 hex digits) of a file's contents, memoised per (path, size, mtime)."""
-    path = os.fspath(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    k = (path, st.st_size, st.st_mtime_ns)
-    if k not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _HASHES[k] = h.hexdigest()[:16]
-    return _HASHES[k]
-
-
 def cache_key(backend: str, device) -> str:
     """The key of a verdict: backend, device name, versions, kernel-code hash, precision in force."""
-    import uca_kernels
-
-    from . import dispatch
-
     here = Path(__file__).resolve().parent
     parts = {
         "backend": backend,
         "device": device_name(device),
         "torch": torch.__version__,
-        "uca_kernels": getattr(uca_kernels, "__version__", "?"),
-        "test": file_hash(here / "selftest.py")[:8] + file_hash(here / "contrast.py")[:8],
+        "uca_kernels": __version__,
+        "test": file_hash(here / "selftest.py")[:8] + file_hash(here / "reference.py")[:8],
     }
-    parts.update(dispatch.get_backend(backend).fingerprint())
+    parts.update(backends.get_backend(backend).fingerprint())
     return "|".join(f"{k}={v}" for k, v in parts.items())
 
 
@@ -598,17 +575,15 @@ def failure_reason(backend: str, device: str) -> str:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def _targets(backends, devices):
-    from . import dispatch
-
-    names = backends or [n for n in dispatch.PRIORITY if dispatch.get_backend(n).needs_selftest]
+def _targets(named, devices):
+    names = named or [n for n in backends.PRIORITY if backends.get_backend(n).needs_selftest]
     out = []
     for n in names:
         if devices:
             out += [(n, d, True) for d in devices]
         else:
             d = _default_device(n)
-            out.append((n, d, bool(backends)))
+            out.append((n, d, bool(named)))
     return out
 
 
@@ -622,12 +597,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="do not record the verdicts in the cache file")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every detail line")
     args = ap.parse_args(argv)
-    from . import dispatch
-
     verdicts, status = [], 0
     for name, dev, named in _targets(args.backend, args.device):
         try:
-            impl = dispatch.get_backend(name)
+            impl = backends.get_backend(name)
         except ValueError as e:
             ap.error(str(e))
         unavailable = impl.available_reasons()

@@ -60,7 +60,7 @@ import os
 
 import torch
 
-from .contrast import LOSSES, SDM_EPS, out_dtype, register_contrast_autograd
+from ._registry import LOSSES, SDM_EPS, out_dtype, register_contrast_autograd
 
 __all__ = [
     "PRECISIONS",
@@ -281,7 +281,7 @@ if triton is not None:
         COLUMNS: tl.constexpr,  # False: programs own rows of A (row stats); True: rows of B (column stats)
         IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
         IS_SIGMOID: tl.constexpr,  # loss: pairwise sigmoid (overrides IS_SDM; stats written as zeros)
-        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
+        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (i < min(M, N))
         UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
         PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 inputs
         SDM_EPS: tl.constexpr,  # ε in log(q + ε)
@@ -468,7 +468,7 @@ if triton is not None:
         COLUMNS: tl.constexpr,  # False: programs own rows of A (dA); True: rows of B (dB)
         IS_SDM: tl.constexpr,  # loss: True for sdm, False for infonce
         IS_SIGMOID: tl.constexpr,  # loss: pairwise sigmoid (overrides IS_SDM; reads no stats)
-        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (M == N)
+        EXCLUDE_SELF: tl.constexpr,  # drop pairs i == j (i < min(M, N))
         WRITE_DST: tl.constexpr,  # also write Σ dS·t (one of the two launches)
         DX_IN_REGS: tl.constexpr,  # E ≤ BLOCK_E: dX accumulates in registers
         UPCAST_DOT: tl.constexpr,  # interpreter only: widen fp16/bf16 before tl.dot
@@ -596,8 +596,6 @@ def _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
                     ("labels_a", labels_a), ("labels_b", labels_b)):
         if x.device != A.device:
             raise ValueError(f"{name} is on {x.device} but A is on {A.device}")
-    if exclude_self and M != N:
-        raise ValueError(f"exclude_self needs M == N, got M={M}, N={N}")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ struct ContrastArgs {
   const int64_t* labels_a = nullptr; // [M] identities of the rows
   const int64_t* labels_b = nullptr; // [N] identities of the columns
   Loss loss = Loss::SDM;
-  bool exclude_self = false;         // drop i == j (needs M == N)
+  bool exclude_self = false;         // drop i == j (i < min(M, N))
 };
 
 struct Tiles {

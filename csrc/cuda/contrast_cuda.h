@@ -46,7 +46,7 @@ struct Args {
   const int64_t* labels_a = nullptr;  // [M]
   const int64_t* labels_b = nullptr;  // [N]
   Loss loss = Loss::SDM;           // sdm, infonce or sigmoid
-  bool exclude_self = false;       // drop pairs i == j (M == N)
+  bool exclude_self = false;       // drop pairs i == j (i < min(M, N))
 };
 
 // Rows of the tile that each block owns, and the column padding of dX scratch buffers: the

@@ -117,10 +117,8 @@ Problem make_problem(int64_t M, int64_t N, int64_t E, int n_ids, uca::Loss loss,
   for (int64_t k = 0; k < N * E; ++k) p.B.push_back(g(gen));
   for (int64_t k = 0; k < M; ++k) p.r.push_back(g(gen)), p.la.push_back(u(gen));
   for (int64_t k = 0; k < N; ++k) p.c.push_back(g(gen));
-  if (excl)
-    p.lb = p.la;
-  else
-    for (int64_t k = 0; k < N; ++k) p.lb.push_back(u(gen));
+  for (int64_t k = 0; k < N; ++k)  // excl: row i is column i for i < min(M, N)
+    p.lb.push_back(excl && k < M ? p.la[k] : u(gen));
   return p;
 }
 
@@ -225,6 +223,10 @@ int main() {
         check_problem("one id", make_problem(M, N, 3, 1, loss, excl, 1.3, 50 + cases), tiles);
         check_problem("unique", make_problem(M, N, 4, 1000, loss, excl, 0.5, 90 + cases), tiles);
         check_problem("1x1", make_problem(1, 1, 2, 1, loss, false, 2.0, 7 + cases), tiles);
+        if (excl) {  // local rows against columns that start with them, and the transpose
+          check_problem("excl M<N", make_problem(9, 23, 5, 3, loss, true, -0.7, 200 + cases), tiles);
+          check_problem("excl M>N", make_problem(23, 9, 5, 3, loss, true, -0.7, 240 + cases), tiles);
+        }
         // Logits spread over hundreds: positives far below the max take the exact paths.
         check_problem("wide", make_problem(M, N, 3, 4, loss, excl, -40.0, 120 + cases), tiles);
         if (loss == uca::Loss::SIGMOID)  // logits ~ +-1e3: softplus / sigma stay finite and exact

@@ -1,0 +1,83 @@
+"""The contract's constants and the registration every fused backend's ops go through.
+
+A leaf module (it imports only torch): the extension loader (:mod:`uca_kernels._ext`) and the
+Triton backend register their ops here, and :mod:`uca_kernels.contrast` re-exports it all. The
+maths and the op contract are in :mod:`uca_kernels.contrast`'s docstring.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["LOSSES", "REDUCTIONS", "SDM_EPS", "out_dtype", "register_contrast_autograd",
+           "register_sigmoid_sum_autograd"]
+
+LOSSES = ("sdm", "infonce", "sigmoid")
+REDUCTIONS = ("none", "sum", "mean")
+SDM_EPS = 1e-8
+
+
+def out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of losses and statistics for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def register_contrast_autograd(forward_op, backward_op) -> None:
+    """Attach fake (meta) kernels and autograd to a backend's forward/backward op pair.
+
+    ``forward_op`` / ``backward_op`` are ``torch.ops`` overloads (or ``custom_op`` objects) that
+    follow the op contract (:mod:`uca_kernels.contrast`). Works for ops defined in C++ (``TORCH_LIBRARY``) and in Python.
+    """
+
+    def fake_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        odt = out_dtype(A.dtype)
+        M, N = A.shape[0], B.shape[0]
+        return (
+            A.new_empty((M,), dtype=odt),
+            A.new_empty((N,), dtype=odt),
+            A.new_empty((M, 3), dtype=odt),
+            A.new_empty((N, 3), dtype=odt),
+        )
+
+    def fake_backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
+                      loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
+        return (torch.empty_like(A), torch.empty_like(B), torch.empty_like(r), torch.empty_like(c),
+                torch.empty_like(scale), torch.empty_like(bias))
+
+    def setup_context(ctx, inputs, output):
+        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self = inputs
+        loss_rows, loss_cols, row_stats, col_stats = output
+        ctx.save_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats)
+        ctx.loss, ctx.exclude_self = loss, exclude_self
+
+    def backward(ctx, grad_rows, grad_cols, _grad_row_stats, _grad_col_stats):
+        A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats = ctx.saved_tensors
+        grad_rows = torch.zeros_like(loss_rows) if grad_rows is None else grad_rows.contiguous()
+        grad_cols = torch.zeros_like(loss_cols) if grad_cols is None else grad_cols.contiguous()
+        grads = backward_op(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
+                            loss_rows, loss_cols, row_stats, col_stats, ctx.loss, ctx.exclude_self)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None, None)
+
+    torch.library.register_fake(forward_op)(fake_forward)
+    torch.library.register_fake(backward_op)(fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+def register_sigmoid_sum_autograd(op) -> None:
+    """Fake kernel and autograd of a backend's ``sigmoid_loss_and_grads`` op (see
+    :mod:`uca_kernels.contrast`): the backward multiplies the gradients the forward formed by the incoming one."""
+
+    def fake(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        return (A.new_empty((), dtype=out_dtype(A.dtype)), torch.empty_like(A), torch.empty_like(B),
+                torch.empty_like(r), torch.empty_like(c), torch.empty_like(scale), torch.empty_like(bias))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output[1:])
+
+    def backward(ctx, grad_total, *_unused):
+        grads = [g * grad_total if need else None for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None)
+
+    torch.library.register_fake(op)(fake)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)

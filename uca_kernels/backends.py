@@ -1,0 +1,208 @@
+"""The backends of the contrast op: what each supports, how it runs, what identifies its kernels.
+
+:data:`PRIORITY` is the order in which ``auto`` tries them; the choice itself (and the self-test
+that guards it) is :mod:`uca_kernels.dispatch`. This module imports no other part of the package
+above the extension loader: the self-test (:mod:`uca_kernels.selftest`) and the dispatcher build on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from . import _ext
+
+__all__ = ["Backend", "ExtensionBackend", "PRIORITY", "backend_names", "file_hash", "get_backend"]
+
+_HASHES: dict = {}
+
+
+def file_hash(path) -> str:
+    """sha256 (first 16 hex digits) of a file's contents, memoised per (path, size, mtime)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    k = (path, st.st_size, st.st_mtime_ns)
+    if k not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _HASHES[k] = h.hexdigest()[:16]
+    return _HASHES[k]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend of the contrast op; subclasses say what they support and how to run it."""
+
+    name: str
+    # Whether ``auto`` needs a passed self-test before it picks this backend (fused kernels do;
+    # the reference is the oracle).
+    needs_selftest: ClassVar[bool] = True
+    # The device kind it serves: where ``python -m uca_kernels.selftest`` tests it by default.
+    device_type: ClassVar[str] = "cpu"
+
+    def not_supported_reasons(
+        self, *, A: torch.Tensor, B: torch.Tensor, loss: str, exclude_self: bool, explicit: bool = False
+    ) -> list[str]:
+        """Why this backend cannot run these inputs (empty: it can). ``explicit`` is True when the
+        user named this backend (some, like Triton's CPU interpreter, run only on request)."""
+        raise NotImplementedError
+
+    def available_reasons(self) -> list[str]:
+        """Reasons independent of the inputs (not built, not installed)."""
+        return []
+
+    def fingerprint(self) -> dict[str, str]:
+        """What, besides the device and torch, decides this backend's kernels (versions, a hash of
+        the kernel code, the precision in force): part of its self-test verdict's cache key."""
+        return {}
+
+    def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        raise NotImplementedError
+
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        """Σᵢⱼ ℓᵢⱼ of the sigmoid loss as a 0-d tensor (with autograd). This default sums the
+        two-call path's rows; a backend with a one-sweep op overrides it."""
+        return self.contrast(A, B, r, c, scale, bias, labels_a, labels_b, "sigmoid", exclude_self)[0].sum()
+
+
+def _op_args(A, B, r, c, scale, bias, labels_a, labels_b, *, upcast_half: bool):
+    """The tensor arguments of the extension's ops: contiguous, and fp16/bf16 features in float32
+    when the kernels compute in float32 (the CPU ones)."""
+    if upcast_half and A.dtype in (torch.float16, torch.bfloat16):
+        A, B = A.float(), B.float()
+    return (A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
+            labels_a.contiguous(), labels_b.contiguous())
+
+
+def _grad_needed(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _extension_hash() -> str:
+    mod = _ext.module()
+    return file_hash(mod.__file__) if mod is not None and getattr(mod, "__file__", None) else "not-loaded"
+
+
+class ReferenceBackend(Backend):
+    needs_selftest = False
+
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
+        return []
+
+    def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        from .reference import contrast_reference
+
+        if A.dtype in (torch.float16, torch.bfloat16):  # compute in fp32 like the fused backends
+            A, B = A.float(), B.float()
+        return contrast_reference(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+
+
+class ExtensionBackend(Backend):
+    """A device's kernels in the compiled extension: ``torch.ops.uca.contrast_forward`` (the C++
+    dispatcher routes it by the tensors' device). Subclasses name the device and whether fp16/bf16
+    features are upcast (the CPU kernels compute in float32; CUDA's tensor cores take them as
+    they are, with fp32 accumulation)."""
+
+    upcast_half: ClassVar[bool] = True
+
+    def available_reasons(self):
+        return [] if _ext.has_op("contrast_forward") else [f"extension uca_kernels._C not loaded ({_ext.load_error()})"]
+
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
+        reasons = self.available_reasons()
+        if A.device.type != self.device_type:
+            reasons.append(f"needs {self.device_type.upper()} tensors, got {A.device.type}")
+        if A.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            reasons.append(f"needs float16/bfloat16/float32/float64 inputs, got {A.dtype}")
+        return reasons
+
+    def fingerprint(self):
+        return {"extension": _extension_hash()}
+
+    def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=self.upcast_half)
+        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self)
+        return out[0], out[1]
+
+
+class CpuBackend(ExtensionBackend):
+    device_type = "cpu"
+
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        if not (_grad_needed(A, B, r, c, scale, bias) and _ext.has_op("sigmoid_loss_and_grads")):
+            return super().sigmoid_sum(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=True)
+        return torch.ops.uca.sigmoid_loss_and_grads(*args, exclude_self)[0]
+
+
+class TritonBackend(Backend):
+    device_type = "cuda"
+
+    def available_reasons(self):
+        from . import triton_contrast
+
+        return triton_contrast.available_reasons()
+
+    def not_supported_reasons(self, *, A, B, loss, exclude_self, explicit=False):
+        from . import triton_contrast
+
+        return triton_contrast.not_supported_reasons(A=A, B=B, loss=loss, exclude_self=exclude_self, explicit=explicit)
+
+    def fingerprint(self):
+        from . import triton_contrast
+
+        triton = triton_contrast.triton
+        return {"triton": getattr(triton, "__version__", "missing"), "cuda": str(torch.version.cuda),
+                "kernels": file_hash(triton_contrast.__file__), "interpret": str(triton_contrast.INTERPRET),
+                "fp32": triton_contrast.get_input_precision()}
+
+    def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+        from . import triton_contrast
+
+        return triton_contrast.contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+
+
+class CudaBackend(ExtensionBackend):
+    device_type = "cuda"
+    upcast_half = False
+
+    def available_reasons(self):
+        reasons = super().available_reasons()
+        if not reasons and not _ext.built_with_cuda():
+            reasons = ["uca_kernels._C was built without CUDA sources (UCA_BUILD_CUDA=1 to build them)"]
+        return reasons
+
+    def fingerprint(self):
+        return {**super().fingerprint(), "cuda": str(torch.version.cuda),
+                "fp32": os.environ.get("UCA_CUDA_PRECISION", "") or "ieee"}
+
+
+_BACKENDS = {
+    b.name: b
+    for b in (
+        CudaBackend("cuda"),
+        TritonBackend("triton"),
+        CpuBackend("cpu"),
+        ReferenceBackend("reference"),
+    )
+}
+PRIORITY = ("cuda", "triton", "cpu", "reference")
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {', '.join(map(repr, _BACKENDS))}")
+    return _BACKENDS[name]
