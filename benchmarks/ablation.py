@@ -54,12 +54,12 @@ def _uncertainty_row(u: dict) -> dict:
 
 
 def _config(args, variant: str, seed: int):
-    from uca_model.config import _deep_merge, apply_overrides, from_dict, to_dict
+    from uca_model.config import deep_merge, apply_overrides, from_dict, to_dict
     from uca_model.presets import demo_config, variant_overrides
 
     base = to_dict(demo_config(args.data, seed=seed, epochs=args.epochs, preset=args.preset))
     base = apply_overrides(base, args.overrides)
-    d = _deep_merge(base, variant_overrides(variant))
+    d = deep_merge(base, variant_overrides(variant))
     d["train"]["progress"] = False
     return from_dict(d)
 

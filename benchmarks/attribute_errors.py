@@ -21,7 +21,7 @@ from pathlib import Path
 def attribute_errors(run: str | Path, split: str = "val", device: str = "cpu") -> dict:
     import torch
 
-    from uca_model.commands import load_run
+    from uca_model.runs import load_run
     from uca_model.evaluation import embed_images, embed_texts, score_fn
     from uca_model.trainer import eval_score
 

@@ -5,13 +5,14 @@
         encoder: EncoderConfig      -> uca_model.encoders (vision: VisionConfig, text: TextConfig)
         head: HeadConfig            -> uca_model.heads.ProbabilisticHead
         decoder: DecoderConfig      -> uca_model.decoder.ReconstructionDecoder
-        loss: LossConfig            -> uca_model.model.UCALoss
+        loss: LossConfig            -> UCAModel.forward (its terms: uca_model.distributed)
       data: DataConfig              -> the trainer's data set-up
       optim: OptimConfig            -> the optimiser and LR schedule
       train: TrainConfig            -> the training loop
       eval: EvalConfig              -> uca_model.evaluation
 
-The defaults are the CPU demo (tiny random-initialised CLIP towers on SynthPedes "demo"); a JSON
+The defaults are the CPU demo (residual CNN + BiGRU towers trained from scratch on SynthPedes
+"demo", CSD distribution contrast with the pairwise sigmoid); a JSON
 file only needs the fields it changes. Unknown keys, wrong types and bad values raise
 :class:`ConfigError` naming the field (``model.loss.metric``) and what is allowed.
 """
@@ -497,15 +498,15 @@ def from_dict(d: dict, *, base: RunConfig | None = None) -> RunConfig:
     """A validated :class:`RunConfig` from a (partial) nested dict applied over ``base`` (defaults)."""
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
-    merged = _deep_merge(to_dict(base) if base is not None else {}, d)
+    merged = deep_merge(to_dict(base) if base is not None else {}, d)
     return _from_dict(RunConfig, merged, "").validate()
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = copy.deepcopy(a)
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out

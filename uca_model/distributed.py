@@ -9,11 +9,13 @@ the B columns (text→image) for the softmax losses ``sdm`` / ``infonce`` (``sig
   against the global columns and the global rows against the local columns, keep the local rows
   and the local columns: ``L_k = (rows_k.sum() + cols_k.sum()) / B`` and ``Σ_k L_k = L``. The
   all-gather's backward sums every rank's gradient into the owner of each row.
-- **intra-modal point terms**: a point is never its own pair. The fused op excludes self pairs only
-  on a square problem, so every rank gathers the global points of the modality and computes the
-  whole intra term (``L_k = L``); gradients reach each point's owner through the all-gather. (The
-  cost is that of the global intra problem on every rank; a fused "exclude (i, i + offset)" option
-  would make it local rows × global columns like the cross-modal terms.)
+- **intra-modal point terms**: a point is never its own pair. Rank k computes its local rows
+  against the global columns ordered *local points first* (then the other ranks' points), so that
+  its own pairs are (i, i), i < b, which the fused op's ``exclude_self`` drops on a rectangular
+  problem too. The similarity is symmetric and both sides carry the same labels, so column j's
+  loss equals row j's and the whole term is ``2 · Σᵢ rowsᵢ / n`` (softmax) over the n global
+  points: ``L_k = 2 · rows_k.sum() / n``, each pair computed once across the group (b × n per rank
+  instead of n × n).
 
 **The pairwise ``sigmoid`` loss** (SigLIP / PCME++: ℓᵢⱼ = softplus(−yᵢⱼ Sᵢⱼ), y = ±1 for
 positives / negatives) has no softmax: its rows and columns sum the *same* pairs, and a term counts
@@ -22,8 +24,13 @@ So a cross-modal sigmoid term on rank k computes only its local rows against the
 columns and returns ``W · rows_k.sum() / B`` (B = global rows): ``Σ_k rows_k.sum()`` holds every
 global pair exactly once, and a second "global rows × local columns" pass would count them twice.
 The gradient of a column (the other modality) reaches its owner through the all-gather's backward,
-which sums what every rank's rows contributed. Intra-modal sigmoid terms are computed whole on every
-rank, ``L = rows.sum() / n`` (n global points, self pairs excluded). One process: ``rows.sum() / M``.
+which sums what every rank's rows contributed. Intra-modal sigmoid terms are local rows against the
+global columns as above, ``L_k = rows_k.sum() / n`` (self pairs excluded). One process:
+``rows.sum() / M``.
+
+(The softmax cross-modal terms still make two calls, local rows × global columns and global rows ×
+local columns, and keep half of each: a column's softmax normaliser sums over every rank's rows,
+and the op's statistics do not yet carry what SDM's column loss needs to be combined across ranks.)
 
 **Scaling convention.** Every function here returns a value whose *mean over ranks* is the global
 loss and whose gradient, *averaged over ranks* as DistributedDataParallel does, is the global
@@ -48,6 +55,7 @@ __all__ = [
     "DistContext",
     "gather",
     "gather_labels",
+    "UnequalBatchError",
     "dcl_loss",
     "pcl_loss",
     "cosine_contrast_loss",
@@ -106,13 +114,36 @@ def gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return _GatherWithGrad.apply(x, ctx.rank, ctx.world_size)
 
 
+class UnequalBatchError(ValueError):
+    """The ranks of a data-parallel step hold local batches of different sizes (the gathers assume
+    equal ones: use ``drop_last`` or pad the last batch)."""
+
+
 def gather_labels(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Concatenate an integer tensor of every rank (no gradients)."""
+    """Concatenate an integer tensor of every rank (no gradients).
+
+    Raises:
+        UnequalBatchError: the ranks' tensors differ in length (every rank raises it).
+    """
     if not ctx.distributed:
         return x
+    sizes = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device))
+    sizes = [int(t) for t in sizes]
+    if len(set(sizes)) != 1:
+        raise UnequalBatchError(f"local batch sizes differ across ranks: {sizes} (rank {ctx.rank} holds "
+                                f"{x.shape[0]}); the all-gathers need equal ones (drop_last=True)")
     out = [torch.empty_like(x) for _ in range(ctx.world_size)]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, 0)
+
+
+def _local_first(g: torch.Tensor, x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The gathered ``g`` [W·b, ...] reordered as [this rank's ``x``, the other ranks' rows]."""
+    if not ctx.distributed:
+        return x
+    b = x.shape[0]
+    return torch.cat([x, g[:ctx.rank * b], g[(ctx.rank + 1) * b:]], 0)
 
 
 def _reduce(rows: torch.Tensor, cols: torch.Tensor, loss: str) -> torch.Tensor:
@@ -199,14 +230,21 @@ def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, simi
 
     out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss)}
     if intra:
-        gl = gather_labels(labels, ctx)
+        cols_labels = _local_first(gather_labels(labels, ctx), labels, ctx)
         for name, z in (("intra_image", z_v), ("intra_text", z_t)):
-            gz = gather(z, ctx)
-            A, B, r, c, sign = _point_maps(gz, gz, similarity)
-            rows, cols = contrast(A, B, r, c, sign * scale, bias, gl, gl, loss=loss, exclude_self=True,
-                                  backend=backend)
-            out[name] = _reduce(rows, cols, loss)
+            out[name] = _intra_term(z, _local_first(gather(z, ctx), z, ctx), labels, cols_labels, similarity,
+                                    scale, bias, loss, backend, ctx)
     return out
+
+
+def _intra_term(z, cols, labels, cols_labels, similarity, scale, bias, loss, backend, ctx) -> torch.Tensor:
+    """One modality's points against themselves: local rows × the global columns, local first
+    (pairs (i, i) are the self pairs), with the scaling convention of the module docstring."""
+    A, B, r, c, sign = _point_maps(z, cols, similarity)
+    rows, _ = contrast(A, B, r, c, sign * scale, bias, labels, cols_labels, loss=loss, exclude_self=True,
+                       backend=backend)
+    per_rank = rows.sum() if loss == "sigmoid" else 2.0 * rows.sum()  # rows and columns hold the same losses
+    return ctx.world_size * per_rank / cols.shape[0]
 
 
 def cosine_contrast_loss(f_v: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor, *, scale=50.0, loss="sdm",

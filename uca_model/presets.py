@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig, _deep_merge, from_dict, to_dict
+from .config import RunConfig, deep_merge, from_dict, to_dict
 
 __all__ = ["ABLATION_VARIANTS", "variant_overrides", "demo_config", "smoke_config", "clip_vit_b16_config"]
 
@@ -55,7 +55,7 @@ def demo_config(data: str | Path = "data/synthpedes-demo", seed: int = 0, epochs
     d["train"]["seed"] = seed
     if epochs is not None:
         d["train"]["epochs"] = epochs
-    return from_dict(_deep_merge(d, variant_overrides(variant)))
+    return from_dict(deep_merge(d, variant_overrides(variant)))
 
 
 def smoke_config(data: str | Path, **changes) -> RunConfig:
@@ -70,7 +70,7 @@ def smoke_config(data: str | Path, **changes) -> RunConfig:
         "train": {"epochs": 1, "progress": False, "log_every": 2, "ckpt_every": 2},
         "eval": {"batch_size": 64},
     }
-    return from_dict(_deep_merge(d, changes))
+    return from_dict(deep_merge(d, changes))
 
 
 def clip_vit_b16_config(pretrained_path: str, data_root: str, dataset: str = "cuhk-pedes") -> RunConfig:

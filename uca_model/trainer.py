@@ -24,7 +24,6 @@ is installed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -45,7 +44,6 @@ from .checkpoint import (
     FORMAT,
     RESUME_MUTABLE,
     VERSION,
-    CheckpointError,
     atomic_save,
     check_config_match,
     check_state_dict,
@@ -53,9 +51,10 @@ from .checkpoint import (
 )
 from .config import DataConfig, OptimConfig, RunConfig, save_config, to_dict
 from .distributed import DistContext
-from .evaluation import METRIC_KEYS, evaluate_split
+from .evaluation import evaluate_split
 from .model import UCAModel, build_model
 from .text import AttributeMasker, encode, load_tokenizer
+from .train_log import StepLog, eval_row
 
 __all__ = [
     "train",
@@ -209,61 +208,189 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-class _CsvLog:
-    """Append rows to a CSV file with a fixed header; ``truncate_after(step)`` drops later rows."""
-
-    def __init__(self, path: Path, fields: list[str]) -> None:
-        self.path, self.fields = path, fields
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        with self.path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if float(r["step"]) <= step]
-        self.rewrite(rows)
-
-    def rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
-
-    def append(self, row: dict) -> None:
-        new = not self.path.is_file()
-        with self.path.open("a", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-
-def _eval_row(split: str, epoch: int, step: int, m: dict) -> dict:
-    row = {"split": split, "epoch": epoch, "step": step, **{k: round(m[k], 4) for k in METRIC_KEYS}}
-    if "alt" in m:
-        row.update({f"{m['alt']['score']}_{k}": round(m["alt"][k], 4) for k in ("R1", "mAP")})
-        row["sigma_image"], row["sigma_text"] = m["sigma_image"], m["sigma_text"]
-    return row
-
-
-EVAL_FIELDS = ["split", "epoch", "step", *METRIC_KEYS, "cosine_R1", "cosine_mAP", "distance_R1", "distance_mAP",
-               "sigma_image", "sigma_text"]
-
-
-def _tensorboard(run_dir: Path, purge_step: int | None = None):
-    """A TensorBoard writer for the run (None without tensorboard); on resume ``purge_step`` drops
-    the events a killed run logged after its last checkpoint, so no step is shown twice."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - optional dependency (ImportError, or a broken install)
-        return None
-    return SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
-
-
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+
+
+def _open_run(cfg: RunConfig, run: Path, resume: bool | str, main: bool, say) -> tuple[dict | None, dict | None]:
+    """``(checkpoint to resume from or None, metrics of a finished run or None)``; writes the
+    ``config.json`` of a new run (a resumed run keeps the one it was started with)."""
+    last_path = run / "checkpoint_last.pt"
+    state = None
+    if last_path.exists():
+        if resume is False:
+            raise RunExistsError(f"{run} already holds a run (checkpoint_last.pt); resume it (--resume) or choose "
+                                 "another output folder")
+        state = load_checkpoint(last_path)
+        check_config_match(state["config"], cfg, f"{last_path}", mutable=RESUME_MUTABLE)
+        if state.get("finished") and (run / "metrics.json").is_file():
+            say(f"{run} is a finished run; its metrics are in metrics.json")
+            return state, json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    elif resume is True:
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    elif main and any(run.glob("*.pt")):
+        raise RunExistsError(f"{run} holds checkpoints but no checkpoint_last.pt; choose another output folder")
+    if main and state is None:
+        save_config(cfg, run / "config.json")
+    return state, None
+
+
+class _RunState:
+    """What one training run holds between steps: model, optimiser, schedule, position, the best
+    val result so far and the evaluation history; it writes the two checkpoints."""
+
+    def __init__(self, cfg: RunConfig, run: Path, ctx: DistContext, model: UCAModel, opt, sched) -> None:
+        self.cfg, self.run, self.ctx, self.model, self.opt, self.sched = cfg, run, ctx, model, opt, sched
+        self.last_path, self.best_path = run / "checkpoint_last.pt", run / "checkpoint_best.pt"
+        self.epoch, self.start_batch, self.step = 0, 0, 0
+        self.best = {"value": -math.inf, "epoch": None, "metrics": None}
+        self.eval_history: list[dict] = []
+        self.train_time = 0.0
+
+    def restore(self, state: dict) -> None:
+        check_state_dict(self.model, state["model"], str(self.last_path))
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        pos = state["position"]
+        self.epoch, self.start_batch, self.step = pos["epoch"], pos["batch"], pos["step"]
+        self.best, self.eval_history, self.train_time = state["best"], state["eval_history"], state["train_time"]
+        rng = state["rng"]  # one entry per rank of the run that wrote it
+        _set_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
+
+    def save_last(self, batch: int, log_state: dict, finished: bool = False) -> None:
+        rng = [_rng_state()]
+        if self.ctx.distributed:
+            rng = [None] * self.ctx.world_size
+            dist.all_gather_object(rng, _rng_state())
+        if self.ctx.is_main:
+            atomic_save({"format": FORMAT, "version": VERSION, "kind": "last", "config": to_dict(self.cfg),
+                         "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                         "scheduler": self.sched.state_dict(),
+                         "position": {"epoch": self.epoch, "batch": batch, "step": self.step}, "best": self.best,
+                         "eval_history": self.eval_history, "train_time": self.train_time, "rng": rng,
+                         "finished": finished, "log_acc": log_state, "vocab_size": self.model.vocab_size,
+                         "num_train_ids": self.model.num_train_ids}, self.last_path)
+
+    def save_best(self, metrics: dict) -> None:
+        atomic_save({"format": FORMAT, "version": VERSION, "kind": "best", "config": to_dict(self.cfg),
+                     "model": self.model.state_dict(), "epoch": self.epoch, "step": self.step, "val": metrics,
+                     "vocab_size": self.model.vocab_size, "num_train_ids": self.model.num_train_ids}, self.best_path)
+
+
+def _build(cfg: RunConfig, tok, num_train_ids: int, ctx: DistContext, device, steps_per_epoch: int):
+    """``(model, the module the step calls (DDP-wrapped when distributed), the caption masker or
+    None, optimiser, LR schedule)``; the initial weights come from ``train.seed``."""
+    mcfg, oc, tc = cfg.model, cfg.optim, cfg.train
+    torch.manual_seed(seed_for(tc.seed, 0))
+    model = build_model(mcfg, tok, num_train_ids, ctx).to(device)
+    masker = (AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate, attributes=mcfg.loss.mask_words == "attributes")
+              if model.decoder is not None else None)
+    opt = build_optimizer(model, oc)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(round(oc.warmup_epochs * steps_per_epoch)),
+                                                             steps_per_epoch * tc.epochs, oc.min_lr_ratio))
+    net = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, net, masker, opt, sched
+
+
+def _make_batch(cfg: RunConfig, step: int, ctx: DistContext, masker, tok, pids, images, captions, device):
+    """One step's batch on ``device`` and the generator of the step's draws (flips, crops,
+    erasing, masking; the model's point samples), seeded by ``(seed, step, rank)``."""
+    tc, max_len = cfg.train, cfg.model.encoder.text.max_len
+    g = torch.Generator().manual_seed(seed_for(tc.seed, 2, step, ctx.rank))
+    torch.manual_seed(seed_for(tc.seed, 3, step, ctx.rank))  # dropout and any other global draws
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed_for(tc.seed, 4, step, ctx.rank))
+    images = data_mod.augment_batch(images, g, flip_prob=cfg.data.flip_prob, pad=cfg.data.crop_pad,
+                                    erase_prob=cfg.data.erase_prob)
+    batch = {"images": images, "pids": pids}
+    if masker is not None:
+        mk = masker(list(captions), max_len, generator=g)
+        batch.update(input_ids=mk["clean_ids"], attention_mask=mk["attention_mask"],
+                     mlm_input_ids=mk["input_ids"], mlm_labels=mk["mlm_labels"])
+    else:
+        batch.update(encode(tok, list(captions), max_len))
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, g
+
+
+def _optimiser_step(net, model: UCAModel, batch, g, weights: dict, opt, sched, grad_clip: float, finite, autocast):
+    """Forward, weighted total, backward, clip, step. Returns the values to log (0-d tensors)."""
+    with autocast(), uca_kernels.deferred_finite_checks(finite):  # checked at the log step: no sync
+        out = net(batch, generator=g)
+    terms = out["terms"]
+    if set(terms) != set(weights):
+        raise RuntimeError(f"the model returned terms {sorted(terms)} but has weights for {sorted(weights)}")
+    total = sum(weights[k] * terms[k] for k in weights)
+    opt.zero_grad(set_to_none=True)
+    with uca_kernels.deferred_finite_checks(finite):
+        total.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    opt.step()
+    sched.step()
+    return {"loss/total": total.detach(), **{f"loss/{k}": terms[k].detach() for k in weights},
+            "grad_norm": gnorm.detach(), **out["stats"]}
+
+
+def _validate(cfg: RunConfig, state: _RunState, logs: StepLog, evaluate, say) -> None:
+    """Epoch end on rank 0: val metrics, ``eval.csv``, the best checkpoint when the selection metric improves."""
+    tc = cfg.train
+    m = evaluate("val")
+    state.eval_history.append(eval_row("val", state.epoch, state.step, m))
+    logs.evaluation(state.eval_history, state.step, m, "val")
+    msg = (f"epoch {state.epoch}/{tc.epochs} step {state.step}: val R1 {m['R1']:.2f} R5 {m['R5']:.2f} "
+           f"R10 {m['R10']:.2f} mAP {m['mAP']:.2f} mINP {m['mINP']:.2f}")
+    if "sigma_image" in m:
+        msg += f" | sigma image {m['sigma_image']:.4f} text {m['sigma_text']:.4f}"
+    if m[tc.select_metric] > state.best["value"]:
+        state.best = {"value": m[tc.select_metric], "epoch": state.epoch, "metrics": m}
+        state.save_best(m)
+        msg += "  (best)"
+    say(msg)
+
+
+def _finish(cfg: RunConfig, state: _RunState, logs: StepLog, evaluate, say) -> dict:
+    """On rank 0: the single test evaluation with the weights selected on val, ``metrics.json``
+    (with the Bayes ceiling on SynthPedes) and ``curves.png``."""
+    run, mcfg, tc = state.run, cfg.model, cfg.train
+    if state.best_path.is_file():
+        check_state_dict(state.model, load_checkpoint(state.best_path)["model"], str(state.best_path))
+    test = evaluate("test")
+    state.eval_history.append(eval_row("test", state.best["epoch"], state.step, test))
+    logs.evaluation(state.eval_history, state.step)
+    result = {"run": str(run), "mode": mcfg.mode, "score": eval_score(cfg), "seed": tc.seed,
+              "best_epoch": state.best["epoch"], "select_metric": tc.select_metric, "steps": state.step,
+              "train_time_s": round(state.train_time, 1), "world_size": state.ctx.world_size,
+              "val": state.best["metrics"], "test": test}
+    try:  # SynthPedes: the Bayes ceiling of each split and the result as a percentage of it
+        from .ceiling import ceiling_report
+
+        val_m = state.best["metrics"] if cfg.data.val_from_train is None else None  # a held-out val is not the card's
+        per_split = {"val": val_m, "test": test} if val_m is not None else {"test": test}
+        result.update(ceiling_report(cfg.data.root, per_split))
+    except Exception as e:  # noqa: BLE001 - a failed ceiling must not lose a finished run
+        say(f"warning: could not compute the Bayes ceiling of {cfg.data.root}: {e}")
+    tmp = run / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run / "metrics.json")
+    try:
+        from .plots import plot_curves
+
+        plot_curves(run / "history.csv", run / "eval.csv", run / "curves.png",
+                    title=f"{run.name}: {mcfg.mode}, test R1 {test['R1']:.1f} mAP {test['mAP']:.1f}")
+    except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished run
+        say(f"warning: could not draw curves.png: {e}")
+    return result
+
+
+def _progress_postfix(means: dict, sps: float) -> dict:
+    shown = {k[5:]: f"{v:.3g}" for k, v in means.items() if k.startswith("loss/")}
+    if "sigma_image" in means:
+        shown["σv"], shown["σt"] = f"{means['sigma_image']:.3g}", f"{means['sigma_text']:.3g}"
+    shown["samples/s"] = f"{sps:.0f}"
+    return shown
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "auto",
@@ -284,7 +411,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     cfg.validate()
     ctx = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
-    tc, oc = cfg.train, cfg.optim
+    tc, oc, mcfg = cfg.train, cfg.optim, cfg.model
     main = ctx.is_main
     say = log if main else (lambda *_: None)
     run = Path(run_dir)
@@ -292,269 +419,94 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
         run.mkdir(parents=True, exist_ok=True)
     if ctx.distributed:
         dist.barrier()
-    last_path, best_path = run / "checkpoint_last.pt", run / "checkpoint_best.pt"
-
-    # -- resume or start --
-    state = None
-    if last_path.exists():
-        if resume is False:
-            raise RunExistsError(f"{run} already holds a run (checkpoint_last.pt); resume it (--resume) or choose "
-                                 "another output folder")
-        state = load_checkpoint(last_path)
-        check_config_match(state["config"], cfg, f"{last_path}", mutable=RESUME_MUTABLE)
-        if state.get("finished") and (run / "metrics.json").is_file():
-            say(f"{run} is a finished run; its metrics are in metrics.json")
-            return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    elif resume is True:
-        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
-    elif main and any(run.glob("*.pt")):
-        raise RunExistsError(f"{run} holds checkpoints but no checkpoint_last.pt; choose another output folder")
-    if main and state is None:  # a resumed run keeps the config.json it was started with
-        save_config(cfg, run / "config.json")
+    ckpt, finished = _open_run(cfg, run, resume, main, say)
+    if finished is not None:
+        return finished
 
     # -- data --
     ds, tok = prepare_data(cfg.data, ctx, progress=tc.progress and main)
     if "val" not in ds.eval_splits:
         raise ValueError(f"{cfg.data.root} has no val split for model selection: set data.val_from_train to hold "
                          "out some training identities (e.g. ICFG-PEDES)")
-    val_q, val_g = ds.eval_split("val")
-    mcfg = cfg.model
     image_size = tuple(mcfg.encoder.vision.image_size)
-    max_len = mcfg.encoder.text.max_len
     train_set = data_mod.TrainImageTextDataset(ds.train, image_size, flip_prob=0.0, cache=cfg.data.cache_images)
     sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, tc.seed, ctx)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                          persistent_workers=False, pin_memory=device.type == "cuda")
     steps_per_epoch = sampler.steps_per_epoch
-    total_steps = steps_per_epoch * tc.epochs
 
-    # -- model, optimiser, schedule --
-    torch.manual_seed(seed_for(tc.seed, 0))
-    model = build_model(mcfg, tok, ds.num_train_ids, ctx).to(device)
-    masker = (AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate, attributes=mcfg.loss.mask_words == "attributes")
-              if model.decoder is not None else None)
+    model, net, masker, opt, sched = _build(cfg, tok, ds.num_train_ids, ctx, device, steps_per_epoch)
     weights = model.loss_weights()
-    opt = build_optimizer(model, oc)
-    warmup = int(round(oc.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total_steps, oc.min_lr_ratio))
     amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
-    net = model
-    if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    state = _RunState(cfg, run, ctx, model, opt, sched)
+    if ckpt is not None:
+        state.restore(ckpt)
+        say(f"resuming {run} at epoch {state.epoch + 1}, batch {state.start_batch}, step {state.step}")
 
-    epoch, start_batch, step = 0, 0, 0
-    best = {"value": -math.inf, "epoch": None, "metrics": None}
-    eval_history: list[dict] = []
-    train_time = 0.0
-    if state is not None:
-        check_state_dict(model, state["model"], str(last_path))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        epoch, start_batch, step = state["position"]["epoch"], state["position"]["batch"], state["position"]["step"]
-        best, eval_history, train_time = state["best"], state["eval_history"], state["train_time"]
-        rng = state["rng"]  # one entry per rank of the run that wrote it
-        _set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
-        say(f"resuming {run} at epoch {epoch + 1}, batch {start_batch}, step {step}")
-
-    term_names = list(weights)
-    hist_fields = ["step", "epoch", "lr", "loss/total", *[f"loss/{k}" for k in term_names], "grad_norm",
-                   "sigma_image", "sigma_text", *[f"scale_{n}" for n in model.scale_names()],
-                   *[f"bias_{n}" for n in model.bias_names()], "samples_per_s", "data_time", "step_time"]
-    hist = _CsvLog(run / "history.csv", hist_fields)
-    evlog = _CsvLog(run / "eval.csv", EVAL_FIELDS)
-    if main:
-        if state is not None:
-            hist.truncate_after(step)
-        else:
-            for p in (run / "history.csv", run / "eval.csv", run / "metrics.json"):
-                p.unlink(missing_ok=True)
-    tb = _tensorboard(run, purge_step=step + 1 if state is not None else None) if main else None
+    fields = ["step", "epoch", "lr", "loss/total", *[f"loss/{k}" for k in weights], "grad_norm",
+              "sigma_image", "sigma_text", *[f"scale_{n}" for n in model.scale_names()],
+              *[f"bias_{n}" for n in model.bias_names()], "samples_per_s", "data_time", "step_time"]
+    logs = StepLog(run, fields, ctx, resumed_at=state.step if ckpt is not None else None,
+                   log_state=ckpt.get("log_acc") if ckpt is not None else None, device=device)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"run {run}: {len(train_set)} training pairs, {ds.num_train_ids} identities, {steps_per_epoch} steps/epoch x "
         f"{tc.epochs} epochs, batch {cfg.data.batch_size} on {ctx.world_size} process(es), {device}, "
         f"{'bf16' if amp else 'fp32'}; model {mcfg.mode} ({n_params / 1e6:.2f} M parameters), terms: "
         + ", ".join(f"{k}x{w:g}" for k, w in weights.items()))
 
-    def log_state() -> dict:
-        """The open log interval (running sums of the logged values), so a resumed run logs exactly
-        the rows the uninterrupted run would."""
-        return {"acc": {k: v.detach().cpu() for k, v in acc.items()}, "n": acc_n, "samples": acc_samples,
-                "data_time": acc_data, "step_time": acc_step}
-
-    def save_last(position: dict, finished: bool = False) -> None:
-        rng = [_rng_state()]
-        if ctx.distributed:
-            rng = [None] * ctx.world_size
-            dist.all_gather_object(rng, _rng_state())
-        if main:
-            atomic_save({"format": FORMAT, "version": VERSION, "kind": "last", "config": to_dict(cfg),
-                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "position": position, "best": best, "eval_history": eval_history,
-                         "train_time": train_time, "rng": rng, "finished": finished, "log_acc": log_state(),
-                         "vocab_size": model.vocab_size, "num_train_ids": model.num_train_ids}, last_path)
-
     def evaluate(split: str) -> dict:
         q, g = ds.eval_split(split)
         return evaluate_split(model, tok, q, g, score=eval_score(cfg), metric=mcfg.loss.metric, image_size=image_size,
-                              max_len=max_len, batch_size=cfg.eval.batch_size, device=device, amp=amp)
+                              max_len=mcfg.encoder.text.max_len, batch_size=cfg.eval.batch_size, device=device,
+                              amp=amp)
 
     # -- epochs --
     model.train()
-    acc: dict[str, torch.Tensor] = {}
-    acc_n, acc_samples, acc_data, acc_step = 0, 0, 0.0, 0.0
     finite = uca_kernels.FiniteChecks()  # the losses' input checks, kept on the device between log steps
-    if state is not None and state.get("log_acc"):  # the log interval the checkpoint was written in
-        la = state["log_acc"]
-        acc = {k: v.to(device) for k, v in la["acc"].items()}
-        acc_n, acc_samples, acc_data, acc_step = la["n"], la["samples"], la["data_time"], la["step_time"]
     from tqdm.auto import tqdm
 
-    while epoch < tc.epochs:
-        sampler.set_position(epoch, start_batch)
-        bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+    while state.epoch < tc.epochs:
+        sampler.set_position(state.epoch, state.start_batch)
+        bar = tqdm(total=steps_per_epoch, initial=state.start_batch, desc=f"epoch {state.epoch + 1}/{tc.epochs}",
                    disable=not (tc.progress and main), dynamic_ncols=True, leave=False)
         t_prev = time.perf_counter()
-        for batch_idx, (pids, _image_ids, images, captions) in enumerate(loader, start=start_batch):
+        for batch_idx, (pids, _image_ids, images, captions) in enumerate(loader, start=state.start_batch):
             t_data = time.perf_counter()
-            g = torch.Generator().manual_seed(seed_for(tc.seed, 2, step, ctx.rank))
-            torch.manual_seed(seed_for(tc.seed, 3, step, ctx.rank))  # dropout and any other global draws
-            if device.type == "cuda":
-                torch.cuda.manual_seed(seed_for(tc.seed, 4, step, ctx.rank))
-            b = pids.shape[0]
-            images = data_mod.augment_batch(images, g, flip_prob=cfg.data.flip_prob, pad=cfg.data.crop_pad,
-                                            erase_prob=cfg.data.erase_prob)
-            batch = {"images": images, "pids": pids}
-            if masker is not None:
-                mk = masker(list(captions), max_len, generator=g)
-                batch.update(input_ids=mk["clean_ids"], attention_mask=mk["attention_mask"],
-                             mlm_input_ids=mk["input_ids"], mlm_labels=mk["mlm_labels"])
-            else:
-                batch.update(encode(tok, list(captions), max_len))
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-            with autocast(), uca_kernels.deferred_finite_checks(finite):  # checked at the log step: no sync
-                out = net(batch, generator=g)
-            terms = out["terms"]
-            if set(terms) != set(weights):
-                raise RuntimeError(f"the model returned terms {sorted(terms)} but has weights for {sorted(weights)}")
-            total = sum(weights[k] * terms[k] for k in term_names)
-            opt.zero_grad(set_to_none=True)
-            with uca_kernels.deferred_finite_checks(finite):
-                total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip if oc.grad_clip > 0 else math.inf)
-            opt.step()
-            sched.step()
-            step += 1
+            batch, g = _make_batch(cfg, state.step, ctx, masker, tok, pids, images, captions, device)
+            values = _optimiser_step(net, model, batch, g, weights, opt, sched, oc.grad_clip, finite, autocast)
+            state.step += 1
             t_end = time.perf_counter()
-
-            # -- accumulate (no host sync until a log step) --
-            vals = {"loss/total": total.detach(), **{f"loss/{k}": terms[k].detach() for k in term_names},
-                    "grad_norm": gnorm.detach(), **out["stats"]}
-            for k, v in vals.items():
-                acc[k] = acc[k] + v if k in acc else v.clone()
-            acc_n += 1
-            acc_samples += b * ctx.world_size
-            acc_data += t_data - t_prev
-            acc_step += t_end - t_data
-            train_time += t_end - t_prev
-            t_prev = t_end
+            logs.add(values, pids.shape[0] * ctx.world_size, t_data - t_prev, t_end - t_data)
+            state.train_time += t_end - t_prev
             bar.update(1)
-            if step % tc.log_every == 0 or batch_idx + 1 == steps_per_epoch:
+            if state.step % tc.log_every == 0 or batch_idx + 1 == steps_per_epoch:
                 finite.check()  # NaN/inf inputs of the losses since the last log step: named error
-                keys = sorted(acc)
-                vec = torch.stack([acc[k].float() for k in keys]) / acc_n
-                if ctx.distributed:  # one collective per log interval: the global batch's values
-                    dist.all_reduce(vec)
-                    vec /= ctx.world_size
-                means = dict(zip(keys, vec.tolist()))
-                sps = acc_samples / max(1e-9, acc_data + acc_step)
-                row = {"step": step, "epoch": round(epoch + (batch_idx + 1) / steps_per_epoch, 4),
-                       "lr": sched.get_last_lr()[-1], **{k: round(v, 6) for k, v in means.items()},
-                       "samples_per_s": round(sps, 2), "data_time": round(acc_data / acc_n, 4),
-                       "step_time": round(acc_step / acc_n, 4)}
-                if main:
-                    hist.append(row)
-                    if tb is not None:
-                        for k, v in row.items():
-                            if k not in ("step", "epoch"):
-                                tb.add_scalar(k, v, step)
-                shown = {k[5:]: f"{v:.3g}" for k, v in means.items() if k.startswith("loss/")}
-                if "sigma_image" in means:
-                    shown["σv"], shown["σt"] = f"{means['sigma_image']:.3g}", f"{means['sigma_text']:.3g}"
-                shown["samples/s"] = f"{sps:.0f}"
-                bar.set_postfix(shown, refresh=False)
-                acc, acc_n, acc_samples, acc_data, acc_step = {}, 0, 0, 0.0, 0.0
-            if step % tc.ckpt_every == 0 and batch_idx + 1 < steps_per_epoch:
-                save_last({"epoch": epoch, "batch": batch_idx + 1, "step": step})
-            if tc.stop_after_steps is not None and step >= tc.stop_after_steps:
+                means, sps = logs.flush(state.step, state.epoch + (batch_idx + 1) / steps_per_epoch,
+                                        sched.get_last_lr()[-1])
+                bar.set_postfix(_progress_postfix(means, sps), refresh=False)
+            if state.step % tc.ckpt_every == 0 and batch_idx + 1 < steps_per_epoch:
+                state.save_last(batch_idx + 1, logs.state())
+            if tc.stop_after_steps is not None and state.step >= tc.stop_after_steps:
                 bar.close()
-                raise TrainingStopped(f"stopped after step {step} (train.stop_after_steps); the last checkpoint is "
-                                      f"{last_path}, resume to continue")
+                raise TrainingStopped(f"stopped after step {state.step} (train.stop_after_steps); the last "
+                                      f"checkpoint is {state.last_path}, resume to continue")
             t_prev = time.perf_counter()
         bar.close()
 
         # -- epoch end: evaluate on val, keep the best --
-        epoch += 1
-        start_batch = 0
-        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+        state.epoch += 1
+        state.start_batch = 0
+        if state.epoch % tc.eval_every == 0 or state.epoch == tc.epochs:
             if main:
-                m = evaluate("val")
-                eval_history.append(_eval_row("val", epoch, step, m))
-                evlog.rewrite(eval_history)
-                value = m[tc.select_metric]
-                msg = (f"epoch {epoch}/{tc.epochs} step {step}: val R1 {m['R1']:.2f} R5 {m['R5']:.2f} "
-                       f"R10 {m['R10']:.2f} mAP {m['mAP']:.2f} mINP {m['mINP']:.2f}")
-                if "sigma_image" in m:
-                    msg += f" | sigma image {m['sigma_image']:.4f} text {m['sigma_text']:.4f}"
-                if tb is not None:
-                    for k in METRIC_KEYS:
-                        tb.add_scalar(f"val/{k}", m[k], step)
-                if value > best["value"]:
-                    best = {"value": value, "epoch": epoch, "metrics": m}
-                    atomic_save({"format": FORMAT, "version": VERSION, "kind": "best", "config": to_dict(cfg),
-                                 "model": model.state_dict(), "epoch": epoch, "step": step, "val": m,
-                                 "vocab_size": model.vocab_size, "num_train_ids": model.num_train_ids}, best_path)
-                    msg += "  (best)"
-                say(msg)
+                _validate(cfg, state, logs, evaluate, say)
             if ctx.distributed:
                 dist.barrier()
-        save_last({"epoch": epoch, "batch": 0, "step": step})
+        state.save_last(0, logs.state())
 
-    # -- the single test evaluation, with the weights selected on val --
-    result = {}
-    if main:
-        if best_path.is_file():
-            check_state_dict(model, load_checkpoint(best_path)["model"], str(best_path))
-        test = evaluate("test")
-        eval_history.append(_eval_row("test", best["epoch"], step, test))
-        evlog.rewrite(eval_history)
-        result = {"run": str(run), "mode": mcfg.mode, "score": eval_score(cfg), "seed": tc.seed,
-                  "best_epoch": best["epoch"], "select_metric": tc.select_metric, "steps": step,
-                  "train_time_s": round(train_time, 1), "world_size": ctx.world_size,
-                  "val": best["metrics"], "test": test}
-        try:  # SynthPedes: the Bayes ceiling of each split and the result as a percentage of it
-            from .ceiling import ceiling_report
-
-            val_m = best["metrics"] if cfg.data.val_from_train is None else None  # a held-out val is not the card's
-            per_split = {"val": val_m, "test": test} if val_m is not None else {"test": test}
-            result.update(ceiling_report(cfg.data.root, per_split))
-        except Exception as e:  # noqa: BLE001 - a failed ceiling must not lose a finished run
-            say(f"warning: could not compute the Bayes ceiling of {cfg.data.root}: {e}")
-        tmp = run / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, run / "metrics.json")
-        try:
-            from .plots import plot_curves
-
-            plot_curves(run / "history.csv", run / "eval.csv", run / "curves.png",
-                        title=f"{run.name}: {mcfg.mode}, test R1 {test['R1']:.1f} mAP {test['mAP']:.1f}")
-        except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished run
-            say(f"warning: could not draw curves.png: {e}")
-        if tb is not None:
-            tb.close()
-    save_last({"epoch": epoch, "batch": 0, "step": step}, finished=True)
+    result = _finish(cfg, state, logs, evaluate, say) if main else {}
+    logs.close()
+    state.save_last(0, logs.state(), finished=True)
     if ctx.distributed:
         obj = [result]
         dist.broadcast_object_list(obj, src=0)

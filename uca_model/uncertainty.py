@@ -402,7 +402,7 @@ def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "
     Raises:
         ValueError: the run is a fixed-point baseline (no σ), or what the table raises.
     """
-    from .commands import load_run
+    from .runs import load_run
     from .evaluation import embed_images, embed_texts
     from .trainer import eval_score
 

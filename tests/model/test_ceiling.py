@@ -194,7 +194,8 @@ def test_a_card_without_the_ceiling_still_gets_it(tiny, tmp_path):
 
 def test_eval_prints_and_writes_the_ceiling(tiny, tmp_path, capsys, monkeypatch):
     """``uca eval`` with the model and its evaluation faked: only the reporting is under test here."""
-    from uca_model import commands, evaluation
+    from uca_model import evaluation
+    from uca_model.commands import evaluate
 
     cfg = SimpleNamespace(data=SimpleNamespace(root=str(tiny), val_from_train=None),
                           model=SimpleNamespace(probabilistic=False, loss=SimpleNamespace(metric="w2"),
@@ -202,7 +203,7 @@ def test_eval_prints_and_writes_the_ceiling(tiny, tmp_path, capsys, monkeypatch)
                                                                         text=SimpleNamespace(max_len=32))),
                           eval=SimpleNamespace(batch_size=8))
     ds = SimpleNamespace(eval_split=lambda split: ([1, 2], [1]))
-    monkeypatch.setattr(commands, "load_run", lambda *a, **k: (cfg, None, None, ds, "cpu", {"kind": "best"}))
+    monkeypatch.setattr(evaluate, "load_run", lambda *a, **k: (cfg, None, None, ds, "cpu", {"kind": "best"}))
     monkeypatch.setattr(evaluation, "evaluate_split",
                         lambda *a, **k: {"R1": 20.0, "R5": 40.0, "R10": 60.0, "mAP": 30.0, "mINP": 10.0})
     js = tmp_path / "m.json"

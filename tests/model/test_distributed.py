@@ -1,16 +1,18 @@
 """The data-parallel contrastive losses equal the single-process loss on the concatenated batch.
 
 Two gloo processes on the CPU (torch.multiprocessing.spawn, file:// rendezvous in tmp_path), float64,
-the materialised ``reference`` backend. Checked: loss values (mean over ranks), gradients of each
+the materialised ``reference`` backend and the fused ``cpu`` backend (where the extension is built),
+both against the single-process reference. Checked: loss values (mean over ranks), gradients of each
 rank's inputs (``W · ∂L/∂x_k``, see uca_model.distributed), and parameter gradients after
 DistributedDataParallel's averaging. The pairwise ``sigmoid`` case (with a logit bias) checks that
-every global pair is counted once over the ranks.
+every global pair is counted once over the ranks; the intra-modal terms run as local rows against
+the gathered columns (local first, ``exclude_self`` on a rectangular problem). Unequal local
+batches raise a named error on every rank.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
@@ -18,11 +20,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import uca_kernels as uk
-from uca_model.distributed import DistContext, cosine_contrast_loss, dcl_loss, pcl_loss
+from uca_model.distributed import DistContext, UnequalBatchError, cosine_contrast_loss, dcl_loss, pcl_loss
 
 WORLD = 2
 B_LOCAL, D, K, IN = 4, 6, 3, 5
 CASES = [("w2", "sdm"), ("kl", "infonce"), ("csd", "sdm"), ("csd", "sigmoid")]
+BACKENDS = ["reference"] + (["cpu"] if uk._ext.has_op("contrast_forward") else [])
 
 
 def _bias(loss):
@@ -44,20 +47,20 @@ def _data():
     return mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x
 
 
-def _losses(mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ctx, metric, loss):
+def _losses(mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ctx, metric, loss, backend="reference"):
     """Every distributed term on (local) inputs: dict name -> scalar."""
     bias = _bias(loss)
     out = {"dcl": dcl_loss(mu_v, lv_v, mu_t, lv_t, labels, metric=metric, loss=loss, scale=0.7, bias=bias,
-                           backend="reference", ctx=ctx)}
+                           backend=backend, ctx=ctx)}
     zv = uk.losses.sample_points(mu_v, lv_v, K, eps_v)
     zt = uk.losses.sample_points(mu_t, lv_t, K, eps_t)
     p = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="cosine", scale=5.0, loss=loss, bias=bias,
-                 intra=True, backend="reference", ctx=ctx)
+                 intra=True, backend=backend, ctx=ctx)
     out.update({f"pcl_{k}": v for k, v in p.items()})
     pe = pcl_loss(zv, zt, labels.repeat_interleave(K), similarity="euclidean", scale=0.5, loss=loss, bias=bias,
-                  intra=True, backend="reference", ctx=ctx)
+                  intra=True, backend=backend, ctx=ctx)
     out.update({f"pcl_euclid_{k}": v for k, v in pe.items()})
-    out["baseline"] = cosine_contrast_loss(mu_v, mu_t, labels, scale=4.0, loss=loss, bias=bias, backend="reference",
+    out["baseline"] = cosine_contrast_loss(mu_v, mu_t, labels, scale=4.0, loss=loss, bias=bias, backend=backend,
                                            ctx=ctx)
     return out
 
@@ -67,10 +70,10 @@ def _head(seed=1):
     return torch.nn.Linear(IN, 4 * D).double()
 
 
-def _head_loss(head, x, labels, eps_v, eps_t, ctx, metric, loss):
+def _head_loss(head, x, labels, eps_v, eps_t, ctx, metric, loss, backend):
     h = head(x)
     mu_v, lv_v, mu_t, lv_t = h.split(D, dim=1)
-    terms = _losses(mu_v, lv_v - 1.0, mu_t, lv_t - 1.0, labels, eps_v, eps_t, ctx, metric, loss)
+    terms = _losses(mu_v, lv_v - 1.0, mu_t, lv_t - 1.0, labels, eps_v, eps_t, ctx, metric, loss, backend)
     return sum(terms.values())
 
 
@@ -82,23 +85,30 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x = _data()
         sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
         results = {}
-        for metric, loss in CASES:
+        for backend, (metric, loss) in ((b, c) for b in BACKENDS for c in CASES):
             leaves = [t[sl].clone().requires_grad_() for t in (mu_v, lv_v, mu_t, lv_t)]
-            terms = _losses(*leaves, labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss)
+            terms = _losses(*leaves, labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss, backend)
             grads = {}
             for name, value in terms.items():
                 gs = torch.autograd.grad(value, leaves, retain_graph=True, allow_unused=True)
                 grads[name] = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
             # parameters of a shared head under DistributedDataParallel (gradients averaged over ranks)
             head = torch.nn.parallel.DistributedDataParallel(_head())
-            total = _head_loss(head, x[sl], labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss)
+            total = _head_loss(head, x[sl], labels[sl], eps_v[sl], eps_t[sl], ctx, metric, loss, backend)
             total.backward()
-            results[(metric, loss)] = {
+            results[(backend, metric, loss)] = {
                 "values": {k: v.detach() for k, v in terms.items()},
                 "grads": grads,
                 "total": total.detach(),
                 "head_grads": [p.grad.clone() for p in head.module.parameters()],
             }
+        # unequal local batches (rank 1 one pair short): a named error on every rank, no hang
+        short = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL - rank)
+        try:
+            dcl_loss(mu_v[short], lv_v[short], mu_t[short], lv_t[short], labels[short], ctx=ctx)
+            results["unequal"] = "no error"
+        except UnequalBatchError as e:
+            results["unequal"] = str(e)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -111,16 +121,16 @@ def two_process_results(tmp_path_factory):
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def _single(metric, loss):
+def _single(metric, loss, backend="reference"):
     mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, x = _data()
     leaves = [t.clone().requires_grad_() for t in (mu_v, lv_v, mu_t, lv_t)]
-    terms = _losses(*leaves, labels, eps_v, eps_t, DistContext(), metric, loss)
+    terms = _losses(*leaves, labels, eps_v, eps_t, DistContext(), metric, loss, backend)
     grads = {}
     for name, value in terms.items():
         gs = torch.autograd.grad(value, leaves, retain_graph=True, allow_unused=True)
         grads[name] = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
     head = _head()
-    total = _head_loss(head, x, labels, eps_v, eps_t, DistContext(), metric, loss)
+    total = _head_loss(head, x, labels, eps_v, eps_t, DistContext(), metric, loss, backend)
     total.backward()
     return terms, grads, [p.grad for p in head.parameters()], total.detach()
 
@@ -144,10 +154,12 @@ def test_single_process_path_is_the_library_loss(metric, loss):
         torch.testing.assert_close(terms[f"pcl_euclid_{k}"], pe[k], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric,loss", CASES)
-def test_two_processes_equal_single_process(two_process_results, metric, loss):
-    terms, grads, head_grads, head_total = _single(metric, loss)
-    ranks = [r[(metric, loss)] for r in two_process_results]
+def test_two_processes_equal_single_process(two_process_results, metric, loss, backend):
+    """Each backend's two-process run against the single-process float64 reference."""
+    terms, grads, head_grads, head_total = _single(metric, loss, "reference")
+    ranks = [r[(backend, metric, loss)] for r in two_process_results]
     for name, value in terms.items():
         # the mean over ranks of each rank's value is the global loss
         got = sum(r["values"][name] for r in ranks) / WORLD
@@ -164,3 +176,8 @@ def test_two_processes_equal_single_process(two_process_results, metric, loss):
             torch.testing.assert_close(g_dist, g_ref, rtol=1e-9, atol=1e-12, msg=f"head grad on rank {rank}")
     total = sum(r["total"] for r in ranks) / WORLD
     torch.testing.assert_close(total, head_total, rtol=1e-10, atol=1e-12)
+
+
+def test_unequal_local_batches_are_a_named_error_on_every_rank(two_process_results):
+    for r in two_process_results:
+        assert "local batch sizes differ across ranks: [4, 3]" in r["unequal"]

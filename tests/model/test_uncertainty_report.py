@@ -245,11 +245,11 @@ def test_eval_writes_the_calibration_next_to_the_run_or_where_asked(trained, tmp
 def test_eval_of_a_baseline_run_skips_the_calibration(trained, tmp_path, capsys, monkeypatch):
     import shutil
 
-    from uca_model import commands
+    from uca_model.commands import evaluate
 
     run = tmp_path / "baseline"
     shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("calibration-*"))
-    real = commands.load_run
+    real = evaluate.load_run
 
     def as_baseline(*a, **k):  # the same run with its towers' logvar dropped: what a fixed-point model gives
         cfg, model, tok, ds, dev, ck = real(*a, **k)
@@ -258,7 +258,7 @@ def test_eval_of_a_baseline_run_skips_the_calibration(trained, tmp_path, capsys,
         model.encode_text = lambda *x, **y: {**enc_txt(*x, **y), "logvar": None}
         return cfg, model, tok, ds, dev, ck
 
-    monkeypatch.setattr(commands, "load_run", as_baseline)
+    monkeypatch.setattr(evaluate, "load_run", as_baseline)
     assert cli.main(["eval", "--run", str(run), "--score", "cosine"]) == 0
     out = capsys.readouterr().out
     assert "calibration: skipped (a fixed-point baseline run has no sigma)" in out
