@@ -16,9 +16,6 @@ MAX_LINES = 120
 LONG_TODAY = {
     "uca_kernels/triton_contrast.py:_contrast_fwd_kernel": 131,
     "uca_kernels/triton_contrast.py:_contrast_bwd_kernel": 127,
-    "uca_model/data.py:load_dataset": 125,
-    "uca_model/synth.py:render_person": 221,
-    "uca_model/synth.py:generate_synthpedes": 157,
 }
 
 

@@ -15,7 +15,6 @@ import os
 
 import torch
 
-from . import selftest
 from .backends import _BACKENDS, PRIORITY, Backend, backend_names, get_backend  # noqa: F401  (re-exported)
 
 __all__ = ["Backend", "PRIORITY", "auto_reasons", "backend_names", "get_backend", "select", "usable_backends"]
@@ -27,6 +26,8 @@ def _reasons_table(reasons: dict[str, list[str]]) -> str:
 
 @torch.compiler.assume_constant_result  # torch.compile: evaluated once while tracing, a constant in the graph
 def _selftest_failure(name: str, device: str) -> str:
+    from . import selftest  # here, not at the top: ``python -m uca_kernels.selftest`` must not find it imported
+
     return selftest.failure_reason(name, device)
 
 

@@ -248,6 +248,29 @@ if triton is not None:
         return t
 
     @triton.jit
+    def _pair_tile(
+        a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a, stride_b,
+        COLUMNS: tl.constexpr, EXCLUDE_SELF: tl.constexpr, ACC: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
+        BLOCK_OTH: tl.constexpr,
+    ):
+        """The tile [owner, other rows k0 ...]: the other side's indices, bounds mask and labels, the
+        raw values t, the logits s, the valid pairs, and the logits masked to valid pairs (sv) and
+        to positives (sp), -inf elsewhere."""
+        offs_oth = k0 + tl.arange(0, BLOCK_OTH)
+        mask_oth = offs_oth < n_oth
+        l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+        t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
+                        stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
+        s = scale * t + bias
+        valid = mask_own[:, None] & mask_oth[None, :]
+        if EXCLUDE_SELF:
+            valid = valid & (offs_own[:, None] != offs_oth[None, :])
+        sv = tl.where(valid, s, float("-inf"))
+        sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))
+        return offs_oth, mask_oth, l_oth, t, s, valid, sv, sp
+
+    @triton.jit
     def _softplus(x):
         """log(1 + eˣ) = max(x, 0) + log1p(e^−|x|), finite for every finite x; log1p(e) as
         log(u) − ((u − 1) − e)/u, u = 1 + e (exact to rounding also where u rounds to 1)."""
@@ -309,22 +332,15 @@ if triton is not None:
             # -- pairwise sigmoid: Σ over the other side of ℓ = softplus(−y·S); no statistics --
             total = tl.zeros([BLOCK_OWN], ACC)
             for k0 in range(0, n_oth, BLOCK_OTH):
-                offs_oth = k0 + tl.arange(0, BLOCK_OTH)
-                mask_oth = offs_oth < n_oth
-                l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
-                t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
-                                stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
-                s = scale * t + bias
-                valid = mask_own[:, None] & mask_oth[None, :]
-                if EXCLUDE_SELF:
-                    valid = valid & (offs_own[:, None] != offs_oth[None, :])
+                offs_oth, mask_oth, l_oth, t, s, valid, sv, sp = _pair_tile(
+                    a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a,
+                    stride_b, COLUMNS, EXCLUDE_SELF, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E, BLOCK_OTH)
                 x = tl.where(l_own[:, None] == l_oth[None, :], -s, s)  # −y·S
                 total += tl.sum(tl.where(valid, _softplus(x), 0.0), 1)
             tl.store(loss_ptr + offs_own, total, mask=mask_own)
             zero = tl.zeros([BLOCK_OWN], ACC)  # the schema's stats, unused by this loss
-            tl.store(stats_ptr + offs_own * 3 + 0, zero, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 1, zero, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 2, zero, mask=mask_own)
+            for k in tl.static_range(3):
+                tl.store(stats_ptr + offs_own * 3 + k, zero, mask=mask_own)
         else:
             # -- running statistics of the owned rows --
             # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
@@ -338,19 +354,10 @@ if triton is not None:
             npos = tl.zeros([BLOCK_OWN], ACC)
 
             for k0 in range(0, n_oth, BLOCK_OTH):
-                offs_oth = k0 + tl.arange(0, BLOCK_OTH)
-                mask_oth = offs_oth < n_oth
-                l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
-
                 # -- logits of the tile [owner, other] --
-                t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
-                                stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
-                s = scale * t + bias
-                valid = mask_own[:, None] & mask_oth[None, :]
-                if EXCLUDE_SELF:
-                    valid = valid & (offs_own[:, None] != offs_oth[None, :])
-                sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
-                sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
+                offs_oth, mask_oth, l_oth, t, s, valid, sv, sp = _pair_tile(
+                    a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a,
+                    stride_b, COLUMNS, EXCLUDE_SELF, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E, BLOCK_OTH)
 
                 # -- online log-sum-exp over valid entries --
                 m_new = tl.maximum(m, tl.max(sv, 1))
@@ -507,24 +514,15 @@ if triton is not None:
         dx_acc = tl.zeros([BLOCK_OWN, BLOCK_E], ACC)  # used when DX_IN_REGS
 
         for k0 in range(0, n_oth, BLOCK_OTH):
-            offs_oth = k0 + tl.arange(0, BLOCK_OTH)
-            mask_oth = offs_oth < n_oth
-            l_oth = tl.load(l_oth_ptr + offs_oth, mask=mask_oth, other=0)
+            # -- recompute the logits of the tile [owner, other] (same bits as the forward) --
+            offs_oth, mask_oth, l_oth, t, s, valid, sv, sp = _pair_tile(
+                a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a,
+                stride_b, COLUMNS, EXCLUDE_SELF, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E, BLOCK_OTH)
             if IS_SIGMOID:
                 g_y = tl.load(g_oth_ptr + offs_oth, mask=mask_oth, other=0.0)
             else:
                 g_y, lse_y, lsep_y, loss_y, logq_y = _side_consts(g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth,
                                                                   mask_oth, SDM_EPS)
-
-            # -- recompute the logits of the tile [owner, other] (same bits as the forward) --
-            t = _owner_tile(a_ptr, b_ptr, r_ptr, c_ptr, offs_own, offs_oth, mask_own, mask_oth, E,
-                            stride_a, stride_b, COLUMNS, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E)
-            s = scale * t + bias
-            valid = mask_own[:, None] & mask_oth[None, :]
-            if EXCLUDE_SELF:
-                valid = valid & (offs_own[:, None] != offs_oth[None, :])
-            sv = tl.where(valid, s, float("-inf"))  # logits, -inf where not a valid pair
-            sp = tl.where(l_own[:, None] == l_oth[None, :], sv, float("-inf"))  # positives only
 
             if IS_SIGMOID:
                 # -- dS = (g_own + g_oth)·∂ℓ/∂S, ∂ℓ/∂S = −y·σ(−y·S) (exactly 0 where not a valid pair) --

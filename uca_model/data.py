@@ -205,6 +205,52 @@ def _held_out_ids(ids: Sequence[int], k: int) -> set[int]:
     return {ids[min(n - 1, int((i + 0.5) * n / k))] for i in range(k)}
 
 
+def _parse_entry(i: int, e, fmt, img_dir: Path, check_images: bool, problems: _Problems) -> _Entry | None:
+    """Entry ``i`` of an annotation file checked and cleaned, or None (reported to ``problems``)."""
+    if not isinstance(e, dict):
+        problems.report("not_an_object", i, e, f"is a JSON {type(e).__name__}, expected an object")
+        return None
+    missing = [f for f in fmt.required if f not in e]
+    if missing:
+        problems.report("missing_field", i, e, f"missing field(s) {', '.join(map(repr, missing))}")
+        return None
+    split = e["split"]
+    if not isinstance(split, str) or split not in fmt.splits:
+        problems.report("unknown_split", i, e, f"split={split!r} is not one of {', '.join(map(repr, fmt.splits))}")
+        return None
+    pid = e["id"]
+    if isinstance(pid, str) and pid.strip().lstrip("-").isdigit():
+        pid = int(pid)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+        problems.report("bad_value", i, e, f"id={e['id']!r} is not a non-negative integer")
+        return None
+    rel = e[fmt.path_field]
+    if not isinstance(rel, str) or not rel.strip():
+        problems.report("bad_value", i, e, f"{fmt.path_field}={rel!r} is not a non-empty path string")
+        return None
+    caps = e["captions"]
+    if not isinstance(caps, list) or not caps:
+        problems.report("bad_value", i, e, f"captions must be a non-empty list of strings, got {caps!r}"[:200])
+        return None
+    if any(not isinstance(c, str) for c in caps):
+        problems.report("bad_value", i, e, "captions holds a non-string item")
+        return None
+    kept = []
+    for j, c in enumerate(caps):
+        if c.strip():
+            kept.append(c.strip())
+        else:
+            problems.report("empty_caption", i, e, f"captions[{j}] is empty")
+    if not kept:
+        problems.report("no_captions", i, e, "no non-empty caption left")
+        return None
+    path = img_dir / rel
+    if check_images and not path.is_file():
+        problems.report("missing_image", i, e, f"image file {path} does not exist", FileNotFoundError)
+        return None
+    return _Entry(split, pid, str(path), tuple(kept))
+
+
 def load_dataset(
     root: str | os.PathLike,
     name: str = "cuhk-pedes",
@@ -250,48 +296,9 @@ def load_dataset(
     problems = _Problems(anno, skip_bad)
     entries: list[_Entry] = []
     for i, e in enumerate(raw):
-        if not isinstance(e, dict):
-            problems.report("not_an_object", i, e, f"is a JSON {type(e).__name__}, expected an object")
-            continue
-        missing = [f for f in fmt.required if f not in e]
-        if missing:
-            problems.report("missing_field", i, e, f"missing field(s) {', '.join(map(repr, missing))}")
-            continue
-        split = e["split"]
-        if not isinstance(split, str) or split not in fmt.splits:
-            problems.report("unknown_split", i, e, f"split={split!r} is not one of {', '.join(map(repr, fmt.splits))}")
-            continue
-        pid = e["id"]
-        if isinstance(pid, str) and pid.strip().lstrip("-").isdigit():
-            pid = int(pid)
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
-            problems.report("bad_value", i, e, f"id={e['id']!r} is not a non-negative integer")
-            continue
-        rel = e[fmt.path_field]
-        if not isinstance(rel, str) or not rel.strip():
-            problems.report("bad_value", i, e, f"{fmt.path_field}={rel!r} is not a non-empty path string")
-            continue
-        caps = e["captions"]
-        if not isinstance(caps, list) or not caps:
-            problems.report("bad_value", i, e, f"captions must be a non-empty list of strings, got {caps!r}"[:200])
-            continue
-        if any(not isinstance(c, str) for c in caps):
-            problems.report("bad_value", i, e, "captions holds a non-string item")
-            continue
-        kept = []
-        for j, c in enumerate(caps):
-            if c.strip():
-                kept.append(c.strip())
-            else:
-                problems.report("empty_caption", i, e, f"captions[{j}] is empty")
-        if not kept:
-            problems.report("no_captions", i, e, "no non-empty caption left")
-            continue
-        path = img_dir / rel
-        if check_images and not path.is_file():
-            problems.report("missing_image", i, e, f"image file {path} does not exist", FileNotFoundError)
-            continue
-        entries.append(_Entry(split, pid, str(path), tuple(kept)))
+        entry = _parse_entry(i, e, fmt, img_dir, check_images, problems)
+        if entry is not None:
+            entries.append(entry)
 
     by_split: dict[str, list[_Entry]] = {s: [e for e in entries if e.split == s] for s in fmt.splits}
     skip_summary = ", ".join(f"{k}={v}" for k, v in sorted(problems.counts.items()))

@@ -67,7 +67,7 @@ def test_complete_folder_is_not_regenerated(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("rendered again")
 
-    monkeypatch.setattr(synth, "render_person", boom)
+    monkeypatch.setattr(synth.build, "render_person", boom)
     assert generate_synthpedes(out, MICRO, seed=0, progress=False) == out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
@@ -79,7 +79,7 @@ def test_interrupted_run_is_detected_and_finished(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(synth, "_contact_sheet", interrupted)  # dies after images and annotations
+        m.setattr(synth.build, "_contact_sheet", interrupted)  # dies after images and annotations
         with pytest.raises(KeyboardInterrupt):
             generate_synthpedes(tmp_path / "ds", MICRO, seed=0, progress=False)
     out = tmp_path / "ds"
