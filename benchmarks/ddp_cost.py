@@ -1,5 +1,5 @@
 """What the data-parallel intra-modal point term costs per rank: local rows against the gathered
-columns (``uca_model.distributed.pcl_loss``, each pair once across the group) against the whole
+columns (``uca_model.losses.pcl_loss``, each pair once across the group) against the whole
 global problem on every rank (what it computed before), in one run.
 
     python -m benchmarks.ddp_cost [--world 2] [--local 512] [--samples 4] [--dim 128] [--repeats 5]
@@ -27,10 +27,11 @@ import torch.multiprocessing as mp
 def _old_intra(z, labels, ctx, scale):
     """The previous intra term: the gathered square problem on every rank (L on every rank)."""
     from uca_kernels import contrast
-    from uca_model.distributed import _point_maps, gather, gather_labels
+    from uca_kernels.losses import point_maps
+    from uca_model.distributed import gather, gather_labels
 
     gz, gl = gather(z, ctx), gather_labels(labels, ctx)
-    A, B, r, c, sign = _point_maps(gz, gz, "cosine")
+    A, B, r, c, sign = point_maps(gz, gz, "cosine")
     rows, cols = contrast(A, B, r, c, sign * scale, 0.0, gl, gl, loss="sdm", exclude_self=True, backend="cpu")
     return rows.mean() + cols.mean()
 
@@ -39,7 +40,8 @@ def _worker(rank, world, init, args, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        from uca_model.distributed import DistContext, pcl_loss
+        from uca_model.distributed import DistContext
+        from uca_model.losses import pcl_loss
 
         ctx = DistContext.current()
         g = torch.Generator().manual_seed(rank)

@@ -1,6 +1,6 @@
 """The packages' shape: no import cycle inside ``uca_kernels`` or ``uca_model`` (imports anywhere in a
-file count, function-level ones included), and no function longer than 120 lines beyond the few
-listed below, which may only shrink."""
+file count, function-level ones included), and no function longer than 120 lines (an exception
+would be listed in LONG_TODAY with its length, which may only shrink)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from .gaussian import METRICS, check_gaussians, feature_maps
 __all__ = [
     "distribution_contrast_loss",
     "point_contrast_loss",
+    "point_maps",
     "prior_kl",
     "sample_points",
     "DistributionContrastLoss",
@@ -110,8 +111,11 @@ def sample_points(mu: torch.Tensor, logvar: torch.Tensor, num_samples: int, eps=
     return z.reshape(Bsz * num_samples, D)
 
 
-def _point_maps(za: torch.Tensor, zb: torch.Tensor, similarity: str):
-    """(A, B, r, c, sign): cosine → normalised points (+), euclidean → ‖zᵢ − zⱼ‖² maps (−)."""
+def point_maps(za: torch.Tensor, zb: torch.Tensor, similarity: str):
+    """The fused op's arguments ``(A, B, r, c, sign)`` of a point similarity: cosine → the normalised
+    points (sign +); euclidean → the maps of −‖zᵢ − zⱼ‖² (sign −; the points shifted by their mean
+    first, which distances do not see, so large offsets cost no precision). The logits are
+    ``sign · scale · (A Bᵀ + r + c) + bias``."""
     if similarity == "cosine":
         a, b = nn.functional.normalize(za, dim=1), nn.functional.normalize(zb, dim=1)
         zeros_a, zeros_b = a.new_zeros(a.shape[0]), b.new_zeros(b.shape[0])
@@ -178,7 +182,7 @@ def point_contrast_loss(
     zt = sample_points(mu_t, logvar_t, num_samples, eps_t, generator, "eps_t")
 
     def term(za, zb, exclude_self):
-        A, B, r, c, sign = _point_maps(za, zb, similarity)
+        A, B, r, c, sign = point_maps(za, zb, similarity)
         return contrast(A, B, r, c, sign * scale, bias, lab, lab, loss=loss, exclude_self=exclude_self,
                         backend=backend, reduction="mean")
 

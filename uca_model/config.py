@@ -5,7 +5,7 @@
         encoder: EncoderConfig      -> uca_model.encoders (vision: VisionConfig, text: TextConfig)
         head: HeadConfig            -> uca_model.heads.ProbabilisticHead
         decoder: DecoderConfig      -> uca_model.decoder.ReconstructionDecoder
-        loss: LossConfig            -> UCAModel.forward (its terms: uca_model.distributed)
+        loss: LossConfig            -> UCAModel.forward (its terms: uca_model.losses)
       data: DataConfig              -> the trainer's data set-up
       optim: OptimConfig            -> the optimiser and LR schedule
       train: TrainConfig            -> the training loop

@@ -5,7 +5,7 @@
 :class:`~uca_model.config.LossConfig`), and the trainer forms ``Σ weight · term``.
 
 Terms (mode ``uca``), all contrasts through ``uca_kernels`` and over the global batch in
-data-parallel runs (:mod:`uca_model.distributed`):
+data-parallel runs (:mod:`uca_model.losses`):
 
 ==================  ==============================================================================
 ``dcl``             distribution contrast: SDM/InfoNCE/sigmoid on −scale·d(N_v, N_t) (+ bias for
@@ -52,7 +52,8 @@ import uca_kernels
 
 from .config import ModelConfig
 from .decoder import ReconstructionDecoder
-from .distributed import DistContext, cosine_contrast_loss, dcl_loss, pcl_loss
+from .distributed import DistContext
+from .losses import cosine_contrast_loss, dcl_loss, pcl_loss
 from .encoders import build_encoders
 from .heads import ProbabilisticHead
 

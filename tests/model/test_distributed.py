@@ -20,7 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import uca_kernels as uk
-from uca_model.distributed import DistContext, UnequalBatchError, cosine_contrast_loss, dcl_loss, pcl_loss
+from uca_model.distributed import DistContext, UnequalBatchError
+from uca_model.losses import cosine_contrast_loss, dcl_loss, pcl_loss
 
 WORLD = 2
 B_LOCAL, D, K, IN = 4, 6, 3, 5

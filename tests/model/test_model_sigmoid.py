@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from uca_model.checkpoint import CheckpointError, check_config_match
 from uca_model.config import ConfigError, RunConfig, diff_configs, from_dict, to_dict
-from uca_model.distributed import dcl_loss, pcl_loss
+from uca_model.losses import dcl_loss, pcl_loss
 from uca_model.model import UCAModel
 
 from test_model_parts import SPECIAL, VOCAB, _batch, _tiny_model_cfg  # noqa: E402 (same folder)
