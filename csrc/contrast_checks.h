@@ -7,10 +7,11 @@
 #include <initializer_list>
 #include <string>
 
+#include "core/stats.h"
+
 namespace uca {
 namespace checks {
 
-constexpr int64_t kStats = 3;  // per row / column statistics: LSE, positive LSE, #positives
 
 // dtype of r, c, scale, bias, losses and statistics: float64 for float64 features, else float32.
 inline at::ScalarType acc_type(const at::Tensor& A) {

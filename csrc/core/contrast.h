@@ -9,13 +9,14 @@
 
 #include <cstdint>
 
+#include "core/stats.h"
+
 namespace uca {
 
 // SIGMOID: pairwise softplus(-y S) summed over rows and over columns; needs no statistics.
 enum class Loss : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
 
 constexpr double kSdmEps = 1e-8;  // q + eps inside the log of the SDM loss
-constexpr int kStats = 3;         // per row / column statistics: LSE, positive LSE, #positives
 
 // Row-major GEMMs on raw pointers (leading dimensions in elements).
 template <typename T>

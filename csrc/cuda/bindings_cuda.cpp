@@ -92,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cuda
   const int64_t M = A.size(0), N = B.size(0);
   const auto opts = r.options();
   auto loss_rows = at::empty({M}, opts), loss_cols = at::empty({N}, opts);
-  auto row_stats = at::empty({M, uc::kStats}, opts), col_stats = at::empty({N, uc::kStats}, opts);
+  auto row_stats = at::empty({M, uca::kStats}, opts), col_stats = at::empty({N, uca::kStats}, opts);
   const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
   check_cuda(uc::contrast_forward(args, loss_rows.data_ptr(), loss_cols.data_ptr(), row_stats.data_ptr(),
                                   col_stats.data_ptr(), at::cuda::getCurrentCUDAStream()),

@@ -17,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/stats.h"
+
 namespace uca {
 namespace cuda {
 
@@ -30,7 +32,6 @@ enum class Precision : int { IEEE = 0, TF32 = 1 };
 // statistics: its forward sums the pair losses, its backward reads only the upstream gradients.
 enum class Loss : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
 
-constexpr int kStats = 3;  // per row / column: LSE, positive LSE, #positives (all zeros for SIGMOID)
 
 struct Args {
   int64_t M = 0, N = 0, E = 0;     // rows of A, rows of B, feature width
