@@ -62,6 +62,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .fitting import attribute_codes, fit_chunk, fits
+
 __all__ = [
     "ceiling_summary",
     "CEILING_VERSION",
@@ -234,19 +236,13 @@ def bayes_ceiling(
         ValueError: an unknown split or field value, or a caption fitting no identity of its split.
     """
     names = list(fields)
-    index = {f: {v: i for i, v in enumerate(vals)} for f, vals in fields.items()}
     ids = [d for d in identities if d["split"] == split]
     if not ids:
         raise ValueError(f"no identity is in split {split!r}")
     pos = {int(d["id"]): i for i, d in enumerate(ids)}
     split_of = {int(d["id"]): d["split"] for d in identities}
-    codes = np.empty((len(ids), len(names)), dtype=np.int64)
-    for i, d in enumerate(ids):
-        for j, f in enumerate(names):
-            v = d["attributes"][f]
-            if v not in index[f]:
-                raise ValueError(f"identity {d['id']}: {f}={v!r} is not one of the field's values")
-            codes[i, j] = index[f][v]
+    codes = attribute_codes(fields, [{f: d["attributes"][f] for f in names} for d in ids],
+                            lambda i: f"identity {ids[i]['id']}")
     n_img = np.zeros(len(ids), dtype=np.int64)
     wanted, owner = [], []
     for im in images:
@@ -257,13 +253,7 @@ def bayes_ceiling(
             continue
         n_img[pos[pid]] += 1
         for m in im["mentions"]:
-            row = np.full(len(names), -1, dtype=np.int64)
-            for f, v in m.items():
-                if f not in index or v not in index[f]:
-                    raise ValueError(f"caption of image {im.get('file_path', '?')} mentions {f}={v!r}, "
-                                     "which is not in the schema")
-                row[names.index(f)] = index[f][v]
-            wanted.append(row)
+            wanted.append(attribute_codes(fields, [m], lambda _: f"caption of image {im.get('file_path', '?')}")[0])
             owner.append(pos[pid])
     if not wanted:
         raise ValueError(f"split {split!r} has no captions")
@@ -271,16 +261,16 @@ def bayes_ceiling(
     sizes = np.unique(n_img[n_img > 0])
     # per caption: how many *other* fitting identities have each image count (chunked: C x N x F)
     counts = np.empty((len(wanted_a), len(sizes)), dtype=np.int64)
-    chunk = max(1, 4_000_000 // max(1, len(ids) * len(names)))
+    chunk = fit_chunk(len(ids), len(names))
     for a in range(0, len(wanted_a), chunk):
         w = wanted_a[a:a + chunk]
-        fits = ((w[:, None, :] < 0) | (w[:, None, :] == codes[None, :, :])).all(-1)  # [c, N]
-        own = fits[np.arange(len(w)), owner_a[a:a + chunk]]
+        fit = fits(w, codes)  # [c, N]
+        own = fit[np.arange(len(w)), owner_a[a:a + chunk]]
         if not own.all():
             bad = a + int(np.flatnonzero(~own)[0])
             raise ValueError(f"caption {bad} of split {split!r} does not fit its own identity (a mention is false)")
-        fits[np.arange(len(w)), owner_a[a:a + chunk]] = False
-        counts[a:a + chunk] = np.stack([(fits & (n_img == c)[None, :]).sum(1) for c in sizes], 1)
+        fit[np.arange(len(w)), owner_a[a:a + chunk]] = False
+        counts[a:a + chunk] = np.stack([(fit & (n_img == c)[None, :]).sum(1) for c in sizes], 1)
     p_own = n_img[owner_a]
     keys = np.concatenate([counts, p_own[:, None]], 1)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)  # sorted: equal groups are adjacent

@@ -39,10 +39,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 import torch
+
+from .fitting import fitted_counts
 
 __all__ = [
     "CALIBRATION_VERSION",
@@ -61,7 +63,6 @@ __all__ = [
 
 CALIBRATION_VERSION = 1  # bump when the keys or meaning of calibration_table's result change
 FITTED_EXACT = 4  # identities-fitted counts up to this one get a bin each; above, doubling ranges 5-8, 9-16, ...
-_FIT_CHUNK = 4_000_000  # largest captions x identities x fields boolean block of fitted_counts
 
 #: what :func:`calibration_table` accepts as scores: a [Q, G] matrix, or ``select(index)`` giving the
 #: scores of the queries ``index`` in any form ``retrieval_metrics`` takes (a matrix or a chunk callable)
@@ -146,47 +147,6 @@ def gallery_records(root: str | os.PathLike, attrs: Mapping[str, Any], gallery) 
         if rel not in by_path:
             raise ValueError(f"{g.image_path} has no record in {Path(root) / 'synth_attributes.json'}")
         out.append(by_path[rel])
-    return out
-
-
-def fitted_counts(fields: Mapping[str, Sequence[str]], identities: Sequence[Mapping[str, str]],
-                  mentions: Sequence[Mapping[str, str]]) -> np.ndarray:
-    """How many of ``identities`` each caption fits.
-
-    A caption fits an identity when every attribute value it mentions equals the identity's (the
-    rule of :func:`uca_model.ceiling.bayes_ceiling` and :func:`uca_model.synth.caption_ambiguity`).
-
-    Args:
-        fields: field name -> possible values (``synth_attributes.json["fields"]``).
-        identities: N dicts field -> value (the competing identities' attributes).
-        mentions: C dicts field -> value (what each caption mentions; fields it omits fit anything).
-
-    Returns:
-        ``[C]`` int64 counts in ``0..N`` (computed in blocks of at most ~4M booleans).
-
-    Raises:
-        ValueError: a mention or identity value that is not in ``fields``.
-    """
-    names = list(fields)
-    index = {f: {v: i for i, v in enumerate(vals)} for f, vals in fields.items()}
-
-    def code(d: Mapping[str, str], what: str) -> np.ndarray:
-        row = np.full(len(names), -1, dtype=np.int64)  # -1: not stated
-        for f, v in d.items():
-            if f not in index or v not in index[f]:
-                raise ValueError(f"{what} has {f}={v!r}, which is not in the schema")
-            row[names.index(f)] = index[f][v]
-        return row
-
-    codes = np.stack([code(a, f"identity {i}") for i, a in enumerate(identities)]) if identities else \
-        np.zeros((0, len(names)), dtype=np.int64)  # [N, F]
-    wanted = np.stack([code(m, f"caption {c}") for c, m in enumerate(mentions)]) if mentions else \
-        np.zeros((0, len(names)), dtype=np.int64)  # [C, F]
-    out = np.zeros(len(wanted), dtype=np.int64)
-    chunk = max(1, _FIT_CHUNK // max(1, len(codes) * len(names)))
-    for a in range(0, len(wanted), chunk):
-        w = wanted[a:a + chunk, None, :]
-        out[a:a + chunk] = ((w < 0) | (w == codes[None, :, :])).all(-1).sum(1)
     return out
 
 

@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .schema import FIELD_NAMES, SCHEMA, PersonAttributes, pick
+from ..fitting import fitted_counts
+from .schema import SCHEMA, PersonAttributes, pick
 
 
 _COLOUR_WORDS = {"grey": ("grey", "gray"), "purple": ("purple", "violet")}
@@ -261,16 +262,7 @@ def caption_ambiguity(identities: Sequence[PersonAttributes], mentions: Sequence
     """
     if not identities or not mentions:
         raise ValueError("caption_ambiguity needs at least one identity and one caption")
-    index = {f.name: {v: i for i, v in enumerate(f.values)} for f in SCHEMA}
-    codes = np.array([[index[f][getattr(a, f)] for f in FIELD_NAMES] for a in identities])  # [N, F]
-    wanted = np.full((len(mentions), len(FIELD_NAMES)), -1)  # [C, F], -1 = not mentioned
-    for c, m in enumerate(mentions):
-        for f, v in m.items():
-            if f not in index or v not in index[f]:
-                raise ValueError(f"mention {f}={v!r} of caption {c} is not in the schema")
-            wanted[c, FIELD_NAMES.index(f)] = index[f][v]
-    fits = ((wanted[:, None, :] < 0) | (wanted[:, None, :] == codes[None, :, :])).all(-1)  # [C, N]
-    n = fits.sum(1)
+    n = fitted_counts({f.name: f.values for f in SCHEMA}, [a.as_dict() for a in identities], mentions)
     if (n == 0).any():
         raise ValueError("a caption fits no identity of its split (a mention is false)")
     return {"fraction_ambiguous": float((n > 1).mean()), "mean_matches": float(n.mean()),
