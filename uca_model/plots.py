@@ -199,8 +199,9 @@ def plot_calibration(table: dict, out_png: str | os.PathLike, title: str = "") -
 
 def plot_ablation(summary: Sequence[dict], out_png: str | os.PathLike, metrics=("R1", "R5", "R10", "mAP", "mINP"),
                   title: str = "") -> Path:
-    """Grouped bars (mean ± std over seeds) per variant. ``summary``: ``[{"variant", "<m>_mean",
-    "<m>_std"}]``."""
+    """Grouped bars (mean ± std over seeds) per variant, and the Bayes ceiling as a dashed line over
+    the metrics the rows carry it for (``ceiling_<m>_mean``). ``summary``: ``[{"variant", "<m>_mean",
+    "<m>_std", ...}]``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(2.0 + 1.8 * len(metrics), 4.2))
     nv = len(summary)
@@ -209,6 +210,12 @@ def plot_ablation(summary: Sequence[dict], out_png: str | os.PathLike, metrics=(
         xs = [m + (i - (nv - 1) / 2) * width for m in range(len(metrics))]
         ax.bar(xs, [row[f"{m}_mean"] for m in metrics], width, yerr=[row[f"{m}_std"] for m in metrics],
                capsize=3, label=row["variant"])
+    ceiling = next((row for row in summary if "ceiling_R1_mean" in row), None)
+    if ceiling is not None:  # SynthPedes: the Bayes ceiling over the groups it is known for
+        drawn = [k for k, m in enumerate(metrics) if f"ceiling_{m}_mean" in ceiling]
+        for k in drawn:
+            ax.hlines(ceiling[f"ceiling_{metrics[k]}_mean"], k - 0.45, k + 0.45, colors="black", linestyles="--",
+                      label="Bayes ceiling" if k == drawn[0] else None)
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
     ax.set_ylabel("% (test)")
