@@ -61,14 +61,15 @@ def _reduce(rows: torch.Tensor, cols: torch.Tensor, loss: str) -> torch.Tensor:
     return rows.mean() + cols.mean()
 
 
-def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str) -> torch.Tensor:
+def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str,
+                global_labels: torch.Tensor | None = None) -> torch.Tensor:
     """``fn(rows_side, cols_side, labels_rows, labels_cols) -> (loss_rows, loss_cols)`` evaluated as
     local rows × global columns and global rows × local columns; ``sigmoid``: local rows × global
     columns only (see the module docstring)."""
     if not ctx.distributed:
         rows, cols = fn(a, b, labels, labels)
         return _reduce(rows, cols, loss)
-    gl = gather_labels(labels, ctx)
+    gl = gather_labels(labels, ctx) if global_labels is None else global_labels
     n_global = gl.shape[0]
     gb = tuple(gather(x, ctx) for x in b)
     rows, _ = fn(a, gb, labels, gl)
@@ -125,9 +126,10 @@ def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, simi
         A, B, r, c, sign = point_maps(a[0], b[0], similarity)
         return contrast(A, B, r, c, sign * scale, bias, la, lb, loss=loss, backend=backend)
 
-    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss)}
+    gl = gather_labels(labels, ctx)  # once for the inter and both intra terms
+    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss, gl)}
     if intra:
-        cols_labels = local_first(gather_labels(labels, ctx), labels, ctx)
+        cols_labels = local_first(gl, labels, ctx)
         for name, z in (("intra_image", z_v), ("intra_text", z_t)):
             out[name] = _intra_term(z, local_first(gather(z, ctx), z, ctx), labels, cols_labels, similarity,
                                     scale, bias, loss, backend, ctx)
