@@ -65,6 +65,7 @@ from ._registry import LOSSES, SDM_EPS, out_dtype, register_contrast_autograd
 __all__ = [
     "PRECISIONS",
     "available_reasons",
+    "compile_for_target",
     "contrast",
     "get_input_precision",
     "not_supported_reasons",
@@ -158,7 +159,7 @@ if triton is not None:
         if UPCAST_DOT:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
     @triton.jit
     def _round_to(x, DTYPE: tl.constexpr, UPCAST_DOT: tl.constexpr):
@@ -722,6 +723,68 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     dbias = sum_ds_rows.sum(dtype=torch.float64).to(odt)
     dscale = sum_dst_rows.sum(dtype=torch.float64).to(odt)
     return dA.to(A.dtype), dB.to(B.dtype), dr, dc, dscale, dbias
+
+
+
+# -- ahead-of-time compilation for a GPU target (no GPU needed) ---------------------------------------
+
+_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES) -> list[str]:
+    """Compile the forward and backward kernels for ``cuda`` compute capability ``arch`` without a
+    GPU (Triton's front end, LLVM and its bundled ptxas), for every dtype and loss given, with the
+    first tile of each dot path (``_GPU_TILES``). Returns one line per variant: "ok ..." or
+    "FAIL ...: error". The interpreter never runs Triton's front end, so a kernel it passes can
+    still fail to compile on a GPU (Triton 3.6 rejected float64 ``tl.dot`` with an fp32 default
+    ``out_dtype``); this finds such failures on any machine. Needs an import without
+    ``TRITON_INTERPRET`` (the kernels must be JIT functions, not interpreted ones)."""
+    if triton is None:
+        raise RuntimeError(f"triton is not importable ({_IMPORT_ERROR})")
+    if INTERPRET:
+        raise RuntimeError("compile_for_target needs the kernels jitted for a GPU: import without TRITON_INTERPRET=1")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    results = []
+    for dtype in dtypes:
+        feat = _TRITON_DTYPES[dtype]
+        acc = "fp64" if dtype == torch.float64 else "fp32"
+        for precision in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
+            path = _dot_path(dtype, precision)
+            ba, bb, be, warps, stages = next(t[:5] for t in _GPU_TILES if path in t[5])
+            for loss in losses:
+                base = dict(IS_SDM=loss == "sdm", IS_SIGMOID=loss == "sigmoid", EXCLUDE_SELF=True, UPCAST_DOT=False,
+                            PRECISION=precision, SDM_EPS=SDM_EPS, LOG_SDM_EPS=math.log(SDM_EPS),
+                            BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be, COLUMNS=False)
+                ptrs = dict(a_ptr=feat, b_ptr=feat, r_ptr=acc, c_ptr=acc, la_ptr="i64", lb_ptr="i64",
+                            scale_ptr=acc, bias_ptr=acc)
+                fwd = dict(ptrs, loss_ptr=acc, stats_ptr=acc)
+                bwd = dict(ptrs, g_own_ptr=acc, g_oth_ptr=acc, loss_own_ptr=acc, loss_oth_ptr=acc, stats_own_ptr=acc,
+                           stats_oth_ptr=acc, dx_ptr=acc, sum_ds_ptr=acc, sum_dst_ptr=acc)
+                ints = ["M", "N", "E", "stride_a", "stride_b"]
+                for name, kernel, p, extra_ints, extra in (
+                    ("forward", _contrast_fwd_kernel, fwd, [], {}),
+                    ("backward", _contrast_bwd_kernel, bwd, ["stride_dx"], dict(WRITE_DST=True, DX_IN_REGS=False)),
+                ):
+                    consts = dict(base, **extra)
+                    sig = {k: "*" + v for k, v in p.items()} | {k: "i32" for k in ints + extra_ints}
+                    sig |= {k: "constexpr" for k in consts}
+                    sig = {k: sig[k] for k in kernel.arg_names}  # in the kernel's argument order
+                    label = f"{name} {dtype} {precision} {loss} sm_{arch}"
+                    try:
+                        triton.compile(ASTSource(kernel, sig, consts), target=target,
+                                       options=dict(num_warps=warps, num_stages=stages))
+                        results.append(f"ok {label}")
+                    except Exception as e:  # the compiler's own error, reported per variant
+                        root = e
+                        while root.__cause__ is not None:
+                            root = root.__cause__
+                        where = (str(e).strip().splitlines() or [""])[0]  # "at LINE:COL:" in the kernel
+                        results.append(f"FAIL {label}: {type(e).__name__} {where} caused by "
+                                       f"{type(root).__name__}: {str(root).strip()[:200]}")
+    return results
 
 
 # -- registered ops --------------------------------------------------------------------------------
