@@ -35,7 +35,7 @@ int64_t env_int(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
   const long long x = std::atoll(v);
-  TORCH_CHECK(x > 0, name, " must be a positive integer, got '", v, "'");
+  TORCH_CHECK(x > 0, uca::checks::msg::cat(name, " must be a positive integer, got '", v, "'"));
   return x;
 }
 

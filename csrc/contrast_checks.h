@@ -12,6 +12,36 @@
 namespace uca {
 namespace checks {
 
+// Error messages are built here as one std::string and handed to TORCH_CHECK whole, so that none
+// of this extension's own iostream code runs (c10::str of a single string returns it as is). On the
+// H200 machine (torch 2.11, GCC 13), TORCH_CHECK's ostringstream crashed inside the extension on
+// the first integer it formatted (SIGSEGV in std::ostream::_M_insert<long>; backtrace in
+// benchmarks/results/gpu-h200/).
+namespace msg {
+inline std::string of(const char* s) { return s; }
+inline std::string of(const std::string& s) { return s; }
+inline std::string of(c10::string_view s) { return std::string(s.data(), s.size()); }
+inline std::string of(int64_t v) { return std::to_string(v); }
+inline std::string of(at::ScalarType t) { return c10::toString(t); }
+inline std::string of(const at::Device& d) { return d.str(); }  // formatted by libc10
+inline std::string of(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+inline std::string dtype_list(std::initializer_list<at::ScalarType> dtypes) {
+  std::string out;
+  for (auto dt : dtypes) out += (out.empty() ? "" : ", ") + std::string(c10::toString(dt));
+  return out;
+}
+template <typename... Ts>
+std::string cat(const Ts&... parts) {
+  std::string out;
+  ((out += of(parts)), ...);
+  return out;
+}
+}  // namespace msg
+
 
 // dtype of r, c, scale, bias, losses and statistics: float64 for float64 features, else float32.
 inline at::ScalarType acc_type(const at::Tensor& A) {
@@ -23,15 +53,15 @@ enum class LossKind : int { SDM = 0, INFONCE = 1, SIGMOID = 2 };
 
 inline LossKind parse_loss(c10::string_view loss) {
   TORCH_CHECK(loss == "sdm" || loss == "infonce" || loss == "sigmoid",
-              "loss must be 'sdm', 'infonce' or 'sigmoid', got '", std::string(loss), "'");
+              msg::cat("loss must be 'sdm', 'infonce' or 'sigmoid', got '", loss, "'"));
   return loss == "sdm" ? LossKind::SDM : (loss == "infonce" ? LossKind::INFONCE : LossKind::SIGMOID);
 }
 
 inline void check_vector(const at::Tensor& x, const char* name, int64_t n, at::ScalarType dt, const at::Device& dev) {
-  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, name, " must have shape [", n, "], got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == dt, name, " must be ", dt, ", got ", x.scalar_type());
-  TORCH_CHECK(x.device() == dev, name, " is on ", x.device(), " but A is on ", dev);
-  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(x.dim() == 1 && x.size(0) == n, msg::cat(name, " must have shape [", n, "], got ", x.sizes()));
+  TORCH_CHECK(x.scalar_type() == dt, msg::cat(name, " must be ", dt, ", got ", x.scalar_type()));
+  TORCH_CHECK(x.device() == dev, msg::cat(name, " is on ", x.device(), " but A is on ", dev));
+  TORCH_CHECK(x.is_contiguous(), msg::cat(name, " must be contiguous"));
 }
 
 // The forward's inputs (and the same arguments of the backward). `features`: the dtypes this
@@ -40,27 +70,28 @@ inline void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Ten
                          const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
                          const at::Tensor& labels_b, bool /*exclude_self: any M, N*/,
                          std::initializer_list<at::ScalarType> features) {
-  TORCH_CHECK(A.dim() == 2, "A must be 2-D [M, E], got ", A.sizes());
-  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1), "B must be [N, E] with E = ", A.size(1), ", got ", B.sizes());
+  TORCH_CHECK(A.dim() == 2, msg::cat("A must be 2-D [M, E], got ", A.sizes()));
+  TORCH_CHECK(B.dim() == 2 && B.size(1) == A.size(1),
+              msg::cat("B must be [N, E] with E = ", A.size(1), ", got ", B.sizes()));
   const int64_t M = A.size(0), N = B.size(0);
-  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, "empty input: A ", A.sizes(), ", B ", B.sizes());
+  TORCH_CHECK(M > 0 && N > 0 && A.size(1) > 0, msg::cat("empty input: A ", A.sizes(), ", B ", B.sizes()));
   bool known = false;
   for (auto dt : features) known = known || A.scalar_type() == dt;
-  TORCH_CHECK(known, "A must be one of ", c10::ArrayRef<at::ScalarType>(features), " for this backend, got ",
-              A.scalar_type());
-  TORCH_CHECK(B.scalar_type() == A.scalar_type(), "B must be ", A.scalar_type(), ", got ", B.scalar_type());
+  TORCH_CHECK(known,
+              msg::cat("A must be one of ", msg::dtype_list(features), " for this backend, got ", A.scalar_type()));
+  TORCH_CHECK(B.scalar_type() == A.scalar_type(), msg::cat("B must be ", A.scalar_type(), ", got ", B.scalar_type()));
   TORCH_CHECK(A.is_contiguous() && B.is_contiguous(), "A and B must be contiguous");
   const auto dev = A.device();
-  TORCH_CHECK(B.device() == dev, "B is on ", B.device(), " but A is on ", dev);
+  TORCH_CHECK(B.device() == dev, msg::cat("B is on ", B.device(), " but A is on ", dev));
   const auto acc = acc_type(A);
   check_vector(r, "r", M, acc, dev);
   check_vector(c, "c", N, acc, dev);
   check_vector(labels_a, "labels_a", M, at::kLong, dev);
   check_vector(labels_b, "labels_b", N, at::kLong, dev);
   for (const auto* t : {&scale, &bias}) {
-    TORCH_CHECK(t->dim() == 0, "scale and bias must be 0-d tensors, got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == acc, "scale and bias must be ", acc, ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == dev, "scale and bias must be on ", dev, ", got ", t->device());
+    TORCH_CHECK(t->dim() == 0, msg::cat("scale and bias must be 0-d tensors, got ", t->sizes()));
+    TORCH_CHECK(t->scalar_type() == acc, msg::cat("scale and bias must be ", acc, ", got ", t->scalar_type()));
+    TORCH_CHECK(t->device() == dev, msg::cat("scale and bias must be on ", dev, ", got ", t->device()));
   }
 }
 
@@ -78,10 +109,10 @@ inline void check_backward_inputs(const at::Tensor& A, const at::Tensor& B, cons
   check_vector(loss_cols, "loss_cols", N, acc, dev);
   for (const auto& [t, n, name] : {std::tuple<const at::Tensor*, int64_t, const char*>{&row_stats, M, "row_stats"},
                                    {&col_stats, N, "col_stats"}}) {
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == n && t->size(1) == kStats, name, " must have shape [", n,
-                ", 3], got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == acc && t->device() == dev && t->is_contiguous(), name,
-                " must be a contiguous ", acc, " tensor on ", dev);
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == n && t->size(1) == kStats,
+                msg::cat(name, " must have shape [", n, ", 3], got ", t->sizes()));
+    TORCH_CHECK(t->scalar_type() == acc && t->device() == dev && t->is_contiguous(),
+                msg::cat(name, " must be a contiguous ", acc, " tensor on ", dev));
   }
 }
 

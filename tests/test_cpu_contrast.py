@@ -11,7 +11,7 @@ import torch
 import uca_kernels as uk
 from uca_kernels import _ext, dispatch
 from helpers import (FLOOR, GRAD_NAMES, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads,
-                     shift_masses)
+                     scale_mass, shift_masses)
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
 
@@ -35,7 +35,7 @@ def check_against_reference(M, N, E, *, loss, labels, exclude_self, dtype, scale
     fused = run_with_grads(cpu_fn(loss, exclude_self), tensors, gr, gc, dtype, requires)
     mass = grad_mass(gr, gc, loss)
     assert_matches_oracle(fused, oracle, ref_same, floor=FLOOR[dtype] if floor is None else floor,
-                          grad_l1=mass, mass=shift_masses(M, N, loss, scale, mass))
+                          grad_l1=mass, mass=shift_masses(M, N, loss, scale, mass) | scale_mass(*tensors[:4], mass))
     return fused, oracle
 
 
@@ -260,7 +260,10 @@ def test_nan_around_offset_views_does_not_leak(loss, reduction, dtype, tiles, mo
     r, c, scale, bias) or an unused identity (labels) everywhere else. The backend hands these views
     to the kernel as they are, so a kernel that ignored the offset, or read a row, column or label
     past its tile, would see NaN or the wrong identities. Outputs and all six gradients must be
-    finite and bit-identical to those of clean copies (same data, same kernel, same tiles)."""
+    finite and equal to those of clean copies (same data, same kernel, same tiles) to a few units
+    of rounding: not bit for bit, because the BLAS may take another code path for data that is not
+    aligned as a fresh allocation is (seen on an AMD EPYC: 1 ulp in float32), while a wrong row,
+    column or label moves a value by far more than that."""
     if tiles is not None:  # several row and column tiles: every tile's pointer is offset from the base
         monkeypatch.setenv("UCA_CPU_TILE_ROWS", tiles[0])
         monkeypatch.setenv("UCA_CPU_TILE_COLS", tiles[1])
@@ -283,7 +286,9 @@ def test_nan_around_offset_views_does_not_leak(loss, reduction, dtype, tiles, mo
     names = (["loss_rows", "loss_cols"] if reduction == "none" else ["loss_sum"]) + [f"d{k}" for k in GRAD_NAMES]
     for name, x, y in zip(names, clean, dirty, strict=True):
         assert torch.isfinite(y).all(), f"{name}: NaN/inf read from outside the views"
-        assert torch.equal(x, y), f"{name}: differs from the clean copies by {float((x - y).abs().max()):.3g}"
+        tol = 8 * torch.finfo(dtype).eps * max(float(x.abs().max()), 1.0)
+        err = float((x - y).abs().max())
+        assert err <= tol, f"{name}: differs from the clean copies by {err:.3g} > {tol:.3g}"
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -19,7 +19,8 @@ import torch
 
 import uca_kernels as uk
 from uca_kernels import _ext, contrast_reference, dispatch
-from helpers import FLOOR, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads, shift_masses
+from helpers import (FLOOR, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads, scale_mass,
+                     shift_masses)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -48,10 +49,11 @@ def low_reference_fn(loss, exclude_self):
 
 def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.float32, scale=-0.5, bias=0.25,
             seed=0, spread=1.0, fused_fn=None):
-    """(fused, float64 oracle, same-dtype reference, Σ|dS| bound) on the GPU, all as float64.
+    """(fused, float64 oracle, same-dtype reference, masses) on the GPU, all as float64.
 
-    The bound is helpers.grad_mass (Σ|g_row| + Σ|g_col| for the softmax losses, N·Σ|g_row| +
-    M·Σ|g_col| for sigmoid). ``fused_fn`` replaces the CUDA call (default cuda_fn(loss, exclude_self))."""
+    masses: the Σ|dS| bound (helpers.grad_mass: Σ|g_row| + Σ|g_col| for the softmax losses,
+    N·Σ|g_row| + M·Σ|g_col| for sigmoid) and the ``mass=`` dict of the outputs measured against it
+    (helpers.shift_masses, helpers.scale_mass). ``fused_fn`` replaces the CUDA call (default cuda_fn(loss, exclude_self))."""
     tensors = make_problem(M, N, E, labels=labels, scale=scale, bias=bias, seed=seed, exclude_self=exclude_self,
                            spread=spread, device="cuda")
     if dtype in (torch.float16, torch.bfloat16):  # inputs exactly representable in dtype
@@ -62,16 +64,16 @@ def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.
     oracle = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64)
     same = run_with_grads(low_reference_fn(loss, exclude_self), tensors, gr, gc, dtype)
     fused = run_with_grads(fused_fn or cuda_fn(loss, exclude_self), tensors, gr, gc, dtype)
-    return fused, oracle, same, grad_mass(gr, gc, loss)
+    mass = grad_mass(gr, gc, loss)
+    return fused, oracle, same, (mass, shift_masses(M, N, loss, scale, mass) | scale_mass(*tensors[:4], mass))
 
 
 def check(M, N, E, *, loss, floor, dtype=torch.float32, scale=-0.5, against_oracle=False, **kw):
     """compare(), then the shared rule (helpers.assert_matches_oracle): each output's error vs float64
     ≤ max(2 × the same-dtype reference's, floor). ``against_oracle``: the floor alone bounds it (tf32,
     whose products the same-dtype reference does not share). Returns (fused, oracle)."""
-    fused, oracle, same, mass = compare(M, N, E, loss=loss, dtype=dtype, scale=scale, **kw)
-    assert_matches_oracle(fused, oracle, oracle if against_oracle else same, floor=floor, grad_l1=mass,
-                          mass=shift_masses(M, N, loss, scale, mass))
+    fused, oracle, same, (mass, masses) = compare(M, N, E, loss=loss, dtype=dtype, scale=scale, **kw)
+    assert_matches_oracle(fused, oracle, oracle if against_oracle else same, floor=floor, grad_l1=mass, mass=masses)
     return fused, oracle
 
 

@@ -17,7 +17,8 @@ triton = pytest.importorskip("triton")
 
 from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
-from helpers import FLOOR, TF32_FLOOR, assert_matches_oracle, grad_mass, max_rel_err, shift_masses  # noqa: E402
+from helpers import (FLOOR, TF32_FLOOR, assert_matches_oracle, grad_mass, max_rel_err, scale_mass,  # noqa: E402
+                     shift_masses)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -124,7 +125,8 @@ def check(case, dtype, loss, exclude_self, *, requires=LEAVES, floor=None):
     M, N = case["A"].shape[0], case["B"].shape[0]
     mass = grad_mass(*upstream(M, N), loss)
     assert_matches_oracle(flat(got), flat(want), flat(ref), floor=floor, grad_l1=mass,
-                          mass=shift_masses(M, N, loss, case["scale"], mass))
+                          mass=shift_masses(M, N, loss, case["scale"], mass)
+                          | scale_mass(case["A"], case["B"], case["r"], case["c"], mass))
     return got, want
 
 

@@ -27,7 +27,8 @@ uc::DType feature_dtype(const at::Tensor& A) {
     case at::kFloat: return uc::DType::F32;
     case at::kDouble: return uc::DType::F64;
     default:
-      TORCH_CHECK(false, "A must be float16, bfloat16, float32 or float64, got ", A.scalar_type());
+      TORCH_CHECK(false,
+                  uca::checks::msg::cat("A must be float16, bfloat16, float32 or float64, got ", A.scalar_type()));
   }
 }
 
@@ -38,7 +39,7 @@ uc::Loss kernel_loss(c10::string_view loss) {
     case uca::checks::LossKind::INFONCE: return uc::Loss::INFONCE;
     case uca::checks::LossKind::SIGMOID: return uc::Loss::SIGMOID;
   }
-  TORCH_CHECK(false, "unknown loss '", std::string(loss), "'");
+  TORCH_CHECK(false, uca::checks::msg::cat("unknown loss '", loss, "'"));
 }
 
 uc::Precision precision_from_env() {
@@ -46,13 +47,13 @@ uc::Precision precision_from_env() {
   const std::string s = v == nullptr ? "" : v;
   if (s.empty() || s == "ieee") return uc::Precision::IEEE;
   if (s == "tf32") return uc::Precision::TF32;
-  TORCH_CHECK(false, "UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got '", s, "'");
+  TORCH_CHECK(false, uca::checks::msg::cat("UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got '", s, "'"));
 }
 
 void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
                   const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
                   const at::Tensor& labels_b, bool exclude_self) {
-  TORCH_CHECK(A.is_cuda(), "A must be a CUDA tensor, got ", A.device());
+  TORCH_CHECK(A.is_cuda(), uca::checks::msg::cat("A must be a CUDA tensor, got ", A.device()));
   uca::checks::check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self,
                             {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble});
 }
@@ -80,7 +81,7 @@ uc::Args make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r
 }
 
 void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, uca::checks::msg::cat(what, " failed: ", cudaGetErrorString(err)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cuda(
