@@ -8,14 +8,17 @@
 #                                             # (same as UCA_GPU_CHECK_DRY=1; no build, no GPU;
 #                                             # files named headline-dry.*, sweep-dry.*)
 #
-# Budget: under 8 minutes on one H100, build included. Every step runs under `timeout` with what is
-# left of UCA_GPU_CHECK_BUDGET_S (default 450 s) minus what later steps are guaranteed; a step that
-# fails or times out is recorded in steps.tsv and the script goes on.
+# Budget: about 9 minutes on one H200, build included (call it with a 600 s limit). Every step runs
+# under `timeout` with what is left of UCA_GPU_CHECK_BUDGET_S (default 540 s) minus what later steps
+# are guaranteed; a step that fails or times out is recorded in steps.tsv and the script goes on.
+# Measured on the first H200 run (2026-12-04, 16 cores): build 49-57 s, self-test 137 s (Triton
+# compiles every kernel variant), the kernel tests ~190 s on 8 xdist workers.
 #
 # Rows record the commit from git, or from UCA_BENCH_COMMIT where the copy has no .git.
 #
 # Everything lands in $OUT (default ./gpu_check_out), at most 8 files, none in subfolders:
-#   log.txt                          every step's full output
+#   log.txt                          every step's full output (the build verbose, the extension's
+#                                    link and libstdc++ symbols, the self-test JSON)
 #   steps.tsv                        step, exit code (124 = timed out), seconds
 #   headline-cuda.{json,csv,md}      W2+SDM fwd+bwd, E = 1024, fp32 (TF32) and bf16: each fused
 #                                    backend (B = 1024 … 262144) vs reference (… 65536) vs four
@@ -32,7 +35,7 @@ OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt
 STEPS=$OUT/steps.tsv
-BUDGET_S=${UCA_GPU_CHECK_BUDGET_S:-450}
+BUDGET_S=${UCA_GPU_CHECK_BUDGET_S:-540}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
 if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
@@ -78,24 +81,43 @@ else
     if ls csrc/cuda/*.cu > /dev/null 2>&1; then export UCA_BUILD_CUDA=1; else export UCA_BUILD_CUDA=0; fi
     echo "   UCA_BUILD_CUDA=$UCA_BUILD_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$LOG"
     # --no-deps: the machine is offline and has the dependencies; fall back to an in-place build.
-    step build 240 200 bash -c "$PY -m pip install --no-build-isolation --no-deps -e . \
+    # -v: the compile and link lines land in the log
+    step build 240 200 bash -c "$PY -m pip install -v --no-build-isolation --no-deps -e . \
         || $PY setup.py build_ext --inplace"
+    # libstdc++ internals defined inside the extension (a static copy): on the first H200 run the
+    # extension crashed in std::ostream::_M_insert<long>, which it defined itself
+    {
+        echo "== extension: dynamic libraries and libstdc++ symbols it defines"
+        so=$(ls uca_kernels/_C*.so 2>/dev/null | head -n 1)
+        if [ -n "$so" ]; then
+            ldd "$so" | grep -E "stdc|gomp|c10|torch_cpu" || true
+            echo "defined std:: ostream / locale / codecvt symbols: $(nm -C --defined-only "$so" 2>/dev/null \
+                | grep -cE "std::(basic_ostream|ostream|locale|codecvt|ios_base)")"
+            nm -C --defined-only "$so" 2>/dev/null | grep -E "std::(basic_ostream|ostream|locale|codecvt|ios_base)" \
+                | head -n 5
+        fi
+        g++ --version | head -n 1
+    } >> "$LOG" 2>&1
 fi
 
 # -- 2. what is usable -----------------------------------------------------------------------------
 # the self-tests first (triton compiles every kernel variant here): their verdicts land in the
-# cache, in the log and in $OUT/selftest.json; info then reads them from the cache
-step selftest 180 190 bash -c "$PY -m uca_kernels.selftest -v --json > '$OUT/selftest.json'"
+# cache and, as JSON, in the log; info then reads them from the cache
+step selftest 180 190 bash -c "$PY -m uca_kernels.selftest -v --json > /tmp/uca-selftest.json"
+cat /tmp/uca-selftest.json >> "$LOG" 2>/dev/null
 step info 60 190 $PY -m uca_kernels.info
 grep -E "^extension|^  [a-z]+ +(usable|unusable)" "$LOG" || true
 
 # -- 3. the kernel tests on the GPU (the model's tests need no GPU: CI runs them) ------------------
 # addopts cleared: the project's --benchmark-disable needs pytest-benchmark, which may be absent.
-TESTS="$PY -m pytest -o addopts= -p no:cacheprovider -q -x tests --ignore=tests/model"
+# With pytest-xdist, 8 workers and -v: a test that crashes its process is reported and the others
+# go on, and each result line names its test even if the step times out.
+TESTS="$PY -m pytest -o addopts= -p no:cacheprovider -q tests --ignore=tests/model -rfE"
+if $PY -c "import xdist" 2> /dev/null; then TESTS="$TESTS -n 8 -v"; else TESTS="$TESTS -x"; fi
 if [ "$DRY" = 1 ]; then
     step tests 60 150 $TESTS --collect-only
 else
-    step tests 150 170 $TESTS
+    step tests 200 170 $TESTS
 fi
 tail -n 40 "$LOG" | grep -E "passed|failed|error" | tail -n 2 || true
 
@@ -104,7 +126,7 @@ if [ "$DRY" = 1 ]; then
     step headline 120 40 $PY -m benchmarks.headline --device cpu --dry --dtypes float32,bfloat16 \
         --name headline-dry --out "$OUT"
 else
-    step headline 150 40 $PY -m benchmarks.headline --device cuda --out "$OUT"
+    step headline 150 40 $PY -m benchmarks.headline --device cuda --out "$OUT" --max-call-s 1.5 --target-s 0.3
 fi
 
 # -- 5. the sweep, on a subset of cases, in what time is left --------------------------------------
