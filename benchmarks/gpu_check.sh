@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot check on a lent GPU machine (one H100/H200; Python 3.12, torch 2.11 + CUDA 13.0,
 # triton 3.6, nvcc 13.0, pytest; bare and offline): build the extension, report what is usable,
-# run the tests on the GPU, run the GPU benchmarks, print a short table last.
+# run the tests on the GPU, time each launch of the fused op (benchmarks/gpu_phases.py, in the log),
+# run the GPU benchmarks, print a short table last.
 #
 #   bash benchmarks/gpu_check.sh              # on the GPU machine, from anywhere in the checkout
 #   bash benchmarks/gpu_check.sh --dry-run    # anywhere: the CPU-safe parts at tiny sizes
@@ -120,6 +121,13 @@ else
     step tests 200 170 $TESTS
 fi
 tail -n 40 "$LOG" | grep -E "passed|failed|error" | tail -n 2 || true
+
+# -- 3b. where the fused op's time goes: each launch and op alone vs one matmul (table in the log) --
+if [ "$DRY" = 1 ]; then
+    step phases 60 120 env TRITON_INTERPRET=1 $PY -m benchmarks.gpu_phases --device cpu --dry --dtypes float32
+else
+    step phases 60 120 $PY -m benchmarks.gpu_phases --device cuda --B 16384 --E 256,1024 --dtypes bfloat16,float32
+fi
 
 # -- 4. headline: fused vs reference vs four matmuls ----------------------------------------------
 if [ "$DRY" = 1 ]; then

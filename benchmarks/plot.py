@@ -128,6 +128,51 @@ def _floor_table(cases: list[str], ok: list[dict]) -> list[str]:
     return lines if n else []
 
 
+# How each provider's peak memory grows with B by construction: the fused backends, PyKeOps and
+# inf-cl hold O(B·E) tensors; the others materialise B × B (× D for naive) tensors.
+MEMORY_ORDER = {"reference": 2, "compile": 2, "naive": 2, "open_clip": 2}
+
+
+def memory_reach(rows: list[dict], limit_bytes: float, order: int) -> int | None:
+    """The largest power-of-2 B whose peak memory, extrapolated from the largest measured B of one
+    (case, provider) as peak · (B / B_measured)^order, stays within ``limit_bytes`` (for an O(B²)
+    provider this overstates the linear part, so the reach is on the safe side). None without a
+    measured point or a limit."""
+    pts = sorted((r["B"], r["peak_mem_bytes"]) for r in rows if r.get("peak_mem_bytes", 0) > 0)
+    if not pts or limit_bytes <= 0:
+        return None
+    b1, m1 = pts[-1]
+    B = b1 if m1 <= limit_bytes else None
+    while B is not None and m1 * (2 * B / b1) ** order <= limit_bytes and B < 2**40:
+        B *= 2
+    return B
+
+
+def _memory_reach_table(cases: list[str], providers: list[str], ok: list[dict], limit_bytes: float) -> list[str]:
+    """Markdown lines: the largest B each provider could run within the sweep's memory limit, time
+    aside (the stops table above is mostly the per-call time cut)."""
+    if limit_bytes <= 0:
+        return []
+    provs = [p for p in providers if p != FLOOR]
+    lines = ["", "## Largest B within memory, time aside", "",
+             f"The largest power-of-2 B whose peak extra memory stays within the sweep's limit "
+             f"({limit_bytes / 2**30:.1f} GiB), extrapolated from each provider's largest measured B by its "
+             "order of growth: B for the fused backends, keops and infcl, B² for reference, compile, naive "
+             "and open_clip. An estimate, not a run.", "",
+             "| case | " + " | ".join(provs) + " |", "|---|" + "---|" * len(provs)]
+    n = 0
+    for case in cases:
+        cells = []
+        for p in provs:
+            reach = memory_reach([r for r in ok if r["case"] == case and r["provider"] == p], limit_bytes,
+                                 MEMORY_ORDER.get(p, 1))
+            cells.append("" if reach is None else str(reach))
+        if any(cells):
+            n += 1
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return lines if n else []
+
+
 def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]) -> None:
     cases = list(dict.fromkeys(r["case"] for r in rows))
     providers = _ordered(r["provider"] for r in rows)
@@ -179,9 +224,10 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         lines += [f"- `{r['provider']}` {r['case']} B={r.get('B')}: {r['status']}: {r.get('reason', '')}"
                   for r in failed]
     ok = [r for r in rows if r["status"] == "ok"]
-    for other in ("reference", "naive", "keops", "open_clip"):
+    for other in ("reference", "compile", "naive", "keops", "open_clip"):
         lines += _versus_table(cases, ok, other)
     lines += _floor_table(cases, ok)
+    lines += _memory_reach_table(cases, providers, ok, float(s.get("max_mem_gb", 0)) * 2**30)
     lines += ["", "## Every case", "", "Each cell: median ms / peak extra MiB (GFLOP/s in the CSV).", ""]
     for case in cases:
         mine = [r for r in ok if r["case"] == case]

@@ -682,6 +682,26 @@ def _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags):
     return _TILE_CONFIGS[key]
 
 
+def _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
+                dX, sds, sdst, columns, flags, cfg):
+    """One backward launch: the row owners (dA, Σ dS, Σ dS·t) or, with ``columns``, the column
+    owners (dB, Σ dS) of a problem whose tile ``cfg`` the forward chose."""
+    M, E = A.shape
+    N = B.shape[0]
+    opts = _launch_opts(cfg)
+    flags = dict(flags, DX_IN_REGS=E <= cfg.kwargs["BLOCK_E"])
+    grid = (triton.cdiv(N if columns else M, cfg.kwargs["BLOCK_B" if columns else "BLOCK_A"]),)
+    args = (A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
+            dX, sds, sdst, M, N, E, A.stride(0), B.stride(0), dX.stride(0))
+    try:
+        _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
+    except OutOfResources:
+        # the dX GEMM needs more shared memory than the forward: fewer pipeline stages
+        # (the arithmetic, hence the logits, do not depend on the stage count)
+        opts["num_stages"] = 1
+        _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
+
+
 def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
               loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
     _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
@@ -701,22 +721,12 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     flags = _flags(A, loss, exclude_self)
     with _device_guard(A):
         cfg = _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags)
-        opts = _launch_opts(cfg)
-        flags["DX_IN_REGS"] = E <= cfg.kwargs["BLOCK_E"]
         for columns, g_own, g_oth, loss_own, loss_oth, st_own, st_oth, dX, sds, sdst in (
             (False, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats, dA, sum_ds_rows, sum_dst_rows),
             (True, grad_cols, grad_rows, loss_cols, loss_rows, col_stats, row_stats, dB, sum_ds_cols, sum_ds_cols),
         ):
-            grid = (triton.cdiv(N if columns else M, cfg.kwargs["BLOCK_B" if columns else "BLOCK_A"]),)
-            args = (A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
-                    dX, sds, sdst, M, N, E, A.stride(0), B.stride(0), dX.stride(0))
-            try:
-                _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
-            except OutOfResources:
-                # the dX GEMM needs more shared memory than the forward: fewer pipeline stages
-                # (the arithmetic, hence the logits, do not depend on the stage count)
-                opts["num_stages"] = 1
-                _contrast_bwd_kernel[grid](*args, COLUMNS=columns, WRITE_DST=not columns, **flags, **opts)
+            _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
+                        dX, sds, sdst, columns, flags, cfg)
     # -- fixed-order reductions of the per-row parts (deterministic) --
     dr = scale * sum_ds_rows
     dc = scale * sum_ds_cols
