@@ -62,8 +62,9 @@ def _triton_phases(args_op, device, reps):
     from uca_kernels import triton_contrast as tc
 
     A, B, r, c, scale, bias, la, lb = args_op
-    loss_rows, loss_cols, row_stats, col_stats = tc._forward(A, B, r, c, scale, bias, la, lb, "sdm", False)
-    flags = tc._flags(A, "sdm", False)
+    precision = tc.get_input_precision()
+    loss_rows, loss_cols, row_stats, col_stats = tc._forward(A, B, r, c, scale, bias, la, lb, "sdm", False, precision)
+    flags = tc._flags(A, "sdm", False, precision)
     cfg = tc._TILE_CONFIGS[tc._tile_key(A, B, flags)]
     M, E = A.shape
     N = B.shape[0]
@@ -85,14 +86,19 @@ def _triton_phases(args_op, device, reps):
 
 def _op_phases(backend, args_op, device, reps):
     """(phase, ms) of the registered forward and backward ops of ``backend`` ('triton' or 'cuda')."""
+    from uca_kernels import backends as bk
+    from uca_kernels import triton_contrast as tc
+
     ops = torch.ops.uca
     fwd, bwd = ((ops.triton_contrast_forward, ops.triton_contrast_backward) if backend == "triton"
                 else (ops.contrast_forward, ops.contrast_backward))
-    out = fwd(*args_op, "sdm", False)
+    precision = bk.get_backend(backend).precision() if backend == "cuda" else tc.get_input_precision()
+    flags = ("sdm", False, precision)
+    out = fwd(*args_op, *flags)
     M, N = args_op[0].shape[0], args_op[1].shape[0]
     g_rows, g_cols = torch.full((M,), 1.0 / M, device=device), torch.full((N,), 1.0 / N, device=device)
-    return [("forward op", _timer(device, lambda: fwd(*args_op, "sdm", False), reps), ""),
-            ("backward op", _timer(device, lambda: bwd(g_rows, g_cols, *args_op, *out, "sdm", False), reps), "")]
+    return [("forward op", _timer(device, lambda: fwd(*args_op, *flags), reps), ""),
+            ("backward op", _timer(device, lambda: bwd(g_rows, g_cols, *args_op, *out, *flags), reps), "")]
 
 
 def main(argv=None) -> int:

@@ -57,6 +57,17 @@ inline LossKind parse_loss(c10::string_view loss) {
   return loss == "sdm" ? LossKind::SDM : (loss == "infonce" ? LossKind::INFONCE : LossKind::SIGMOID);
 }
 
+// The float32 product precision of the schema's `precision` argument: "ieee" (exact fp32 products)
+// or "tf32" (tensor cores with 10-bit mantissa inputs, CUDA only: the CPU kernels compute ieee).
+// An op argument rather than an environment read, so a backward uses its forward's precision.
+enum class PrecisionKind : int { IEEE = 0, TF32 = 1 };
+
+inline PrecisionKind parse_precision(c10::string_view precision) {
+  TORCH_CHECK(precision == "ieee" || precision == "tf32",
+              msg::cat("precision must be 'ieee' or 'tf32', got '", precision, "'"));
+  return precision == "tf32" ? PrecisionKind::TF32 : PrecisionKind::IEEE;
+}
+
 inline void check_vector(const at::Tensor& x, const char* name, int64_t n, at::ScalarType dt, const at::Device& dev) {
   TORCH_CHECK(x.dim() == 1 && x.size(0) == n, msg::cat(name, " must have shape [", n, "], got ", x.sizes()));
   TORCH_CHECK(x.scalar_type() == dt, msg::cat(name, " must be ", dt, ", got ", x.scalar_type()));

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from uca_kernels.contrast import contrast_reference
 
@@ -129,3 +130,16 @@ def assert_matches_oracle(fused, oracle64, ref_same_dtype, *, floor: float, grad
         scale = masses.get(name)
         err, err_ref = max_rel_err(x, x64, scale), max_rel_err(xr, x64, scale)
         assert err <= max(2 * err_ref, floor), f"{name}: error {err:.3g} > max(2 x reference {err_ref:.3g}, {floor:g})"
+
+
+class OpLog(TorchDispatchMode):
+    """Records every op call (overload, positional args) that reaches the dispatcher's Python mode,
+    autograd's backward calls included."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))

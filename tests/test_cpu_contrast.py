@@ -10,8 +10,8 @@ import torch
 
 import uca_kernels as uk
 from uca_kernels import _ext, dispatch
-from helpers import (FLOOR, GRAD_NAMES, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads,
-                     scale_mass, shift_masses)
+from helpers import (FLOOR, GRAD_NAMES, OpLog, assert_matches_oracle, grad_mass, make_problem, reference_fn,
+                     run_with_grads, scale_mass, shift_masses)
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
 
@@ -330,6 +330,22 @@ def test_opcheck_registered_ops():
     sq = make_problem(9, 9, 4, labels="repeats", seed=15, exclude_self=True)
     torch.library.opcheck(torch.ops.uca.contrast_forward.default,
                           (*(x.requires_grad_() if x.is_floating_point() else x for x in sq), "sigmoid", True))
+
+
+def test_backward_gets_the_forward_precision():
+    """The float32 product precision is an op argument: autograd hands the backward the forward's
+    value (it must recompute the same logits), not whatever is configured when backward runs."""
+    A, B, r, c, sc, bi, la, lb = (x.float() if x.is_floating_point() else x
+                                  for x in make_problem(9, 7, 5, labels="repeats", seed=3))
+    A.requires_grad_()
+    log = OpLog()
+    with log:
+        rows, cols = torch.ops.uca.contrast_forward(A, B, r, c, sc, bi, la, lb, "sdm", False, "tf32")[:2]
+        (rows.sum() + cols.sum()).backward()
+    backward = [args for func, args in log.calls if func == torch.ops.uca.contrast_backward.default]
+    assert len(backward) == 1 and backward[0][-1] == "tf32", backward
+    with pytest.raises(RuntimeError, match="precision must be 'ieee' or 'tf32', got 'half'"):
+        torch.ops.uca.contrast_forward(A.detach(), B, r, c, sc, bi, la, lb, "sdm", False, "half")
 
 
 def test_kernel_level_errors_name_the_argument():

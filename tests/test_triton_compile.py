@@ -1,7 +1,8 @@
-"""The Triton kernels compile for a Hopper GPU (sm_90) in every dtype, precision and loss, on any
-machine: Triton's front end, LLVM and its bundled ptxas run without a GPU. The interpreter that
-runs the other Triton tests on the CPU never runs the front end, so it passed kernels that did not
-compile on an H200 (float64 ``tl.dot`` under Triton 3.6)."""
+"""The Triton kernels compile for a Hopper GPU (sm_90) in every dtype, precision and loss, row and
+column launches, within a block's shared memory, on any machine: Triton's front end, LLVM and its
+bundled ptxas run without a GPU. The interpreter that runs the other Triton tests on the CPU never
+runs the front end, so it passed kernels that did not compile on an H200 (float64 ``tl.dot`` under
+Triton 3.6)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import pytest
 
 triton = pytest.importorskip("triton")
+pytest.importorskip("triton.backends.nvidia")
 
 SCRIPT = """
 from uca_kernels.triton_contrast import compile_for_target
@@ -26,7 +28,7 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    # 2 kernels x (fp16, bf16, fp64: 1 precision; fp32: ieee and tf32) x 3 losses
-    assert len(lines) == 2 * 5 * 3, out.stdout
+    # (fp16, bf16, fp64: 1 precision; fp32: ieee and tf32) x (row launches: 2 per loss; SDM's column launches: 2)
+    assert len(lines) == 5 * (2 * 3 + 2), out.stdout
     failed = [line for line in lines if not line.startswith("ok ")]
     assert not failed, "\n".join(failed)

@@ -17,8 +17,8 @@ triton = pytest.importorskip("triton")
 
 from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
-from helpers import (FLOOR, TF32_FLOOR, assert_matches_oracle, grad_mass, max_rel_err, scale_mass,  # noqa: E402
-                     shift_masses)
+from helpers import (FLOOR, TF32_FLOOR, OpLog, assert_matches_oracle, grad_mass, max_rel_err,  # noqa: E402
+                     scale_mass, shift_masses)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -495,6 +495,27 @@ def test_gpu_peak_extra_memory_below_one_percent_of_reference():
     assert extra["triton"] <= 0.01 * extra["reference"], extra
 
 
+def test_backward_gets_the_forward_precision():
+    """The precision read at the forward (set_input_precision / UCA_TRITON_PRECISION) is an op
+    argument that autograd hands to the backward: changing the setting between a forward and its
+    backward no longer changes the logits the backward recomputes."""
+    case = make_case(9, 7, 16, seed=4)
+    A = case["A"].float().requires_grad_()
+    args = (A, case["B"].float(), *(case[k].float() for k in ("r", "c", "scale", "bias")),
+            case["labels_a"], case["labels_b"])
+    log = OpLog()
+    try:
+        tc.set_input_precision("tf32x3")
+        with log:
+            rows, cols = tc.contrast(*args, "sdm", False)
+            tc.set_input_precision("ieee")
+            (rows.sum() + cols.sum()).backward()
+    finally:
+        tc.set_input_precision(None)
+    backward = [a for func, a in log.calls if func == torch.ops.uca.triton_contrast_backward.default]
+    assert len(backward) == 1 and backward[0][-1] == "tf32x3", backward
+
+
 def test_tile_candidates_are_pruned():
     """Autotune candidates: those of the dot path (fp16/bf16, tf32, ieee fp32, fp64), none with
     BLOCK_E far above E, never an empty list."""
@@ -510,59 +531,3 @@ def test_tile_candidates_are_pruned():
                 for c in wide} == want, (dtype, precision)
         narrow = tc._prune_tiles(configs, {"E": 8, "a_ptr": x[dtype]}, PRECISION=precision)
         assert narrow and all(c.kwargs["BLOCK_E"] == min(c2.kwargs["BLOCK_E"] for c2 in wide) for c in narrow)
-
-
-_SM90_COMPILE = r"""
-import math, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from uca_kernels import triton_contrast as tc
-
-assert not tc.INTERPRET
-feat, acc = {"bf16": ("*bf16", "*fp32"), "fp32": ("*fp32", "*fp32")}[sys.argv[1]]
-precision = sys.argv[2]
-path = "f16" if feat == "*bf16" else ("ieee" if precision == "ieee" else "tf32")
-ba, bb, be, warps, stages, _ = next(t for t in tc._GPU_TILES if path in t[5])
-common = {"a_ptr": feat, "b_ptr": feat, "r_ptr": acc, "c_ptr": acc, "la_ptr": "*i64", "lb_ptr": "*i64",
-          "scale_ptr": acc, "bias_ptr": acc}
-fwd = dict(common, loss_ptr=acc, stats_ptr=acc, M="i32", N="i32", E="i32", stride_a="i32", stride_b="i32")
-bwd = dict(common, g_own_ptr=acc, g_oth_ptr=acc, loss_own_ptr=acc, loss_oth_ptr=acc, stats_own_ptr=acc,
-           stats_oth_ptr=acc, dx_ptr=acc, sum_ds_ptr=acc, sum_dst_ptr=acc, M="i32", N="i32", E="i32",
-           stride_a="i32", stride_b="i32", stride_dx="i32")
-flags = dict(IS_SDM=True, IS_SIGMOID=False, EXCLUDE_SELF=True, UPCAST_DOT=False, PRECISION=precision, SDM_EPS=1e-8,
-             LOG_SDM_EPS=math.log(1e-8), BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be)
-for kernel, sig, extra in [(tc._contrast_fwd_kernel, fwd, dict(COLUMNS=False)),
-                           (tc._contrast_fwd_kernel, fwd, dict(COLUMNS=True)),
-                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False)),
-                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=True, WRITE_DST=False, DX_IN_REGS=True)),
-                           (tc._contrast_fwd_kernel, fwd, dict(COLUMNS=False, IS_SIGMOID=True)),
-                           (tc._contrast_bwd_kernel, bwd, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False,
-                                                               IS_SIGMOID=True))]:
-    consts = dict(flags, **extra)
-    names = list(kernel.arg_names)
-    src = ASTSource(kernel, dict(sig, **{k: "constexpr" for k in consts}),
-                    constexprs={(names.index(k),): v for k, v in consts.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
-    assert compiled.metadata.shared <= 227 * 1024, compiled.metadata.shared
-    print(kernel.__name__, extra, "shared", compiled.metadata.shared)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(HAS_CUDA, reason="GPU runs compile and launch the kernels anyway")
-@pytest.mark.parametrize("dtype,precision", [("bf16", "ieee"), ("fp32", "tf32")])
-def test_kernels_compile_for_sm90(dtype, precision):
-    """The interpreter never compiles the kernels: compile them for sm_90 (ptxas ships with triton,
-    no GPU needed) in a process without TRITON_INTERPRET, with the first tile of the dot path (the
-    four launches of the softmax losses, and the sigmoid row launches)."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SM90_COMPILE, dtype, precision], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("shared") == 6, proc.stdout

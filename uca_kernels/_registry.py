@@ -27,9 +27,11 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
 
     ``forward_op`` / ``backward_op`` are ``torch.ops`` overloads (or ``custom_op`` objects) that
     follow the op contract (:mod:`uca_kernels.contrast`). Works for ops defined in C++ (``TORCH_LIBRARY``) and in Python.
+    Both ops take a trailing ``precision`` (float32 products: "ieee", "tf32", ...; default "ieee"),
+    which autograd passes from the forward to its backward.
     """
 
-    def fake_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+    def fake_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision="ieee"):
         odt = out_dtype(A.dtype)
         M, N = A.shape[0], B.shape[0]
         return (
@@ -40,24 +42,26 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
         )
 
     def fake_backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                      loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
+                      loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision="ieee"):
         return (torch.empty_like(A), torch.empty_like(B), torch.empty_like(r), torch.empty_like(c),
                 torch.empty_like(scale), torch.empty_like(bias))
 
     def setup_context(ctx, inputs, output):
-        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self = inputs
+        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, *rest = inputs
         loss_rows, loss_cols, row_stats, col_stats = output
         ctx.save_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats)
-        ctx.loss, ctx.exclude_self = loss, exclude_self
+        # the forward's float32 product precision goes to the backward, which must recompute the same logits
+        ctx.loss, ctx.exclude_self, ctx.precision = loss, exclude_self, (rest[0] if rest else "ieee")
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_rows, grad_cols, _grad_row_stats, _grad_col_stats):
         A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats = ctx.saved_tensors
         grad_rows = torch.zeros_like(loss_rows) if grad_rows is None else grad_rows.contiguous()
         grad_cols = torch.zeros_like(loss_cols) if grad_cols is None else grad_cols.contiguous()
         grads = backward_op(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                            loss_rows, loss_cols, row_stats, col_stats, ctx.loss, ctx.exclude_self)
+                            loss_rows, loss_cols, row_stats, col_stats, ctx.loss, ctx.exclude_self, ctx.precision)
         grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
-        return (*grads, None, None, None, None)
+        return (*grads, *([None] * (ctx.n_inputs - 6)))
 
     torch.library.register_fake(forward_op)(fake_forward)
     torch.library.register_fake(backward_op)(fake_backward)

@@ -128,9 +128,13 @@ class ExtensionBackend(Backend):
     def fingerprint(self):
         return {"extension": _extension_hash()}
 
+    def precision(self) -> str:
+        """The float32 product precision the op is called with (the CPU kernels take only "ieee")."""
+        return "ieee"
+
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=self.upcast_half)
-        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self)
+        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self, self.precision())
         return out[0], out[1]
 
 
@@ -181,9 +185,16 @@ class CudaBackend(ExtensionBackend):
             reasons = ["uca_kernels._C was built without CUDA sources (UCA_BUILD_CUDA=1 to build them)"]
         return reasons
 
+    def precision(self) -> str:
+        """``UCA_CUDA_PRECISION`` ("ieee", the default, or "tf32"), read at each forward; the
+        backward receives the forward's value through autograd."""
+        value = os.environ.get("UCA_CUDA_PRECISION", "") or "ieee"
+        if value not in ("ieee", "tf32"):
+            raise ValueError(f"UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got {value!r}")
+        return value
+
     def fingerprint(self):
-        return {**super().fingerprint(), "cuda": str(torch.version.cuda),
-                "fp32": os.environ.get("UCA_CUDA_PRECISION", "") or "ieee"}
+        return {**super().fingerprint(), "cuda": str(torch.version.cuda), "fp32": self.precision()}
 
 
 _BACKENDS = {

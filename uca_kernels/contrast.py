@@ -35,7 +35,7 @@ for any finite logit (tested at |S| = 1e3).
 Op contract (every fused backend)
 ---------------------------------
 ``contrast_forward(A[M,E], B[N,E], r[M], c[N], scale[], bias[], labels_a[M] int64,
-labels_b[N] int64, loss: str, exclude_self: bool)
+labels_b[N] int64, loss: str, exclude_self: bool, precision: str = "ieee")
 -> (loss_rows[M], loss_cols[N], row_stats[M,3], col_stats[N,3])``
 
 with stats columns ``(LSE, LSEᴾ, n)`` (LSEᴾ = −inf where n = 0; LSE = −inf for a row with no
@@ -43,7 +43,11 @@ valid column). ``sigmoid`` needs no statistics (its backward recomputes S and re
 g_col): its stats keep the shape and dtype of the schema and are all zeros. The backward is
 
 ``contrast_backward(grad_rows[M], grad_cols[N], A, B, r, c, scale, bias, labels_a, labels_b,
-loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self) -> (dA, dB, dr, dc, dscale, dbias)``.
+loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision) -> (dA, dB, dr, dc, dscale,
+dbias)``. ``precision`` is how float32 features are multiplied: "ieee" (exact products; the only one
+the CPU kernels have), "tf32" (CUDA and Triton), "tf32x3" (Triton). It is an argument, not a
+setting the kernels read, so that autograd gives a backward its forward's precision: the backward
+recomputes the forward's logits bit for bit.
 
 Outputs and stats are float64 for float64 inputs and float32 otherwise. Backends never hold an
 M×N matrix; :func:`contrast_reference` does (it is the float64 oracle).

@@ -112,8 +112,8 @@ def set_input_precision(precision: str | None) -> None:
 def get_input_precision() -> str:
     """The precision used for float32 inputs (setter, else ``UCA_TRITON_PRECISION``, else "ieee").
 
-    Read at every forward and backward call: change it between training steps, not between a
-    forward and its backward (the backward must recompute the forward's logits bit for bit)."""
+    Read at every forward call and passed to the op; autograd gives the backward the forward's
+    value, so changing it between a forward and its backward is safe."""
     if _precision_override is not None:
         return _precision_override
     value = os.environ.get("UCA_TRITON_PRECISION", "") or "ieee"
@@ -572,11 +572,13 @@ if triton is not None:
 # -- host launchers --------------------------------------------------------------------------------
 
 
-def _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
+def _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision="ieee"):
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"the Triton backend needs triton ({_IMPORT_ERROR})")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     if A.dim() != 2 or B.dim() != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"A must be [M, E] and B [N, E], got {tuple(A.shape)} and {tuple(B.shape)}")
     M, N = A.shape[0], B.shape[0]
@@ -607,14 +609,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _flags(A: torch.Tensor, loss: str, exclude_self: bool) -> dict:
+def _flags(A: torch.Tensor, loss: str, exclude_self: bool, precision: str = "ieee") -> dict:
     low = A.dtype in (torch.float16, torch.bfloat16)
     return dict(
         IS_SDM=loss == "sdm",
         IS_SIGMOID=loss == "sigmoid",
         EXCLUDE_SELF=bool(exclude_self),
         UPCAST_DOT=INTERPRET and low,
-        PRECISION=get_input_precision() if A.dtype == torch.float32 else "ieee",
+        PRECISION=precision if A.dtype == torch.float32 else "ieee",
         SDM_EPS=SDM_EPS,
         LOG_SDM_EPS=math.log(SDM_EPS),
     )
@@ -652,15 +654,15 @@ def _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, loss_out, stats_out
     return cfg
 
 
-def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
-    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision="ieee"):
+    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
     A, B = _rows(A), _rows(B)
     r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
     M, N = A.shape[0], B.shape[0]
     odt = out_dtype(A.dtype)
     loss_rows, loss_cols = A.new_empty((M,), dtype=odt), A.new_empty((N,), dtype=odt)
     row_stats, col_stats = A.new_empty((M, 3), dtype=odt), A.new_empty((N, 3), dtype=odt)
-    flags = _flags(A, loss, exclude_self)
+    flags = _flags(A, loss, exclude_self, precision)
     key = _tile_key(A, B, flags)
     with _device_guard(A):
         # -- row statistics (softmax over columns); picks the tile on a new problem --
@@ -703,8 +705,8 @@ def _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_
 
 
 def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self):
-    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision="ieee"):
+    _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
     A, B = _rows(A), _rows(B)
     r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
     M, E = A.shape
@@ -718,7 +720,7 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     dB = torch.empty((N, E), dtype=odt, device=A.device)
     sum_ds_rows, sum_dst_rows = A.new_empty((M,), dtype=odt), A.new_empty((M,), dtype=odt)
     sum_ds_cols = A.new_empty((N,), dtype=odt)
-    flags = _flags(A, loss, exclude_self)
+    flags = _flags(A, loss, exclude_self, precision)
     with _device_guard(A):
         cfg = _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags)
         for columns, g_own, g_oth, loss_own, loss_oth, st_own, st_oth, dX, sds, sdst in (
@@ -742,51 +744,46 @@ _TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: 
 
 
 def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES) -> list[str]:
-    """Compile the forward and backward kernels for ``cuda`` compute capability ``arch`` without a
-    GPU (Triton's front end, LLVM and its bundled ptxas), for every dtype and loss given, with the
-    first tile of each dot path (``_GPU_TILES``). Returns one line per variant: "ok ..." or
-    "FAIL ...: error". The interpreter never runs Triton's front end, so a kernel it passes can
-    still fail to compile on a GPU (Triton 3.6 rejected float64 ``tl.dot`` with an fp32 default
-    ``out_dtype``); this finds such failures on any machine. Needs an import without
+    """Compile the kernels for ``cuda`` compute capability ``arch`` without a GPU (Triton's front
+    end, LLVM and its bundled ptxas), with the first tile of each dot path (``_GPU_TILES``): for
+    every dtype (float32 with "ieee" and "tf32") and loss, the forward and backward row launches,
+    and for SDM the column launches too (the backward's with dX in registers). Returns one line per
+    variant: "ok ... shared BYTES" or "FAIL ...: error" (also when the shared memory exceeds the 227
+    KiB a Hopper block can have). The interpreter never runs Triton's front end, so a kernel it
+    passes can still fail to compile on a GPU (Triton 3.6 rejected float64 ``tl.dot`` with the
+    default fp32 ``out_dtype``); this finds such failures on any machine. Needs an import without
     ``TRITON_INTERPRET`` (the kernels must be JIT functions, not interpreted ones)."""
     if triton is None:
         raise RuntimeError(f"triton is not importable ({_IMPORT_ERROR})")
     if INTERPRET:
         raise RuntimeError("compile_for_target needs the kernels jitted for a GPU: import without TRITON_INTERPRET=1")
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", arch, 32)
     results = []
     for dtype in dtypes:
-        feat = _TRITON_DTYPES[dtype]
-        acc = "fp64" if dtype == torch.float64 else "fp32"
         for precision in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
             path = _dot_path(dtype, precision)
             ba, bb, be, warps, stages = next(t[:5] for t in _GPU_TILES if path in t[5])
             for loss in losses:
                 base = dict(IS_SDM=loss == "sdm", IS_SIGMOID=loss == "sigmoid", EXCLUDE_SELF=True, UPCAST_DOT=False,
                             PRECISION=precision, SDM_EPS=SDM_EPS, LOG_SDM_EPS=math.log(SDM_EPS),
-                            BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be, COLUMNS=False)
-                ptrs = dict(a_ptr=feat, b_ptr=feat, r_ptr=acc, c_ptr=acc, la_ptr="i64", lb_ptr="i64",
-                            scale_ptr=acc, bias_ptr=acc)
-                fwd = dict(ptrs, loss_ptr=acc, stats_ptr=acc)
-                bwd = dict(ptrs, g_own_ptr=acc, g_oth_ptr=acc, loss_own_ptr=acc, loss_oth_ptr=acc, stats_own_ptr=acc,
-                           stats_oth_ptr=acc, dx_ptr=acc, sum_ds_ptr=acc, sum_dst_ptr=acc)
-                ints = ["M", "N", "E", "stride_a", "stride_b"]
-                for name, kernel, p, extra_ints, extra in (
-                    ("forward", _contrast_fwd_kernel, fwd, [], {}),
-                    ("backward", _contrast_bwd_kernel, bwd, ["stride_dx"], dict(WRITE_DST=True, DX_IN_REGS=False)),
-                ):
-                    consts = dict(base, **extra)
-                    sig = {k: "*" + v for k, v in p.items()} | {k: "i32" for k in ints + extra_ints}
-                    sig |= {k: "constexpr" for k in consts}
-                    sig = {k: sig[k] for k in kernel.arg_names}  # in the kernel's argument order
+                            BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be)
+                launches = [("forward rows", _contrast_fwd_kernel, dict(COLUMNS=False)),
+                            ("backward rows", _contrast_bwd_kernel, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False))]
+                if loss == "sdm":
+                    launches += [("forward columns", _contrast_fwd_kernel, dict(COLUMNS=True)),
+                                 ("backward columns", _contrast_bwd_kernel,
+                                  dict(COLUMNS=True, WRITE_DST=False, DX_IN_REGS=True))]
+                for name, kernel, extra in launches:
                     label = f"{name} {dtype} {precision} {loss} sm_{arch}"
                     try:
-                        triton.compile(ASTSource(kernel, sig, consts), target=target,
-                                       options=dict(num_warps=warps, num_stages=stages))
-                        results.append(f"ok {label}")
+                        compiled = triton.compile(_ast_source(kernel, dtype, dict(base, **extra)), target=target,
+                                                  options=dict(num_warps=warps, num_stages=stages))
+                        shared = compiled.metadata.shared
+                        ok = shared <= 227 * 1024
+                        results.append(f"{'ok' if ok else 'FAIL'} {label} shared {shared}"
+                                       + ("" if ok else ": more shared memory than a block can have"))
                     except Exception as e:  # the compiler's own error, reported per variant
                         root = e
                         while root.__cause__ is not None:
@@ -795,6 +792,19 @@ def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES) ->
                         results.append(f"FAIL {label}: {type(e).__name__} {where} caused by "
                                        f"{type(root).__name__}: {str(root).strip()[:200]}")
     return results
+
+
+def _ast_source(kernel, dtype: torch.dtype, consts: dict):
+    """Triton's compile input for ``kernel`` with features of ``dtype`` and the given constexprs."""
+    from triton.compiler import ASTSource
+
+    feat = "*" + _TRITON_DTYPES[dtype]
+    acc = "*fp64" if dtype == torch.float64 else "*fp32"
+    ptrs = {name: (feat if name in ("a_ptr", "b_ptr") else "*i64" if name in ("la_ptr", "lb_ptr") else acc)
+            for name in kernel.arg_names if name.endswith("_ptr")}
+    ints = {name: "i32" for name in kernel.arg_names if name in ("M", "N", "E") or name.startswith("stride_")}
+    sig = ptrs | ints | {k: "constexpr" for k in consts}
+    return ASTSource(kernel, {k: sig[k] for k in kernel.arg_names}, consts)
 
 
 # -- registered ops --------------------------------------------------------------------------------
@@ -813,9 +823,11 @@ if triton is not None:
         labels_b: torch.Tensor,
         loss: str,
         exclude_self: bool,
+        precision: str = "ieee",
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward of the contrast op (contract in ``contrast.py``) with the Triton kernels."""
-        return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+        """Forward of the contrast op (contract in ``contrast.py``) with the Triton kernels;
+        ``precision``: tl.dot's input precision for float32 features (PRECISIONS)."""
+        return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
 
     @torch.library.custom_op("uca::triton_contrast_backward", mutates_args=())
     def triton_contrast_backward(
@@ -835,10 +847,11 @@ if triton is not None:
         col_stats: torch.Tensor,
         loss: str,
         exclude_self: bool,
+        precision: str = "ieee",
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backward of the contrast op: (dA, dB, dr, dc, dscale, dbias)."""
+        """Backward of the contrast op: (dA, dB, dr, dc, dscale, dbias), with its forward's precision."""
         return _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                         loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self)
+                         loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision)
 
     register_contrast_autograd(triton_contrast_forward, triton_contrast_backward)
 
@@ -876,7 +889,9 @@ def contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
 
     Shapes as in :func:`uca_kernels.contrast.contrast`: A [M, E], B [N, E] (fp16/bf16/fp32/fp64),
     r [M], c [N], scale [], bias [] (float32, float64 for float64 inputs), labels_a [M],
-    labels_b [N] int64. Returns ``(loss_rows [M], loss_cols [N])``.
+    labels_b [N] int64. Returns ``(loss_rows [M], loss_cols [N])``. float32 features use
+    :func:`get_input_precision` as read now; the backward gets the same precision from autograd.
     """
-    out = torch.ops.uca.triton_contrast_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, bool(exclude_self))
+    out = torch.ops.uca.triton_contrast_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, bool(exclude_self),
+                                                get_input_precision())
     return out[0], out[1]

@@ -3,14 +3,14 @@
 // few O(M + N) reductions done with torch in a fixed order.
 //
 // Inputs: A, B float16 / bfloat16 / float32 / float64; r, c, scale, bias, losses and statistics
-// float32 (float64 for float64 features). float32 features multiply exactly (FMA) unless
-// UCA_CUDA_PRECISION=tf32 (TF32 tensor cores, fp32 accumulation); read at every call, so change
-// it between training steps, not between a forward and its backward.
+// float32 (float64 for float64 features). float32 features multiply exactly (FMA) unless the op's
+// `precision` argument is "tf32" (TF32 tensor cores, fp32 accumulation). The Python backend passes
+// UCA_CUDA_PRECISION as read at the forward, and autograd hands the backward the same value, so a
+// forward and its backward always recompute the same logits.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "contrast_checks.h"
@@ -42,12 +42,9 @@ uc::Loss kernel_loss(c10::string_view loss) {
   TORCH_CHECK(false, uca::checks::msg::cat("unknown loss '", loss, "'"));
 }
 
-uc::Precision precision_from_env() {
-  const char* v = std::getenv("UCA_CUDA_PRECISION");
-  const std::string s = v == nullptr ? "" : v;
-  if (s.empty() || s == "ieee") return uc::Precision::IEEE;
-  if (s == "tf32") return uc::Precision::TF32;
-  TORCH_CHECK(false, uca::checks::msg::cat("UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got '", s, "'"));
+uc::Precision kernel_precision(c10::string_view precision) {
+  return uca::checks::parse_precision(precision) == uca::checks::PrecisionKind::TF32 ? uc::Precision::TF32
+                                                                                  : uc::Precision::IEEE;
 }
 
 void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
@@ -60,13 +57,14 @@ void check_inputs(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
 
 uc::Args make_args(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
                    const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
-                   const at::Tensor& labels_b, c10::string_view loss, bool exclude_self) {
+                   const at::Tensor& labels_b, c10::string_view loss, bool exclude_self,
+                   c10::string_view precision) {
   uc::Args a;
   a.M = A.size(0);
   a.N = B.size(0);
   a.E = A.size(1);
   a.dtype = feature_dtype(A);
-  a.precision = precision_from_env();
+  a.precision = kernel_precision(precision);
   a.A = A.data_ptr();
   a.B = B.data_ptr();
   a.r = r.data_ptr();
@@ -87,14 +85,14 @@ void check_cuda(cudaError_t err, const char* what) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cuda(
     const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
     const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
-    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self) {
+    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self, c10::string_view precision) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
   const c10::cuda::CUDAGuard guard(A.device());
   const int64_t M = A.size(0), N = B.size(0);
   const auto opts = r.options();
   auto loss_rows = at::empty({M}, opts), loss_cols = at::empty({N}, opts);
   auto row_stats = at::empty({M, uca::kStats}, opts), col_stats = at::empty({N, uca::kStats}, opts);
-  const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
+  const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision);
   check_cuda(uc::contrast_forward(args, loss_rows.data_ptr(), loss_cols.data_ptr(), row_stats.data_ptr(),
                                   col_stats.data_ptr(), at::cuda::getCurrentCUDAStream()),
              "uca contrast_forward (CUDA)");
@@ -106,12 +104,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& r, const at::Tensor& c, const at::Tensor& scale, const at::Tensor& bias,
     const at::Tensor& labels_a, const at::Tensor& labels_b, const at::Tensor& loss_rows,
     const at::Tensor& loss_cols, const at::Tensor& row_stats, const at::Tensor& col_stats,
-    c10::string_view loss, bool exclude_self) {
+    c10::string_view loss, bool exclude_self, c10::string_view precision) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
   const c10::cuda::CUDAGuard guard(A.device());
   const int64_t M = A.size(0), N = B.size(0), E = A.size(1);
   uca::checks::check_backward_inputs(A, B, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats);
-  const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
+  const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision);
   const auto opts = r.options();
   const int64_t ldx = uc::padded_cols(args.dtype, args.precision, E);
   auto dA_acc = at::empty({uc::padded_rows(args.dtype, M), ldx}, opts);
