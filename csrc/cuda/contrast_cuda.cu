@@ -328,7 +328,10 @@ __device__ __forceinline__ Side<Acc> side_of(const Acc* grad, const Acc* loss, c
     return side_consts(grad, loss, stats, k);
 }
 
-// g * dL/dS of one side for a valid entry with logit s (the softmax losses).
+// g * dL/dS of one side for a valid entry with logit s (the softmax losses), rounded once (mul_rn):
+// the backward adds the two sides' terms with add_rn, so that the compiler cannot contract one of
+// the products into an FMA with the sum, which would make the row- and the column-owner launches
+// (whose "own" side differs) form different bits of the same dS.
 template <Loss LOSS, typename Acc>
 __device__ __forceinline__ Acc dloss_dlogit(Acc s, bool pos, Acc g, Acc lse, Acc lsep, Acc loss, Acc logq) {
   static_assert(LOSS != Loss::SIGMOID, "the sigmoid loss uses sigmoid_pair_dlogit");
@@ -340,7 +343,7 @@ __device__ __forceinline__ Acc dloss_dlogit(Acc s, bool pos, Acc g, Acc lse, Acc
   } else {
     d = p - (pos ? ex(fmin(s - lsep, Acc(0))) : Acc(0));
   }
-  return g * d;
+  return mul_rn(g, d);
 }
 
 // The sigmoid loss of a valid pair with logit s, y = +1 (pos) or -1: l = softplus(x), x = -y s, and
@@ -684,11 +687,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
       Acc ds = 0;
       if (me.entry(j, k0, sG, sRC, sLab, t, s, pos)) {
         if constexpr (LOSS == Loss::SIGMOID) {
-          // (g_row + g_col) dl/dS: the same bits in the rows and the columns launch (a + b = b + a)
-          ds = (mine.g + sGo[j]) * sigmoid_pair_dlogit(s, pos);
+          // (g_row + g_col) dl/dS: the same bits in the rows and the columns launch (a + b = b + a,
+          // each operation rounded on its own: no contraction)
+          ds = mul_rn(add_rn(mine.g, sGo[j]), sigmoid_pair_dlogit(s, pos));
         } else {
-          ds = dloss_dlogit<LOSS>(s, pos, mine.g, mine.lse, mine.lsep, mine.loss, mine.logq) +
-               dloss_dlogit<LOSS>(s, pos, sGo[j], sLse[j], sLsep[j], sLoss[j], sLogq[j]);
+          ds = add_rn(dloss_dlogit<LOSS>(s, pos, mine.g, mine.lse, mine.lsep, mine.loss, mine.logq),
+                      dloss_dlogit<LOSS>(s, pos, sGo[j], sLse[j], sLsep[j], sLoss[j], sLogq[j]));
         }
       }
       sum_ds += ds;
