@@ -79,6 +79,7 @@ if [ "$DRY" = 1 ]; then
     printf 'build\tskipped\t0\n' >> "$STEPS"
 else
     export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+    export PATH="$PATH:$CUDA_HOME/bin"  # compute-sanitizer for tests/test_cuda_contrast.py (memcheck, racecheck, synccheck)
     if ls csrc/cuda/*.cu > /dev/null 2>&1; then export UCA_BUILD_CUDA=1; else export UCA_BUILD_CUDA=0; fi
     echo "   UCA_BUILD_CUDA=$UCA_BUILD_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$LOG"
     # --no-deps: the machine is offline and has the dependencies; fall back to an in-place build.

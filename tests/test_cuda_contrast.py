@@ -376,7 +376,11 @@ def test_peak_extra_memory_below_one_percent_of_reference(loss):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and BUILT) or shutil.which("compute-sanitizer") is None,
                     reason="needs a CUDA device, a CUDA build and compute-sanitizer")
-def test_compute_sanitizer_memcheck():
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
+def test_compute_sanitizer(tool):
+    """Out-of-bounds accesses (memcheck), shared-memory races (racecheck) and barrier misuse
+    (synccheck) on a ragged problem (70 x 130 rows, E = 33: partial tiles, the synchronous copy
+    path), forward and backward of every loss."""
     code = (
         "import sys; sys.path.insert(0, 'tests'); import torch, uca_kernels as uk; from helpers import make_problem;"
         "t = make_problem(70, 130, 33, seed=3, device='cuda');"
@@ -385,6 +389,6 @@ def test_compute_sanitizer_memcheck():
         " for loss in ('sdm', 'infonce', 'sigmoid')];"
         "torch.cuda.synchronize(); print('ok')"
     )
-    proc = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-c", code],
+    proc = subprocess.run(["compute-sanitizer", "--tool", tool, "--error-exitcode", "3", sys.executable, "-c", code],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
