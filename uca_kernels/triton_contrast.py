@@ -60,7 +60,7 @@ import os
 
 import torch
 
-from ._registry import LOSSES, SDM_EPS, out_dtype, register_contrast_autograd
+from ._registry import LOSSES, SDM_EPS, grad_prescale, out_dtype, register_contrast_autograd
 
 __all__ = [
     "PRECISIONS",
@@ -713,6 +713,10 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     N = B.shape[0]
     odt = out_dtype(A.dtype)
     grad_rows, grad_cols = grad_rows.to(odt).contiguous(), grad_cols.to(odt).contiguous()
+    # fp16/bf16: dT is rounded to the feature dtype; run on pre·g so it cannot underflow (grad_prescale)
+    pre = grad_prescale(grad_rows, grad_cols, scale) if A.dtype in (torch.float16, torch.bfloat16) else None
+    if pre is not None:
+        grad_rows, grad_cols = grad_rows * pre.to(odt), grad_cols * pre.to(odt)
     loss_rows, loss_cols = loss_rows.contiguous(), loss_cols.contiguous()
     row_stats, col_stats = row_stats.contiguous(), col_stats.contiguous()
     # dA/dB accumulate in fp32 (fp64) scratch when the features are fp16/bf16
@@ -729,6 +733,10 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
         ):
             _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
                         dX, sds, sdst, columns, flags, cfg)
+    if pre is not None:  # exact: pre is a power of two
+        inv = torch.reciprocal(pre).to(odt)
+        for part in (dA, dB, sum_ds_rows, sum_dst_rows, sum_ds_cols):
+            part.mul_(inv)
     # -- fixed-order reductions of the per-row parts (deterministic) --
     dr = scale * sum_ds_rows
     dc = scale * sum_ds_cols

@@ -110,16 +110,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t M = A.size(0), N = B.size(0), E = A.size(1);
   uca::checks::check_backward_inputs(A, B, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats);
   const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision);
+  // fp16/bf16: dT = scale dS is rounded to the feature dtype and underflows fp16 for mean-reduced
+  // losses at large B; the backward is linear in the upstream gradients, so run it on pre * g, pre a
+  // power of two (exact), and divide the outputs by pre. The rule of uca_kernels._registry.grad_prescale.
+  at::Tensor g_rows = grad_rows, g_cols = grad_cols, pre;
+  if (A.scalar_type() == at::kHalf || A.scalar_type() == at::kBFloat16) {
+    constexpr double kGradPrescaleTarget = 256.0;  // _registry.GRAD_PRESCALE_TARGET
+    const auto gmax = at::maximum(grad_rows.abs().amax(), grad_cols.abs().amax()) * scale.abs();
+    pre = at::exp2(at::clamp(at::floor(at::log2(kGradPrescaleTarget / gmax.clamp_min(1e-30))), -60.0, 60.0));
+    g_rows = grad_rows * pre;
+    g_cols = grad_cols * pre;
+  }
   const auto opts = r.options();
   const int64_t ldx = uc::padded_cols(args.dtype, args.precision, E);
   auto dA_acc = at::empty({uc::padded_rows(args.dtype, M), ldx}, opts);
   auto dB_acc = at::empty({uc::padded_rows(args.dtype, N), ldx}, opts);
   auto sum_ds_rows = at::empty({M}, opts), sum_dst_rows = at::empty({M}, opts), sum_ds_cols = at::empty({N}, opts);
-  check_cuda(uc::contrast_backward(args, grad_rows.data_ptr(), grad_cols.data_ptr(), loss_rows.data_ptr(),
+  check_cuda(uc::contrast_backward(args, g_rows.data_ptr(), g_cols.data_ptr(), loss_rows.data_ptr(),
                                    loss_cols.data_ptr(), row_stats.data_ptr(), col_stats.data_ptr(),
                                    dA_acc.data_ptr(), dB_acc.data_ptr(), sum_ds_rows.data_ptr(),
                                    sum_dst_rows.data_ptr(), sum_ds_cols.data_ptr(), at::cuda::getCurrentCUDAStream()),
              "uca contrast_backward (CUDA)");
+  if (pre.defined()) {  // exact: pre is a power of two
+    const auto inv = at::reciprocal(pre);
+    for (auto* part : {&dA_acc, &dB_acc, &sum_ds_rows, &sum_dst_rows, &sum_ds_cols}) part->mul_(inv);
+  }
   // -- fixed-order O(M + N) reductions (deterministic) --
   // fresh tensors (a view would keep the padded scratch alive), cast to the feature dtype
   auto dA = at::empty({M, E}, A.options());
