@@ -87,13 +87,11 @@ def _triton_phases(args_op, device, reps):
 def _op_phases(backend, args_op, device, reps):
     """(phase, ms) of the registered forward and backward ops of ``backend`` ('triton' or 'cuda')."""
     from uca_kernels import backends as bk
-    from uca_kernels import triton_contrast as tc
 
     ops = torch.ops.uca
     fwd, bwd = ((ops.triton_contrast_forward, ops.triton_contrast_backward) if backend == "triton"
                 else (ops.contrast_forward, ops.contrast_backward))
-    precision = bk.get_backend(backend).precision() if backend == "cuda" else tc.get_input_precision()
-    flags = ("sdm", False, precision)
+    flags = ("sdm", False, bk.get_backend(backend).precision())
     out = fwd(*args_op, *flags)
     M, N = args_op[0].shape[0], args_op[1].shape[0]
     g_rows, g_cols = torch.full((M,), 1.0 / M, device=device), torch.full((N,), 1.0 / N, device=device)

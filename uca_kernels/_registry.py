@@ -68,12 +68,11 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
                 torch.empty_like(scale), torch.empty_like(bias))
 
     def setup_context(ctx, inputs, output):
-        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, *rest = inputs
+        A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision = inputs
         loss_rows, loss_cols, row_stats, col_stats = output
         ctx.save_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats)
         # the forward's float32 product precision goes to the backward, which must recompute the same logits
-        ctx.loss, ctx.exclude_self, ctx.precision = loss, exclude_self, (rest[0] if rest else "ieee")
-        ctx.n_inputs = len(inputs)
+        ctx.loss, ctx.exclude_self, ctx.precision = loss, exclude_self, precision
 
     def backward(ctx, grad_rows, grad_cols, _grad_row_stats, _grad_col_stats):
         A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols, row_stats, col_stats = ctx.saved_tensors
@@ -82,7 +81,7 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
         grads = backward_op(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
                             loss_rows, loss_cols, row_stats, col_stats, ctx.loss, ctx.exclude_self, ctx.precision)
         grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
-        return (*grads, *([None] * (ctx.n_inputs - 6)))
+        return (*grads, None, None, None, None, None)
 
     torch.library.register_fake(forward_op)(fake_forward)
     torch.library.register_fake(backward_op)(fake_backward)

@@ -65,6 +65,12 @@ class Backend:
         the kernel code, the precision in force): part of its self-test verdict's cache key."""
         return {}
 
+    def precision(self) -> str:
+        """How float32 features are multiplied, as the op is called now: "ieee" (exact products)
+        unless the backend has a setting for it (CUDA: UCA_CUDA_PRECISION; Triton: its setter or
+        UCA_TRITON_PRECISION). Read at each forward; autograd gives the backward the same value."""
+        return "ieee"
+
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         raise NotImplementedError
 
@@ -128,10 +134,6 @@ class ExtensionBackend(Backend):
     def fingerprint(self):
         return {"extension": _extension_hash()}
 
-    def precision(self) -> str:
-        """The float32 product precision the op is called with (the CPU kernels take only "ieee")."""
-        return "ieee"
-
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=self.upcast_half)
         out = torch.ops.uca.contrast_forward(*args, loss, exclude_self, self.precision())
@@ -167,7 +169,12 @@ class TritonBackend(Backend):
         triton = triton_contrast.triton
         return {"triton": getattr(triton, "__version__", "missing"), "cuda": str(torch.version.cuda),
                 "kernels": file_hash(triton_contrast.__file__), "interpret": str(triton_contrast.INTERPRET),
-                "fp32": triton_contrast.get_input_precision()}
+                "fp32": self.precision()}
+
+    def precision(self):
+        from . import triton_contrast
+
+        return triton_contrast.get_input_precision()
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         from . import triton_contrast
@@ -186,8 +193,7 @@ class CudaBackend(ExtensionBackend):
         return reasons
 
     def precision(self) -> str:
-        """``UCA_CUDA_PRECISION`` ("ieee", the default, or "tf32"), read at each forward; the
-        backward receives the forward's value through autograd."""
+        """``UCA_CUDA_PRECISION``: "ieee" (the default) or "tf32"."""
         value = os.environ.get("UCA_CUDA_PRECISION", "") or "ieee"
         if value not in ("ieee", "tf32"):
             raise ValueError(f"UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got {value!r}")
