@@ -92,13 +92,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cpu(
   uca::checks::parse_precision(precision);  // checked; the CPU kernels compute exact fp32 products
   const int64_t M = A.size(0), N = B.size(0);
   auto loss_rows = at::empty({M}, A.options()), loss_cols = at::empty({N}, A.options());
-  auto row_stats = at::empty({M, uca::kStats}, A.options());
-  auto col_stats = at::empty({N, uca::kStats}, A.options());
+  auto row_stats = at::empty({M, uca::kStats}, A.options().dtype(at::kDouble));  // float64 for every dtype
+  auto col_stats = at::empty({N, uca::kStats}, A.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "contrast_forward_cpu", [&] {
     const auto args = make_args<scalar_t>(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self);
     uca::contrast_forward<scalar_t>(args, AtenGemm<scalar_t>(), cpu_tiles(),
                                     loss_rows.data_ptr<scalar_t>(), loss_cols.data_ptr<scalar_t>(),
-                                    row_stats.data_ptr<scalar_t>(), col_stats.data_ptr<scalar_t>());
+                                    row_stats.data_ptr<double>(), col_stats.data_ptr<double>());
   });
   return {loss_rows, loss_cols, row_stats, col_stats};
 }
@@ -121,8 +121,8 @@ contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, 
     uca::contrast_backward<scalar_t>(
         args, AtenGemm<scalar_t>(), cpu_tiles(), grad_rows.data_ptr<scalar_t>(),
         grad_cols.data_ptr<scalar_t>(), loss_rows.data_ptr<scalar_t>(),
-        loss_cols.data_ptr<scalar_t>(), row_stats.data_ptr<scalar_t>(),
-        col_stats.data_ptr<scalar_t>(), dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+        loss_cols.data_ptr<scalar_t>(), row_stats.data_ptr<double>(),
+        col_stats.data_ptr<double>(), dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
         dr.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(),
         dbias.data_ptr<scalar_t>());
   });

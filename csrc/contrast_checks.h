@@ -122,8 +122,8 @@ inline void check_backward_inputs(const at::Tensor& A, const at::Tensor& B, cons
                                    {&col_stats, N, "col_stats"}}) {
     TORCH_CHECK(t->dim() == 2 && t->size(0) == n && t->size(1) == kStats,
                 msg::cat(name, " must have shape [", n, ", 3], got ", t->sizes()));
-    TORCH_CHECK(t->scalar_type() == acc && t->device() == dev && t->is_contiguous(),
-                msg::cat(name, " must be a contiguous ", acc, " tensor on ", dev));
+    TORCH_CHECK(t->scalar_type() == at::kDouble && t->device() == dev && t->is_contiguous(),
+                msg::cat(name, " must be a contiguous float64 tensor on ", dev, " (the forward's statistics)"));
   }
 }
 

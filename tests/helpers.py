@@ -143,3 +143,45 @@ class OpLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls.append((func, args))
         return func(*args, **(kwargs or {}))
+
+
+# -- logits far from zero: the statistics' own precision -------------------------------------------
+OFFSET_BIASES = (1e5, -1e5)
+
+
+def offset_logit_problem(M: int, N: int, E: int, *, bias: float, seed: int = 0, device="cpu"):
+    """A problem whose float32 logits are exact, around a large common offset ``bias``.
+
+    Features in {−1, −½, 0, ½, 1}, r and c multiples of ¼ in [−2, 2], scale 2: every product and
+    partial sum is a small multiple of ¼ (exact in float32, in TF32 and in any summation order),
+    and S = 2·t + bias needs 18 significant bits at |bias| = 1e5. So the float32 and float64 logits
+    agree bit for bit, and any error left is the statistics'. The softmax losses are invariant to
+    the offset, but at |S| ~ 1e5 float32's spacing is 2⁻⁷: an LSE rounded to float32 is off by up
+    to 2⁻⁸ ≈ 4e-3, every p = exp(S − LSE) of its row by that factor, and so is the gradient."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randint(-2, 3, (M, E), generator=g).double() / 2
+    B = torch.randint(-2, 3, (N, E), generator=g).double() / 2
+    r = torch.randint(-8, 9, (M,), generator=g).double() / 4
+    c = torch.randint(-8, 9, (N,), generator=g).double() / 4
+    la = torch.randint(0, max(1, M // 3), (M,), generator=g)
+    lb = torch.randint(0, max(1, M // 3), (N,), generator=g)
+    sc = torch.tensor(2.0, dtype=torch.float64)
+    bi = torch.tensor(float(bias), dtype=torch.float64)
+    return [t.to(device) for t in (A, B, r, c, sc, bi, la, lb)]
+
+
+def check_offset_logits(fused_fn, loss: str, bias: float, *, M: int = 64, N: int = 48, E: int = 16, device="cpu"):
+    """``fused_fn`` (as run_with_grads takes it) in float32 on offset_logit_problem against the
+    float64 oracle with the float32 floor alone: the float32 reference is no yardstick here, as it
+    rounds its own LSE to float32 and shifts p the same way."""
+    tensors = offset_logit_problem(M, N, E, bias=bias, device=device)
+    S = tensors[4] * (tensors[0] @ tensors[1].T + tensors[2][:, None] + tensors[3][None, :]) + tensors[5]
+    assert torch.equal(S.float().double(), S)  # the logits are exact in float32
+    g = torch.Generator().manual_seed(1)
+    gr = torch.randn(M, generator=g, dtype=torch.float64).to(device)
+    gc = torch.randn(N, generator=g, dtype=torch.float64).to(device)
+    oracle = run_with_grads(reference_fn(loss, False), tensors, gr, gc, torch.float64)
+    fused = run_with_grads(fused_fn, tensors, gr, gc, torch.float32)
+    mass = grad_mass(gr, gc, loss)
+    assert_matches_oracle(fused, oracle, oracle, floor=FLOOR[torch.float32], grad_l1=mass,
+                          mass=scale_mass(*tensors[:4], mass))

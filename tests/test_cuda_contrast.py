@@ -19,8 +19,9 @@ import torch
 
 import uca_kernels as uk
 from uca_kernels import _ext, contrast_reference, dispatch
-from helpers import (FLOOR, assert_matches_oracle, grad_mass, make_problem, reference_fn, run_with_grads, scale_mass,
-                     shift_masses)
+from uca_kernels._registry import STATS_DTYPE
+from helpers import (FLOOR, OFFSET_BIASES, assert_matches_oracle, check_offset_logits, grad_mass, make_problem,
+                     reference_fn, run_with_grads, scale_mass, shift_masses)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -199,6 +200,16 @@ def test_sigmoid_extreme_logits(scale, dtype):
 
 @pytest.mark.gpu
 @on_gpu
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("bias", OFFSET_BIASES)
+def test_offset_logits_keep_p_exact(loss, bias):
+    """float32 inputs, exact logits around ±1e5: the statistics are float64, so the backward's
+    p = exp(S − LSE) is as exact as at |S| ~ 1 (helpers.offset_logit_problem)."""
+    check_offset_logits(cuda_fn(loss, False), loss, bias, device="cuda")
+
+
+@pytest.mark.gpu
+@on_gpu
 @pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_bit_identical_reruns(dtype, loss):
@@ -240,7 +251,7 @@ def test_sigmoid_stats_are_zeros_and_rows_without_positives_keep_their_terms(dty
     args = [x.to(dtype) for x in (A, B, r, c, sc, bi)] + [la, lb]
     rows, cols, row_stats, col_stats = torch.ops.uca.contrast_forward(*args, "sigmoid", False)
     assert row_stats.shape == (70, 3) and col_stats.shape == (45, 3)
-    assert row_stats.dtype == col_stats.dtype == rows.dtype == dtype
+    assert row_stats.dtype == col_stats.dtype == STATS_DTYPE and rows.dtype == dtype
     assert not row_stats.any() and not col_stats.any()
     pos = la[:, None] == lb[None, :]
     lonely_rows, lonely_cols = ~pos.any(1), ~pos.any(0)

@@ -16,9 +16,10 @@ import torch
 triton = pytest.importorskip("triton")
 
 from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
+from uca_kernels._registry import STATS_DTYPE  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
-from helpers import (FLOOR, TF32_FLOOR, OpLog, assert_matches_oracle, grad_mass, max_rel_err,  # noqa: E402
-                     scale_mass, shift_masses)
+from helpers import (FLOOR, OFFSET_BIASES, TF32_FLOOR, OpLog, assert_matches_oracle, check_offset_logits,  # noqa: E402
+                     grad_mass, max_rel_err, scale_mass, shift_masses)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -168,7 +169,7 @@ def test_sigmoid_stats_are_zeros_and_lonely_rows_keep_their_terms():
     case = make_case(40, 50, 24, "mixed", seed=4)
     args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
     rows, cols, row_stats, col_stats = torch.ops.uca.triton_contrast_forward(*args, "sigmoid", False)
-    assert row_stats.shape == (40, 3) and col_stats.shape == (50, 3) and row_stats.dtype == torch.float32
+    assert row_stats.shape == (40, 3) and col_stats.shape == (50, 3) and row_stats.dtype == STATS_DTYPE
     assert not row_stats.any() and not col_stats.any()
     lonely = ~(case["labels_a"][:, None] == case["labels_b"][None, :]).any(1)
     assert lonely.any() and (rows[lonely] > 0).all()
@@ -205,12 +206,21 @@ def test_stats(loss):
     for stats, S_, pos_ in ((row_stats, S, pos), (col_stats, S.T, pos.T)):
         want = torch.stack([S_.logsumexp(1), S_.masked_fill(~pos_, float("-inf")).logsumexp(1),
                             pos_.sum(1).double()], 1)
-        assert stats.dtype == torch.float32 and stats.shape == want.shape
+        assert stats.dtype == STATS_DTYPE == torch.float64 and stats.shape == want.shape
         assert torch.equal(stats[:, 1] == float("-inf"), want[:, 1] == float("-inf"))
         assert torch.equal(stats[:, 2].double(), want[:, 2])  # positive counts: exact
         for col in (0, 1):  # the logsumexps, where finite
             finite = want[:, col].isfinite()
             assert max_rel_err(stats[finite, col].double(), want[finite, col]) <= FLOOR[torch.float32], col
+
+
+def test_backward_names_statistics_of_the_wrong_dtype():
+    case = make_case(6, 5, 4, "repeat", seed=3)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    rows, cols, row_stats, col_stats = torch.ops.uca.triton_contrast_forward(*args, "sdm", False)
+    with pytest.raises(ValueError, match=r"col_stats must be the forward's statistics: a torch.float64 tensor"):
+        torch.ops.uca.triton_contrast_backward(torch.ones_like(rows), torch.ones_like(cols), *args, rows, cols,
+                                               row_stats, col_stats.float(), "sdm", False)
 
 
 @pytest.mark.parametrize("requires", [("A",), ("B", "scale"), ("r", "c", "bias"), ()])
@@ -263,6 +273,18 @@ def test_extreme_logits(loss, scale):
     S = case["scale"] * (case["A"] @ case["B"].T + case["r"][:, None] + case["c"][None, :])
     assert S.abs().max().item() > 2e4
     check(case, torch.float32, loss, False)  # non-finite values fail there too
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("bias", OFFSET_BIASES)
+def test_offset_logits_keep_p_exact(loss, bias):
+    """float32 inputs, exact logits around ±1e5: the statistics are float64, so the backward's
+    p = exp(S − LSE) is as exact as at |S| ~ 1 (helpers.offset_logit_problem)."""
+
+    def fn(A, B, r, c, sc, bi, la, lb):
+        return contrast(A, B, r, c, sc, bi, la, lb, loss=loss, exclude_self=False, backend="triton")
+
+    check_offset_logits(fn, loss, bias, device=DEVICE)
 
 
 @pytest.mark.parametrize("loss", ["sdm", "sigmoid"])

@@ -49,8 +49,12 @@ the CPU kernels have), "tf32" (CUDA and Triton), "tf32x3" (Triton). It is an arg
 setting the kernels read, so that autograd gives a backward its forward's precision: the backward
 recomputes the forward's logits bit for bit.
 
-Outputs and stats are float64 for float64 inputs and float32 otherwise. Backends never hold an
-M×N matrix; :func:`contrast_reference` does (it is the float64 oracle).
+Losses are float64 for float64 inputs and float32 otherwise; the stats are float64 for every input
+dtype (``STATS_DTYPE``): at |S| ~ 1e5 float32's spacing is 2⁻⁷, and an LSE rounded there would
+shift every p = exp(S − LSE) of its row by up to 4e-3 in the backward. A float32 kernel reads each
+LSE as hi + lo (hi = LSE rounded to float32, lo = the rest) and forms log p = (S − hi) − lo, where
+S − hi is exact wherever p is not negligible. Backends never hold an M×N matrix;
+:func:`contrast_reference` does (it is the float64 oracle).
 
 Scalar sigmoid loss in one sweep
 --------------------------------
@@ -77,6 +81,7 @@ from ._registry import (  # noqa: F401  (re-exported: the op's constants and reg
     LOSSES,
     REDUCTIONS,
     SDM_EPS,
+    STATS_DTYPE,
     out_dtype,
     register_contrast_autograd,
     register_sigmoid_sum_autograd,

@@ -60,7 +60,7 @@ import os
 
 import torch
 
-from ._registry import LOSSES, SDM_EPS, grad_prescale, out_dtype, register_contrast_autograd
+from ._registry import LOSSES, SDM_EPS, STATS_DTYPE, grad_prescale, out_dtype, register_contrast_autograd
 
 __all__ = [
     "PRECISIONS",
@@ -296,7 +296,7 @@ if triton is not None:
         scale_ptr,  # *[] logit scale (read on the device)
         bias_ptr,  # *[] logit bias
         loss_ptr,  # *[M] or *[N] out: loss of each owner row / column
-        stats_ptr,  # *[M, 3] or *[N, 3] out: (LSE, positive LSE, #positives), contiguous
+        stats_ptr,  # *[M, 3] or *[N, 3] float64 out: (LSE, positive LSE, #positives), contiguous
         M,  # rows of A
         N,  # rows of B
         E,  # feature width
@@ -339,7 +339,7 @@ if triton is not None:
                 x = tl.where(l_own[:, None] == l_oth[None, :], -s, s)  # −y·S
                 total += tl.sum(tl.where(valid, _softplus(x), 0.0), 1)
             tl.store(loss_ptr + offs_own, total, mask=mask_own)
-            zero = tl.zeros([BLOCK_OWN], ACC)  # the schema's stats, unused by this loss
+            zero = tl.zeros([BLOCK_OWN], tl.float64)  # the schema's stats, unused by this loss
             for k in tl.static_range(3):
                 tl.store(stats_ptr + offs_own * 3 + k, zero, mask=mask_own)
         else:
@@ -387,8 +387,10 @@ if triton is not None:
             lp1 = tl.where(has_lp, lp, 1.0)
             m0 = tl.where(has_l, m, 0.0)
             mp0 = tl.where(has_lp, mp, 0.0)
-            lse = tl.where(has_l, m0 + tl.log(l1), float("-inf"))
-            lsep = tl.where(has_lp, mp0 + tl.log(lp1), float("-inf"))
+            # LSE = m + log l added in float64: rounded to float32 at |S| ~ 1e5 it would be off by up
+            # to 4e-3, and so would every p = exp(S − LSE) the backward forms from it
+            lse = tl.where(has_l, m0.to(tl.float64) + tl.log(l1).to(tl.float64), float("-inf"))
+            lsep = tl.where(has_lp, mp0.to(tl.float64) + tl.log(lp1).to(tl.float64), float("-inf"))
             if IS_SDM:
                 p_pos = lp1 * tl.exp(mp0 - m0) / l1  # Σ_pos p
                 p_neg = lneg / l1  # Σ_neg p
@@ -400,7 +402,7 @@ if triton is not None:
             tl.store(loss_ptr + offs_own, value, mask=mask_own)
             tl.store(stats_ptr + offs_own * 3 + 0, lse, mask=mask_own)
             tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 2, npos, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 3 + 2, npos.to(tl.float64), mask=mask_own)
 
     def _dot_path(dtype: torch.dtype, precision: str) -> str:
         if dtype in (torch.float16, torch.bfloat16):
@@ -423,29 +425,41 @@ if triton is not None:
                                           prune_configs_by={"early_config_prune": _prune_tiles})(_contrast_fwd_kernel)
 
     @triton.jit
+    def _split(x, ACC: tl.constexpr):
+        """float64 x = hi + lo: hi = x rounded to ACC, lo = the remainder rounded to ACC (0 for float64)."""
+        hi = x.to(ACC)
+        return hi, (x - hi.to(tl.float64)).to(ACC)
+
+    @triton.jit
     def _side_consts(g_ptr, loss_ptr, stats_ptr, offs, mask, SDM_EPS: tl.constexpr):
-        """Backward constants of one side's rows: upstream grad, LSE, LSEᴾ, loss, log q.
+        """Backward constants of one side's rows: upstream grad, LSE and LSEᴾ each as a (hi, lo)
+        pair (_split of the float64 stats), loss, log q.
         Rows without positives (or with non-finite stats) get all zeros: no gradient, no inf."""
+        ACC: tl.constexpr = g_ptr.dtype.element_ty
         lse = tl.load(stats_ptr + offs * 3 + 0, mask=mask, other=0.0)
         lsep = tl.load(stats_ptr + offs * 3 + 1, mask=mask, other=0.0)
         n = tl.load(stats_ptr + offs * 3 + 2, mask=mask, other=0.0)
         active = (n > 0) & (tl.abs(lse) < float("inf")) & (tl.abs(lsep) < float("inf"))
         g = tl.where(active, tl.load(g_ptr + offs, mask=mask, other=0.0), 0.0)
         loss = tl.where(active, tl.load(loss_ptr + offs, mask=mask, other=0.0), 0.0)
-        logq = tl.where(active, tl.log(1.0 / tl.maximum(n, 1.0) + SDM_EPS), 0.0)
-        return g, tl.where(active, lse, 0.0), tl.where(active, lsep, 0.0), loss, logq
+        logq = tl.where(active, tl.log(1.0 / tl.maximum(n.to(ACC), 1.0) + SDM_EPS), 0.0)
+        lse_hi, lse_lo = _split(tl.where(active, lse, 0.0), ACC)
+        lsep_hi, lsep_lo = _split(tl.where(active, lsep, 0.0), ACC)
+        return g, lse_hi, lse_lo, lsep_hi, lsep_lo, loss, logq
 
     @triton.jit
-    def _dloss_dlogit(sv, sp, g, lse, lsep, loss, logq, IS_SDM: tl.constexpr, LOG_SDM_EPS: tl.constexpr):
+    def _dloss_dlogit(sv, sp, g, lse, lse_lo, lsep, lsep_lo, loss, logq, IS_SDM: tl.constexpr,
+                      LOG_SDM_EPS: tl.constexpr):
         """g · ∂L/∂S for one side (arguments broadcast). sv: logits, -inf where not a valid pair;
-        sp: the same, -inf where not a positive. Exponents are clamped to [-1e30, 0], so there is
-        no inf and no 0·inf, and invalid pairs get exactly 0."""
-        x = tl.minimum(tl.maximum(sv - lse, -1e30), 0.0)  # log p
+        sp: the same, -inf where not a positive. log p = (S − lse) − lse_lo: S − lse is exact
+        wherever p is not negligible, so p keeps ACC's relative precision at any |S|. Exponents are
+        clamped to [-1e30, 0], so there is no inf and no 0·inf, and invalid pairs get exactly 0."""
+        x = tl.minimum(tl.maximum((sv - lse) - lse_lo, -1e30), 0.0)  # log p
         p = tl.exp(x)
         if IS_SDM:
             d = p * (x - tl.where(sp > float("-inf"), logq, LOG_SDM_EPS) - loss)
         else:
-            d = p - tl.exp(tl.minimum(sp - lsep, 0.0))
+            d = p - tl.exp(tl.minimum((sp - lsep) - lsep_lo, 0.0))
         return g * d
 
     @triton.jit
@@ -462,8 +476,8 @@ if triton is not None:
         g_oth_ptr,  # *[n_oth] upstream gradient of the other side's losses
         loss_own_ptr,  # *[n_own] owner-side losses from the forward
         loss_oth_ptr,  # *[n_oth] other-side losses
-        stats_own_ptr,  # *[n_own, 3] owner-side stats (LSE, LSEᴾ, n), contiguous
-        stats_oth_ptr,  # *[n_oth, 3] other-side stats
+        stats_own_ptr,  # *[n_own, 3] float64 owner-side stats (LSE, LSEᴾ, n), contiguous
+        stats_oth_ptr,  # *[n_oth, 3] float64 other-side stats
         dx_ptr,  # *[n_own, E] out: gradient of the owner features (fp32 scratch for fp16/bf16)
         sum_ds_ptr,  # *[n_own] out: Σ_other dS per owner row
         sum_dst_ptr,  # *[n_own] out (WRITE_DST): Σ_other dS·t per owner row
@@ -507,8 +521,8 @@ if triton is not None:
         if IS_SIGMOID:  # no statistics: every row and column takes its upstream gradient as is
             g_x = tl.load(g_own_ptr + offs_own, mask=mask_own, other=0.0)
         else:
-            g_x, lse_x, lsep_x, loss_x, logq_x = _side_consts(g_own_ptr, loss_own_ptr, stats_own_ptr, offs_own,
-                                                              mask_own, SDM_EPS)
+            g_x, lse_x, lse_lo_x, lsep_x, lsep_lo_x, loss_x, logq_x = _side_consts(
+                g_own_ptr, loss_own_ptr, stats_own_ptr, offs_own, mask_own, SDM_EPS)
 
         sum_ds = tl.zeros([BLOCK_OWN], ACC)
         sum_dst = tl.zeros([BLOCK_OWN], ACC)
@@ -522,8 +536,8 @@ if triton is not None:
             if IS_SIGMOID:
                 g_y = tl.load(g_oth_ptr + offs_oth, mask=mask_oth, other=0.0)
             else:
-                g_y, lse_y, lsep_y, loss_y, logq_y = _side_consts(g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth,
-                                                                  mask_oth, SDM_EPS)
+                g_y, lse_y, lse_lo_y, lsep_y, lsep_lo_y, loss_y, logq_y = _side_consts(
+                    g_oth_ptr, loss_oth_ptr, stats_oth_ptr, offs_oth, mask_oth, SDM_EPS)
 
             if IS_SIGMOID:
                 # -- dS = (g_own + g_oth)·∂ℓ/∂S, ∂ℓ/∂S = −y·σ(−y·S) (exactly 0 where not a valid pair) --
@@ -532,10 +546,10 @@ if triton is not None:
                 ds = tl.where(valid, (g_x[:, None] + g_y[None, :]) * tl.where(pos, -sig, sig), 0.0)
             else:
                 # -- dS from both sides' stats (exactly 0 where not a valid pair) --
-                ds = _dloss_dlogit(sv, sp, g_x[:, None], lse_x[:, None], lsep_x[:, None], loss_x[:, None],
-                                   logq_x[:, None], IS_SDM, LOG_SDM_EPS)
-                ds += _dloss_dlogit(sv, sp, g_y[None, :], lse_y[None, :], lsep_y[None, :], loss_y[None, :],
-                                    logq_y[None, :], IS_SDM, LOG_SDM_EPS)
+                ds = _dloss_dlogit(sv, sp, g_x[:, None], lse_x[:, None], lse_lo_x[:, None], lsep_x[:, None],
+                                   lsep_lo_x[:, None], loss_x[:, None], logq_x[:, None], IS_SDM, LOG_SDM_EPS)
+                ds += _dloss_dlogit(sv, sp, g_y[None, :], lse_y[None, :], lse_lo_y[None, :], lsep_y[None, :],
+                                    lsep_lo_y[None, :], loss_y[None, :], logq_y[None, :], IS_SDM, LOG_SDM_EPS)
             sum_ds += tl.sum(ds, 1)
             if WRITE_DST:
                 sum_dst += tl.sum(ds * t, 1)
@@ -661,7 +675,7 @@ def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, pr
     M, N = A.shape[0], B.shape[0]
     odt = out_dtype(A.dtype)
     loss_rows, loss_cols = A.new_empty((M,), dtype=odt), A.new_empty((N,), dtype=odt)
-    row_stats, col_stats = A.new_empty((M, 3), dtype=odt), A.new_empty((N, 3), dtype=odt)
+    row_stats, col_stats = A.new_empty((M, 3), dtype=STATS_DTYPE), A.new_empty((N, 3), dtype=STATS_DTYPE)
     flags = _flags(A, loss, exclude_self, precision)
     key = _tile_key(A, B, flags)
     with _device_guard(A):
@@ -678,7 +692,7 @@ def _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags):
     key = _tile_key(A, B, flags)
     if key not in _TILE_CONFIGS:  # backward without a forward in this process: tune like the forward
         M = A.shape[0]
-        scratch_loss, scratch_stats = r.new_empty((M,)), r.new_empty((M, 3))
+        scratch_loss, scratch_stats = r.new_empty((M,)), r.new_empty((M, 3), dtype=STATS_DTYPE)
         _TILE_CONFIGS[key] = _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, scratch_loss,
                                          scratch_stats, False, flags)
     return _TILE_CONFIGS[key]
@@ -712,6 +726,10 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     M, E = A.shape
     N = B.shape[0]
     odt = out_dtype(A.dtype)
+    for name, st, n in (("row_stats", row_stats, M), ("col_stats", col_stats, N)):
+        if st.dtype != STATS_DTYPE or tuple(st.shape) != (n, 3) or st.device != A.device:
+            raise ValueError(f"{name} must be the forward's statistics: a {STATS_DTYPE} tensor of shape [{n}, 3] "
+                             f"on {A.device}, got {st.dtype} {list(st.shape)} on {st.device}")
     grad_rows, grad_cols = grad_rows.to(odt).contiguous(), grad_cols.to(odt).contiguous()
     # fp16/bf16: dT is rounded to the feature dtype; run on pre·g so it cannot underflow (grad_prescale)
     pre = grad_prescale(grad_rows, grad_cols, scale) if A.dtype in (torch.float16, torch.bfloat16) else None
@@ -808,7 +826,8 @@ def _ast_source(kernel, dtype: torch.dtype, consts: dict):
 
     feat = "*" + _TRITON_DTYPES[dtype]
     acc = "*fp64" if dtype == torch.float64 else "*fp32"
-    ptrs = {name: (feat if name in ("a_ptr", "b_ptr") else "*i64" if name in ("la_ptr", "lb_ptr") else acc)
+    ptrs = {name: (feat if name in ("a_ptr", "b_ptr") else "*i64" if name in ("la_ptr", "lb_ptr")
+                   else "*fp64" if "stats" in name else acc)
             for name in kernel.arg_names if name.endswith("_ptr")}
     ints = {name: "i32" for name in kernel.arg_names if name in ("M", "N", "E") or name.startswith("stride_")}
     sig = ptrs | ints | {k: "constexpr" for k in consts}

@@ -65,18 +65,19 @@ struct Tiles {
 
 // Forward: per-row and per-column losses and the statistics backward needs
 // (row_stats [M, 3], col_stats [N, 3]: LSE, positive LSE, #positives; all zeros for SIGMOID,
-// whose backward needs none).
+// whose backward needs none). The statistics are float64 for every T: an LSE rounded to float
+// would shift the backward's p = exp(S - LSE) by up to half a float spacing of |S| (4e-3 at 1e5).
 template <typename T>
 void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
-                      T* loss_rows, T* loss_cols, T* row_stats, T* col_stats);
+                      T* loss_rows, T* loss_cols, double* row_stats, double* col_stats);
 
 // Backward: gradients of sum(grad_rows * loss_rows) + sum(grad_cols * loss_cols).
 // dA [M, E], dB [N, E], dr [M], dc [N] are overwritten; dscale, dbias point to one value each.
 template <typename T>
 void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
                        const T* grad_rows, const T* grad_cols, const T* loss_rows,
-                       const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
-                       T* dr, T* dc, T* dscale, T* dbias);
+                       const T* loss_cols, const double* row_stats, const double* col_stats, T* dA,
+                       T* dB, T* dr, T* dc, T* dscale, T* dbias);
 
 // The scalar sigmoid loss and all its gradients in one sweep (3 GEMM passes instead of the
 // forward's 1 + the backward's 3): loss_total = sum of the pair losses (loss_rows summed), and

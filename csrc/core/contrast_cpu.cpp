@@ -257,8 +257,23 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
 }
 
 // -- backward, one row of a tile: dS, then dT = scale dS in place ---------------------------------
-// Per-row constants: gr = grad (0 when the row has no positive), lse, lsep, loss, logq and
-// fac = exp(LSE - positive LSE). Per-column arrays: the same for columns. MODE:
+// Backward constants of rows or columns (arrays indexed like them): g = upstream gradient (0 where
+// there is no positive), the float64 statistics split as LSE = lse + lse_lo (lse = LSE rounded to
+// T, lse_lo = the rest rounded to T; likewise lsep for the positive LSE), loss, logq and
+// fac = exp(LSE - positive LSE). log p is formed as (S - lse) - lse_lo: S - lse is exact wherever
+// p is not negligible (Sterbenz), so p keeps T's relative precision even at |S| ~ 1e5, where a
+// T-rounded LSE would shift every p of its row by up to half of T's spacing there.
+template <typename T>
+struct SideView {
+  const T *g = nullptr, *lse = nullptr, *lse_lo = nullptr, *lsep = nullptr, *lsep_lo = nullptr,
+          *loss = nullptr, *logq = nullptr, *fac = nullptr;
+  SideView at(int64_t k) const {  // the view from row / column k on (null arrays stay null)
+    auto off = [k](const T* x) { return x == nullptr ? x : x + k; };
+    return {off(g), off(lse), off(lse_lo), off(lsep), off(lsep_lo), off(loss), off(logq), off(fac)};
+  }
+};
+
+// rw: the row's constants (element 0 of each array); cl: the tile's columns'. MODE:
 //   0 = sdm, 1 = infonce with the positive softmax from p * fac (one exp fewer per element),
 //   2 = infonce with it recomputed (a row or column whose best positive is far below its max),
 //   3 = sigmoid: dS = (gr + gc) dl/dS, dl/dS = -y sigma(-y S) (no statistics read),
@@ -266,10 +281,16 @@ UCA_INLINE void fwd_cols_impl(int64_t mi, int64_t nc, int64_t ld, const T* s, co
 // Writes the sums of dS*t, dS and dT over the row to out[0..2].
 template <typename T, int MODE>
 UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bias, int64_t la,
-                             const int64_t* lb, int64_t self_j, T log_eps, T gr, T lse_r,
-                             T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc, const T* lse_c,
-                             const T* lsep_c, const T* loss_c, const T* logq_c, const T* fac_c,
-                             T* out) {
+                             const int64_t* lb, int64_t self_j, T log_eps, const SideView<T>& rw,
+                             const SideView<T>& cl, T* out) {
+  // the row's constants in locals (MODE 4 reads none: its gradient weight is 1)
+  const T gr = MODE == 4 ? T(1) : rw.g[0];
+  const T lse_r = MODE < 3 ? rw.lse[0] : T(0), lse_lo_r = MODE < 3 ? rw.lse_lo[0] : T(0);
+  const T lsep_r = MODE < 3 ? rw.lsep[0] : T(0), lsep_lo_r = MODE < 3 ? rw.lsep_lo[0] : T(0);
+  const T loss_r = MODE < 3 ? rw.loss[0] : T(0), logq_r = MODE < 3 ? rw.logq[0] : T(0);
+  const T fac_r = MODE < 3 ? rw.fac[0] : T(0);
+  const T *gc = cl.g, *lse_c = cl.lse, *lse_lo_c = cl.lse_lo, *lsep_c = cl.lsep, *lsep_lo_c = cl.lsep_lo,
+          *loss_c = cl.loss, *logq_c = cl.logq, *fac_c = cl.fac;
   T acc_st = 0, acc_s = 0, acc_t = 0, acc_l = 0;  // in T: see fwd_row_impl
 #pragma omp simd reduction(+ : acc_st, acc_s, acc_t, acc_l)
   for (int64_t j = 0; j < nj; ++j) {
@@ -290,7 +311,7 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
         acc_l += j == self_j ? T(0) : std::max(x, T(0)) + log1p_unit(e);
       }
     } else {
-      const T xr = clamp_arg(s - lse_r), xc = clamp_arg(s - lse_c[j]);
+      const T xr = clamp_arg((s - lse_r) - lse_lo_r), xc = clamp_arg((s - lse_c[j]) - lse_lo_c[j]);
       const T pr = vexp(xr), pc = vexp(xc);
       T dr_, dc_;
       if constexpr (MODE == 0) {
@@ -300,8 +321,8 @@ UCA_INLINE void bwd_row_impl(int64_t nj, T* g, T ri, const T* cj, T scale, T bia
         dr_ = pr - (pos ? pr * fac_r : T(0));
         dc_ = pc - (pos ? pc * fac_c[j] : T(0));
       } else {
-        dr_ = pr - (pos ? vexp(clamp_arg(s - lsep_r)) : T(0));
-        dc_ = pc - (pos ? vexp(clamp_arg(s - lsep_c[j])) : T(0));
+        dr_ = pr - (pos ? vexp(clamp_arg((s - lsep_r) - lsep_lo_r)) : T(0));
+        dc_ = pc - (pos ? vexp(clamp_arg((s - lsep_c[j]) - lsep_lo_c[j])) : T(0));
       }
       ds = gr * dr_ + gc[j] * dc_;
     }
@@ -357,8 +378,7 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
 // Non-template, multiversioned entry points (target_clones does not apply to templates).
 #define UCA_BWD_MODE(T, MODE)                                                                      \
   case MODE:                                                                                       \
-    bwd_row_impl<T, MODE>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, gr, lse_r, lsep_r,  \
-                          loss_r, logq_r, fac_r, gc, lse_c, lsep_c, loss_c, logq_c, fac_c, out);   \
+    bwd_row_impl<T, MODE>(nj, g, ri, cj, scale, bias, la, lb, self_j, log_eps, rw, cl, out);       \
     break;
 #define UCA_LEAVES(T)                                                                              \
   UCA_MULTIVERSION void fwd_row(int64_t nj, T* s, T ri, const T* cj, T scale, T bias, int64_t la, \
@@ -373,10 +393,8 @@ UCA_INLINE void col_sum_impl(int64_t mi, int64_t nc, int64_t ld, const T* x, T* 
     fwd_cols_impl<T>(mi, nc, ld, s, la, lb, a, b, c, d, e, f, h, t1, t2, t3, t4);                  \
   }                                                                                                \
   UCA_MULTIVERSION void bwd_row(int mode, int64_t nj, T* g, T ri, const T* cj, T scale, T bias,  \
-                                int64_t la, const int64_t* lb, int64_t self_j, T log_eps, T gr,    \
-                                T lse_r, T lsep_r, T loss_r, T logq_r, T fac_r, const T* gc,       \
-                                const T* lse_c, const T* lsep_c, const T* loss_c,                  \
-                                const T* logq_c, const T* fac_c, T* out) {                         \
+                                int64_t la, const int64_t* lb, int64_t self_j, T log_eps,          \
+                                const SideView<T>& rw, const SideView<T>& cl, T* out) {            \
     switch (mode) {                                                                                \
       UCA_BWD_MODE(T, 0) UCA_BWD_MODE(T, 1) UCA_BWD_MODE(T, 2) UCA_BWD_MODE(T, 3)                 \
       default: UCA_BWD_MODE(T, 4)                                                                  \
@@ -403,9 +421,9 @@ constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column pa
 // cost more than the work there, and far more when other processes share the cores.
 constexpr int64_t kParallelMin = 1 << 17;
 
-// Finalise one row/column: statistics (LSE, positive LSE, n) and the loss.
+// Finalise one row/column: statistics (LSE, positive LSE, n; float64 for every T) and the loss.
 template <typename T>
-void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, T* out_stats) {
+void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, double* out_stats) {
   const double m = st.m[k], l = st.l[k], mp = st.mp[k], lp = st.lp[k], n = st.n[k];
   const double inf = std::numeric_limits<double>::infinity();
   const double lse = l > 0 ? m + std::log(l) : -inf;
@@ -421,32 +439,40 @@ void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, T* out_stats) 
     }
   }
   out_loss[k] = static_cast<T>(value);
-  out_stats[k * kStats + 0] = static_cast<T>(lse);
-  out_stats[k * kStats + 1] = static_cast<T>(lsep);
-  out_stats[k * kStats + 2] = static_cast<T>(n);
+  out_stats[k * kStats + 0] = lse;
+  out_stats[k * kStats + 1] = lsep;
+  out_stats[k * kStats + 2] = n;
 }
 
 // Backward constants of one row/column, with non-finite statistics replaced so that the
 // branch-free loops never meet inf - inf (rows without positives get a zero gradient).
 template <typename T>
 struct BwdConsts {
-  std::vector<T> g, lse, lsep, loss, logq, fac;
+  std::vector<T> g, lse, lse_lo, lsep, lsep_lo, loss, logq, fac;
   std::vector<char> fast;  // fac usable (see bwd_row_impl, MODE 1)
-  BwdConsts(int64_t size, const T* grad, const T* loss_in, const T* stats)
-      : g(size), lse(size), lsep(size), loss(size), logq(size), fac(size), fast(size) {
+  BwdConsts(int64_t size, const T* grad, const T* loss_in, const double* stats)
+      : g(size), lse(size), lse_lo(size), lsep(size), lsep_lo(size), loss(size), logq(size),
+        fac(size), fast(size) {
     for (int64_t k = 0; k < size; ++k) {
-      const T n = stats[k * kStats + 2];
-      const bool active = n > 0 && std::isfinite(stats[k * kStats + 0]) &&
-                          std::isfinite(stats[k * kStats + 1]);
+      const double LSE = stats[k * kStats + 0], LSEP = stats[k * kStats + 1], n = stats[k * kStats + 2];
+      const bool active = n > 0 && std::isfinite(LSE) && std::isfinite(LSEP);
       g[k] = active ? grad[k] : T(0);
-      lse[k] = active ? stats[k * kStats + 0] : T(0);
-      lsep[k] = active ? stats[k * kStats + 1] : T(0);
+      split(active ? LSE : 0.0, lse[k], lse_lo[k]);
+      split(active ? LSEP : 0.0, lsep[k], lsep_lo[k]);
       loss[k] = active ? loss_in[k] : T(0);
       logq[k] = active ? static_cast<T>(std::log(1.0 / n + kSdmEps)) : T(0);
-      const double gap = static_cast<double>(lse[k]) - static_cast<double>(lsep[k]);
+      const double gap = active ? LSE - LSEP : 0.0;
       fast[k] = gap < kFastGap<T>;
       fac[k] = fast[k] ? static_cast<T>(std::exp(gap)) : T(0);
     }
+  }
+  // x = hi + lo: hi = x rounded to T, lo = the remainder rounded to T (0 for T = double)
+  static void split(double x, T& hi, T& lo) {
+    hi = static_cast<T>(x);
+    lo = static_cast<T>(x - static_cast<double>(hi));
+  }
+  SideView<T> view() const {
+    return {g.data(), lse.data(), lse_lo.data(), lsep.data(), lsep_lo.data(), loss.data(), logq.data(), fac.data()};
   }
   bool all_fast(int64_t begin, int64_t n) const {
     return std::all_of(fast.begin() + begin, fast.begin() + begin + n, [](char f) { return f != 0; });
@@ -493,7 +519,7 @@ namespace {
 // -- forward, sigmoid loss: sums of pair losses, no statistics (written as zeros) ----------------
 template <typename T>
 void sigmoid_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
-                     T* loss_rows, T* loss_cols, T* row_stats, T* col_stats) {
+                     T* loss_rows, T* loss_cols, double* row_stats, double* col_stats) {
   const int64_t M = a.M, N = a.N, E = a.E;
   const int64_t TM = std::max<int64_t>(1, std::min(tiles.rows, M));
   const int64_t TN = std::max<int64_t>(1, std::min(tiles.cols, N));
@@ -524,15 +550,15 @@ void sigmoid_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles&
   }
   for (int64_t i = 0; i < M; ++i) loss_rows[i] = static_cast<T>(rows[i]);
   for (int64_t j = 0; j < N; ++j) loss_cols[j] = static_cast<T>(cols[j]);
-  std::fill(row_stats, row_stats + M * kStats, T(0));
-  std::fill(col_stats, col_stats + N * kStats, T(0));
+  std::fill(row_stats, row_stats + M * kStats, 0.0);
+  std::fill(col_stats, col_stats + N * kStats, 0.0);
 }
 }  // namespace
 
 // -- forward -------------------------------------------------------------------------------------
 template <typename T>
 void contrast_forward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
-                      T* loss_rows, T* loss_cols, T* row_stats, T* col_stats) {
+                      T* loss_rows, T* loss_cols, double* row_stats, double* col_stats) {
   if (a.loss == Loss::SIGMOID) {
     sigmoid_forward(a, gemm, tiles, loss_rows, loss_cols, row_stats, col_stats);
     return;
@@ -600,7 +626,14 @@ void backward_sweep(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& 
   std::fill(dr, dr + M, T(0));
   std::fill(dc, dc + N, T(0));
   const T log_eps = static_cast<T>(std::log(kSdmEps));
-  const T zero = 0, one = 1;
+  SideView<T> rows_v, cols_v;  // sigmoid (modes 3, 4) reads the upstream gradients only
+  if (mode == 3) {
+    rows_v.g = grad_rows;
+    cols_v.g = grad_cols;
+  } else if (mode < 0) {
+    rows_v = rk->view();
+    cols_v = ck->view();
+  }
   std::vector<T> tile(TM * TN), partial(4 * TM, T(0));
   double acc_scale = 0, acc_bias = 0, acc_loss = 0;
 
@@ -617,21 +650,10 @@ void backward_sweep(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& 
         const int64_t i = i0 + ii;
         T* out = partial.data() + 4 * ii;
         const int64_t self_j = self_index(a, i, j0, nj);
-        if (mode == 3) {  // sigmoid: every row and column takes its upstream gradient as is
-          bwd_row(3, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
-                  self_j, log_eps, grad_rows[i], zero, zero, zero, zero, zero, grad_cols + j0, nullptr,
-                  nullptr, nullptr, nullptr, nullptr, out);
-        } else if (mode == 4) {  // sigmoid, unit weight: gc is never read
-          bwd_row(4, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
-                  self_j, log_eps, one, zero, zero, zero, zero, zero, nullptr, nullptr, nullptr, nullptr,
-                  nullptr, nullptr, out);
-        } else {
-          const int m = a.loss == Loss::SDM ? 0 : (cols_fast && rk->fast[i] ? 1 : 2);
-          bwd_row(m, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
-                  self_j, log_eps, rk->g[i], rk->lse[i], rk->lsep[i], rk->loss[i], rk->logq[i], rk->fac[i],
-                  ck->g.data() + j0, ck->lse.data() + j0, ck->lsep.data() + j0, ck->loss.data() + j0,
-                  ck->logq.data() + j0, ck->fac.data() + j0, out);
-        }
+        // sigmoid (3): every row and column takes its upstream gradient as is; 4: unit weight
+        const int m = mode >= 0 ? mode : a.loss == Loss::SDM ? 0 : (cols_fast && rk->fast[i] ? 1 : 2);
+        bwd_row(m, nj, g + ii * nj, a.r[i], a.c + j0, a.scale, a.bias, a.labels_a[i], a.labels_b + j0,
+                self_j, log_eps, rows_v.at(i), cols_v.at(j0), out);
         dr[i] += out[2];
       }
       for (int64_t ii = 0; ii < mi; ++ii) {  // fixed order: deterministic
@@ -660,8 +682,8 @@ void backward_sweep(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& 
 template <typename T>
 void contrast_backward(const ContrastArgs<T>& a, const Gemm<T>& gemm, const Tiles& tiles,
                        const T* grad_rows, const T* grad_cols, const T* loss_rows,
-                       const T* loss_cols, const T* row_stats, const T* col_stats, T* dA, T* dB,
-                       T* dr, T* dc, T* dscale, T* dbias) {
+                       const T* loss_cols, const double* row_stats, const double* col_stats, T* dA,
+                       T* dB, T* dr, T* dc, T* dscale, T* dbias) {
   if (a.loss == Loss::SIGMOID) {
     backward_sweep<T>(a, gemm, tiles, 3, nullptr, nullptr, grad_rows, grad_cols, dA, dB, dr, dc, dscale,
                       dbias, nullptr);
@@ -684,10 +706,10 @@ void sigmoid_loss_and_grads(const ContrastArgs<T>& a, const Gemm<T>& gemm, const
 #define UCA_INSTANTIATE(T)                                                                        \
   template struct LoopGemm<T>;                                                                    \
   template void contrast_forward<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&, T*, T*, \
-                                    T*, T*);                                                      \
+                                    double*, double*);                                            \
   template void contrast_backward<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&,        \
-                                     const T*, const T*, const T*, const T*, const T*, const T*,  \
-                                     T*, T*, T*, T*, T*, T*);                                     \
+                                     const T*, const T*, const T*, const T*, const double*,       \
+                                     const double*, T*, T*, T*, T*, T*, T*);                      \
   template void sigmoid_loss_and_grads<T>(const ContrastArgs<T>&, const Gemm<T>&, const Tiles&, T*, \
                                           T*, T*, T*, T*, T*, T*);
 UCA_INSTANTIATE(float)

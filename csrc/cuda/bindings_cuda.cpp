@@ -91,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cuda
   const int64_t M = A.size(0), N = B.size(0);
   const auto opts = r.options();
   auto loss_rows = at::empty({M}, opts), loss_cols = at::empty({N}, opts);
-  auto row_stats = at::empty({M, uca::kStats}, opts), col_stats = at::empty({N, uca::kStats}, opts);
+  const auto stats_opts = opts.dtype(at::kDouble);  // the statistics are float64 for every dtype
+  auto row_stats = at::empty({M, uca::kStats}, stats_opts), col_stats = at::empty({N, uca::kStats}, stats_opts);
   const auto args = make_args(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision);
   check_cuda(uc::contrast_forward(args, loss_rows.data_ptr(), loss_cols.data_ptr(), row_stats.data_ptr(),
                                   col_stats.data_ptr(), at::cuda::getCurrentCUDAStream()),

@@ -71,7 +71,7 @@ struct Cfg {
   static constexpr size_t kOffG = round128(kOps > kY ? kOps : kY);
   static constexpr size_t kOffDT = kOffG + round128(size_t(BM) * LDG * sizeof(Acc));
   static constexpr size_t kOffSide = kOffDT + round128(size_t(BM) * LDT * sizeof(T));
-  static constexpr size_t kSmem = kOffSide + size_t(BM) * (sizeof(int64_t) + 6 * sizeof(Acc));
+  static constexpr size_t kSmem = kOffSide + size_t(BM) * (sizeof(int64_t) + 8 * sizeof(Acc));
 };
 
 // -- scalar helpers ------------------------------------------------------------------------------
@@ -299,31 +299,40 @@ __device__ __forceinline__ Online<Acc> shfl_xor(const Online<Acc>& s, int off) {
 }
 
 // Backward constants of one row / column; inactive ones (no positive, non-finite stats) are all
-// zero so that they contribute exactly nothing and never meet inf - inf.
+// zero so that they contribute exactly nothing and never meet inf - inf. The float64 statistics
+// are split into Acc parts, LSE = lse + lse_lo (lse = LSE rounded to Acc, lse_lo = the rest rounded
+// to Acc; 0 for double), and likewise the positive LSE: log p = (S - lse) - lse_lo keeps Acc's
+// relative precision at any |S| (S - lse is exact wherever p is not negligible).
 template <typename Acc>
 struct Side {
-  Acc g, lse, lsep, loss, logq;
+  Acc g, lse, lse_lo, lsep, lsep_lo, loss, logq;
 };
 
 template <typename Acc>
-__device__ __forceinline__ Side<Acc> side_consts(const Acc* grad, const Acc* loss, const Acc* stats, int64_t k) {
-  const Acc lse = stats[k * kStats + 0], lsep = stats[k * kStats + 1], n = stats[k * kStats + 2];
-  const bool active = n > Acc(0) && isfinite(lse) && isfinite(lsep);
+__device__ __forceinline__ void split(double x, Acc& hi, Acc& lo) {
+  hi = Acc(x);
+  lo = Acc(x - double(hi));
+}
+
+template <typename Acc>
+__device__ __forceinline__ Side<Acc> side_consts(const Acc* grad, const Acc* loss, const double* stats, int64_t k) {
+  const double lse = stats[k * kStats + 0], lsep = stats[k * kStats + 1], n = stats[k * kStats + 2];
+  const bool active = n > 0.0 && isfinite(lse) && isfinite(lsep);
   Side<Acc> s;
   s.g = active ? grad[k] : Acc(0);
-  s.lse = active ? lse : Acc(0);
-  s.lsep = active ? lsep : Acc(0);
+  split(active ? lse : 0.0, s.lse, s.lse_lo);
+  split(active ? lsep : 0.0, s.lsep, s.lsep_lo);
   s.loss = active ? loss[k] : Acc(0);
-  s.logq = active ? lg(Acc(1) / fmax(n, Acc(1)) + Acc(kSdmEps)) : Acc(0);
+  s.logq = active ? lg(Acc(1) / fmax(Acc(n), Acc(1)) + Acc(kSdmEps)) : Acc(0);
   return s;
 }
 
 // The constants the backward of LOSS reads for row / column k. Sigmoid reads only the upstream
 // gradient: every row and column is active (a row without positives keeps its negative terms).
 template <Loss LOSS, typename Acc>
-__device__ __forceinline__ Side<Acc> side_of(const Acc* grad, const Acc* loss, const Acc* stats, int64_t k) {
+__device__ __forceinline__ Side<Acc> side_of(const Acc* grad, const Acc* loss, const double* stats, int64_t k) {
   if constexpr (LOSS == Loss::SIGMOID)
-    return Side<Acc>{grad[k], Acc(0), Acc(0), Acc(0), Acc(0)};
+    return Side<Acc>{grad[k], Acc(0), Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
   else
     return side_consts(grad, loss, stats, k);
 }
@@ -333,15 +342,16 @@ __device__ __forceinline__ Side<Acc> side_of(const Acc* grad, const Acc* loss, c
 // the products into an FMA with the sum, which would make the row- and the column-owner launches
 // (whose "own" side differs) form different bits of the same dS.
 template <Loss LOSS, typename Acc>
-__device__ __forceinline__ Acc dloss_dlogit(Acc s, bool pos, Acc g, Acc lse, Acc lsep, Acc loss, Acc logq) {
+__device__ __forceinline__ Acc dloss_dlogit(Acc s, bool pos, Acc g, Acc lse, Acc lse_lo, Acc lsep, Acc lsep_lo,
+                                            Acc loss, Acc logq) {
   static_assert(LOSS != Loss::SIGMOID, "the sigmoid loss uses sigmoid_pair_dlogit");
-  const Acc x = fmin(s - lse, Acc(0));  // log p
+  const Acc x = fmin((s - lse) - lse_lo, Acc(0));  // log p
   const Acc p = ex(x);
   Acc d;
   if constexpr (LOSS == Loss::SDM) {
     d = p * (x - (pos ? logq : Acc(-18.420680743952367)) - loss);  // log(1e-8)
   } else {
-    d = p - (pos ? ex(fmin(s - lsep, Acc(0))) : Acc(0));
+    d = p - (pos ? ex(fmin((s - lsep) - lsep_lo, Acc(0))) : Acc(0));
   }
   return mul_rn(g, d);
 }
@@ -490,10 +500,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(KParams p, vo
 #pragma unroll
     for (int off = TPR / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if (me.part == 0 && me.own_ok) {
-      Acc* stats = static_cast<Acc*>(stats_out);
+      double* stats = static_cast<double*>(stats_out);
       static_cast<Acc*>(loss_out)[me.own] = Acc(sum);
 #pragma unroll
-      for (int k = 0; k < kStats; ++k) stats[me.own * kStats + k] = Acc(0);
+      for (int k = 0; k < kStats; ++k) stats[me.own * kStats + k] = 0.0;
     }
   } else {
     Online<Acc> st;
@@ -558,11 +568,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(KParams p, vo
       }
       value = (st.n > Acc(0) && has_l && has_lp) ? value : Acc(0);
       Acc* loss = static_cast<Acc*>(loss_out);
-      Acc* stats = static_cast<Acc*>(stats_out);
+      double* stats = static_cast<double*>(stats_out);  // m + log l in double: not rounded at |S|
       loss[own] = value;
-      stats[own * kStats + 0] = has_l ? m0 + lg(l1) : -inf;
-      stats[own * kStats + 1] = has_lp ? mp0 + lg(lp1) : -inf;
-      stats[own * kStats + 2] = st.n;
+      stats[own * kStats + 0] = has_l ? double(m0) + double(lg(l1)) : -double(inf);
+      stats[own * kStats + 1] = has_lp ? double(mp0) + double(lg(lp1)) : -double(inf);
+      stats[own * kStats + 2] = double(st.n);
     }
   }
 }
@@ -649,30 +659,34 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
   Acc* sRC = reinterpret_cast<Acc*>(sLab + BM);
   Acc* sGo = sRC + BM;
   Acc* sLse = sGo + BM;
-  Acc* sLsep = sLse + BM;
-  Acc* sLoss = sLsep + BM;
+  Acc* sLseLo = sLse + BM;
+  Acc* sLsep = sLseLo + BM;
+  Acc* sLsepLo = sLsep + BM;
+  Acc* sLoss = sLsepLo + BM;
   Acc* sLogq = sLoss + BM;
   const Owner<T, KIND, COLUMNS> me(p);
   const T* Y = static_cast<const T*>(COLUMNS ? p.A : p.B);  // the other side's features: dX = dT Y
   const Acc* g_oth = static_cast<const Acc*>(q.g_oth);
   const Acc* loss_oth = static_cast<const Acc*>(q.loss_oth);
-  const Acc* st_oth = static_cast<const Acc*>(q.st_oth);
+  const double* st_oth = static_cast<const double*>(q.st_oth);
   Acc* dX = static_cast<Acc*>(q.dX);
-  Side<Acc> mine{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
+  Side<Acc> mine{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
   if (me.own_ok)
     mine = side_of<LOSS>(static_cast<const Acc*>(q.g_own), static_cast<const Acc*>(q.loss_own),
-                         static_cast<const Acc*>(q.st_own), me.own);
+                         static_cast<const double*>(q.st_own), me.own);
 
   Acc sum_ds = 0, sum_dst = 0;
   for (int64_t k0 = 0; k0 < me.n_oth; k0 += BM) {
     me.stage_other(k0, sLab, sRC);
     for (int i = threadIdx.x; i < BM; i += kThreads) {
       const int64_t o = k0 + i;
-      Side<Acc> s{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
+      Side<Acc> s{Acc(0), Acc(0), Acc(0), Acc(0), Acc(0), Acc(0), Acc(0)};
       if (o < me.n_oth) s = side_of<LOSS>(g_oth, loss_oth, st_oth, o);
       sGo[i] = s.g;
       sLse[i] = s.lse;
+      sLseLo[i] = s.lse_lo;
       sLsep[i] = s.lsep;
+      sLsepLo[i] = s.lsep_lo;
       sLoss[i] = s.loss;
       sLogq[i] = s.logq;
     }
@@ -691,8 +705,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) bwd_kernel(KParams p, BP
           // each operation rounded on its own: no contraction)
           ds = mul_rn(add_rn(mine.g, sGo[j]), sigmoid_pair_dlogit(s, pos));
         } else {
-          ds = add_rn(dloss_dlogit<LOSS>(s, pos, mine.g, mine.lse, mine.lsep, mine.loss, mine.logq),
-                      dloss_dlogit<LOSS>(s, pos, sGo[j], sLse[j], sLsep[j], sLoss[j], sLogq[j]));
+          ds = add_rn(dloss_dlogit<LOSS>(s, pos, mine.g, mine.lse, mine.lse_lo, mine.lsep, mine.lsep_lo, mine.loss,
+                                         mine.logq),
+                      dloss_dlogit<LOSS>(s, pos, sGo[j], sLse[j], sLseLo[j], sLsep[j], sLsepLo[j], sLoss[j], sLogq[j]));
         }
       }
       sum_ds += ds;

@@ -59,11 +59,13 @@ int64_t padded_cols(DType dtype, Precision precision, int64_t E);
 // dtype and precision (forward and backward, rows and columns launches).
 size_t shared_bytes(DType dtype, Precision precision);
 
-// loss_rows [M], loss_cols [N], row_stats [M, 3], col_stats [N, 3] (Acc; zeros for SIGMOID).
+// loss_rows [M], loss_cols [N] (Acc), row_stats [M, 3], col_stats [N, 3] (double for every dtype:
+// an LSE rounded to float shifts the backward's p by up to half a float spacing of |S|; zeros for
+// SIGMOID).
 cudaError_t contrast_forward(const Args& a, void* loss_rows, void* loss_cols, void* row_stats,
                              void* col_stats, cudaStream_t stream);
 
-// Inputs (Acc): grad_rows [M], grad_cols [N], the forward's losses and stats (SIGMOID reads
+// Inputs: grad_rows [M], grad_cols [N], the forward's losses (Acc) and stats (double; SIGMOID reads
 // neither: dS_ij = (grad_rows_i + grad_cols_j) dl_ij/dS_ij).
 // Outputs (Acc): dA_acc [padded_rows(M), padded_cols(E)] and dB_acc [padded_rows(N), ...]
 // (row-major with that leading dimension; the [M, E] / [N, E] corner is the gradient),

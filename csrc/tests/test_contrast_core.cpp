@@ -198,14 +198,55 @@ void check_problem(const char* name, Problem p, uca::Tiles tiles) {
   std::vector<float> Af, Bf, rf, cf;
   const auto af = args_of<float>(p, Af, Bf, rf, cf);
   const uca::LoopGemm<float> gemm_f;
-  std::vector<float> rows1(M), cols1(N), rs1(M * uca::kStats), cs1(N * uca::kStats);
-  std::vector<float> rows2(M), cols2(N), rs2(M * uca::kStats), cs2(N * uca::kStats);
+  std::vector<float> rows1(M), cols1(N), rows2(M), cols2(N);
+  std::vector<double> rs1(M * uca::kStats), cs1(N * uca::kStats), rs2(M * uca::kStats), cs2(N * uca::kStats);
   uca::contrast_forward<float>(af, gemm_f, tiles, rows1.data(), cols1.data(), rs1.data(), cs1.data());
   uca::contrast_forward<float>(af, gemm_f, tiles, rows2.data(), cols2.data(), rs2.data(), cs2.data());
   for (int64_t i = 0; i < M; ++i) expect_close("float32 rows", rows1[i], want_rows[i], 2e-4);
   if (std::memcmp(rows1.data(), rows2.data(), M * sizeof(float)) != 0 ||
       std::memcmp(cols1.data(), cols2.data(), N * sizeof(float)) != 0) {
     std::printf("FAIL %s: float32 reruns differ\n", name);
+    ++failures;
+  }
+}
+
+// float32 logits exact around a large offset (features in {-1, -1/2, 0, 1/2, 1}, r and c multiples
+// of 1/4, scale 2): the float32 backward must match the double one to float32 precision. The float64
+// statistics make it so; rounded to float32 at |S| ~ 1e5 the LSE would shift every p by up to 4e-3.
+void check_offset_logits(uca::Loss loss, double bias, uca::Tiles tiles) {
+  const int64_t M = 40, N = 33, E = 16;
+  std::mt19937 gen(7);
+  std::uniform_int_distribution<int> half(-2, 2), quarter(-8, 8), id(0, 9);
+  Problem p{M, N, E, {}, {}, {}, {}, {}, {}, 2.0, bias, loss, false};
+  for (int64_t k = 0; k < M * E; ++k) p.A.push_back(half(gen) / 2.0);
+  for (int64_t k = 0; k < N * E; ++k) p.B.push_back(half(gen) / 2.0);
+  for (int64_t k = 0; k < M; ++k) p.r.push_back(quarter(gen) / 4.0), p.la.push_back(id(gen));
+  for (int64_t k = 0; k < N; ++k) p.c.push_back(quarter(gen) / 4.0), p.lb.push_back(id(gen));
+  std::vector<double> gr(M), gc(N);
+  for (auto& x : gr) x = quarter(gen) / 8.0;
+  for (auto& x : gc) x = quarter(gen) / 8.0;
+  auto grad_A = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T> A, B, r, c, rows(M), cols(N), dA(M * E), dB(N * E), dr(M), dc(N);
+    std::vector<T> g_rows(gr.begin(), gr.end()), g_cols(gc.begin(), gc.end());
+    std::vector<double> rs(M * uca::kStats), cs(N * uca::kStats);
+    T dscale, dbias;
+    const auto a = args_of<T>(p, A, B, r, c);
+    const uca::LoopGemm<T> gemm;
+    uca::contrast_forward<T>(a, gemm, tiles, rows.data(), cols.data(), rs.data(), cs.data());
+    uca::contrast_backward<T>(a, gemm, tiles, g_rows.data(), g_cols.data(), rows.data(), cols.data(), rs.data(),
+                              cs.data(), dA.data(), dB.data(), dr.data(), dc.data(), &dscale, &dbias);
+    return std::vector<double>(dA.begin(), dA.end());
+  };
+  const auto want = grad_A(0.0), got = grad_A(0.0f);
+  double peak = 0, err = 0;
+  for (size_t k = 0; k < want.size(); ++k) {
+    peak = std::max(peak, std::fabs(want[k]));
+    err = std::max(err, std::fabs(got[k] - want[k]));
+  }
+  if (!(err <= 5e-5 * peak)) {
+    std::printf("FAIL offset logits (%s, bias %g): float32 dA off by %.3g of its peak\n",
+                loss == uca::Loss::SDM ? "sdm" : "infonce", bias, err / peak);
     ++failures;
   }
 }
@@ -233,6 +274,9 @@ int main() {
           check_problem("huge", make_problem(M, N, 3, 4, loss, excl, 400.0, 160 + cases), tiles);
         ++cases;
       }
+  for (auto loss : {uca::Loss::SDM, uca::Loss::INFONCE})
+    for (double bias : {1e5, -1e5})
+      for (auto tiles : {small, big}) check_offset_logits(loss, bias, tiles), ++cases;
   std::printf("%d configurations, %d failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }
