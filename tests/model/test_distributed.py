@@ -12,6 +12,7 @@ batches raise a named error on every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -78,6 +79,28 @@ def _head_loss(head, x, labels, eps_v, eps_t, ctx, metric, loss, backend):
     return sum(terms.values())
 
 
+def _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank):
+    """{equal_batches: (size all-gathers, loss values)} of the DCL + PCL terms: the size exchange is
+    the one all-gather of a single int64 (read on the host: a sync on a GPU)."""
+    real, out = dist.all_gather, {}
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    for trusted in (False, True):
+        calls = []
+
+        def counting(tensor_list, tensor, *args, **kwargs):
+            calls.append(tensor.dtype == torch.int64 and tensor.numel() == 1)
+            return real(tensor_list, tensor, *args, **kwargs)
+
+        dist.all_gather = counting
+        try:
+            terms = _losses(mu_v[sl], lv_v[sl], mu_t[sl], lv_t[sl], labels[sl], eps_v[sl], eps_t[sl],
+                            dataclasses.replace(ctx, equal_batches=trusted), "w2", "sdm")
+        finally:
+            dist.all_gather = real
+        out[trusted] = (sum(calls), {k: v.detach() for k, v in terms.items()})
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -110,6 +133,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["unequal"] = "no error"
         except UnequalBatchError as e:
             results["unequal"] = str(e)
+        results["size_exchanges"] = _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -182,3 +206,14 @@ def test_two_processes_equal_single_process(two_process_results, metric, loss, b
 def test_unequal_local_batches_are_a_named_error_on_every_rank(two_process_results):
     for r in two_process_results:
         assert "local batch sizes differ across ranks: [4, 3]" in r["unequal"]
+
+
+def test_equal_batches_skip_the_size_exchange(two_process_results):
+    """The trainer's ctx (equal_batches: its sampler makes every local batch the same size) gathers
+    without exchanging sizes first; the terms are the same numbers."""
+    for res in two_process_results:
+        (checked, values), (trusted, values_trusted) = res["size_exchanges"][False], res["size_exchanges"][True]
+        assert checked == 4 and trusted == 0  # one per loss function (DCL, 2 x PCL, baseline), then none
+        assert values.keys() == values_trusted.keys()
+        for k in values:
+            assert torch.equal(values[k], values_trusted[k]), k
