@@ -62,20 +62,22 @@ def _reduce(rows: torch.Tensor, cols: torch.Tensor, loss: str) -> torch.Tensor:
 
 
 def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str,
-                global_labels: torch.Tensor | None = None) -> torch.Tensor:
+                global_labels: torch.Tensor | None = None, gathered: tuple | None = None) -> torch.Tensor:
     """``fn(rows_side, cols_side, labels_rows, labels_cols) -> (loss_rows, loss_cols)`` evaluated as
     local rows × global columns and global rows × local columns; ``sigmoid``: local rows × global
-    columns only (see the module docstring)."""
+    columns only (see the module docstring). ``gathered``: (gather of each tensor of ``a``, of
+    ``b``) when the caller already has them (None entries are gathered here)."""
     if not ctx.distributed:
         rows, cols = fn(a, b, labels, labels)
         return _reduce(rows, cols, loss)
     gl = gather_labels(labels, ctx) if global_labels is None else global_labels
     n_global = gl.shape[0]
-    gb = tuple(gather(x, ctx) for x in b)
+    ga, gb = gathered if gathered is not None else (None, None)
+    gb = gb if gb is not None else tuple(gather(x, ctx) for x in b)
     rows, _ = fn(a, gb, labels, gl)
     if loss == "sigmoid":  # every global pair is in exactly one rank's local rows
         return ctx.world_size * rows.sum() / n_global
-    ga = tuple(gather(x, ctx) for x in a)
+    ga = ga if ga is not None else tuple(gather(x, ctx) for x in a)
     _, cols = fn(ga, b, gl, labels)
     return ctx.world_size * (rows.sum() + cols.sum()) / n_global
 
@@ -126,12 +128,17 @@ def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, simi
         A, B, r, c, sign = point_maps(a[0], b[0], similarity)
         return contrast(A, B, r, c, sign * scale, bias, la, lb, loss=loss, backend=backend)
 
-    gl = gather_labels(labels, ctx)  # once for the inter and both intra terms
-    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss, gl)}
+    # labels and points gathered once for the inter and both intra terms (each all-gather's backward
+    # is an all-reduce: reusing one gather also halves those)
+    gl = gather_labels(labels, ctx)
+    g_t = gather(z_t, ctx)
+    g_v = gather(z_v, ctx) if intra or loss != "sigmoid" else None  # the inter sigmoid needs only z_t's
+    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss, gl,
+                                gathered=(None if g_v is None else (g_v,), (g_t,)))}
     if intra:
         cols_labels = local_first(gl, labels, ctx)
-        for name, z in (("intra_image", z_v), ("intra_text", z_t)):
-            out[name] = _intra_term(z, local_first(gather(z, ctx), z, ctx), labels, cols_labels, similarity,
+        for name, z, g in (("intra_image", z_v, g_v), ("intra_text", z_t, g_t)):
+            out[name] = _intra_term(z, local_first(g, z, ctx), labels, cols_labels, similarity,
                                     scale, bias, loss, backend, ctx)
     return out
 

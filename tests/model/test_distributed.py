@@ -101,6 +101,35 @@ def _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ran
     return out
 
 
+def _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank):
+    """(float all-gathers, all-reduces) of one pcl_loss call with intra terms and its backward, per loss."""
+    real_gather, real_reduce, out = dist.all_gather, dist.all_reduce, {}
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    for loss in ("sdm", "sigmoid"):
+        calls = {"gather": 0, "reduce": 0}
+
+        def gather(tensor_list, tensor, *args, **kwargs):
+            calls["gather"] += tensor.is_floating_point()
+            return real_gather(tensor_list, tensor, *args, **kwargs)
+
+        def reduce(tensor, *args, **kwargs):
+            calls["reduce"] += 1
+            return real_reduce(tensor, *args, **kwargs)
+
+        dist.all_gather, dist.all_reduce = gather, reduce
+        try:
+            mu = mu_v[sl].clone().requires_grad_()
+            zv = uk.losses.sample_points(mu, lv_v[sl], K, eps_v[sl])
+            zt = uk.losses.sample_points(mu_t[sl], lv_t[sl], K, eps_t[sl])
+            terms = pcl_loss(zv, zt, labels[sl].repeat_interleave(K), loss=loss, bias=_bias(loss), intra=True,
+                             ctx=ctx)
+            sum(terms.values()).backward()
+        finally:
+            dist.all_gather, dist.all_reduce = real_gather, real_reduce
+        out[loss] = (calls["gather"], calls["reduce"])
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -133,6 +162,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["unequal"] = "no error"
         except UnequalBatchError as e:
             results["unequal"] = str(e)
+        results["point_gathers"] = _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         results["size_exchanges"] = _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -217,3 +247,11 @@ def test_equal_batches_skip_the_size_exchange(two_process_results):
         assert values.keys() == values_trusted.keys()
         for k in values:
             assert torch.equal(values[k], values_trusted[k]), k
+
+
+def test_point_contrast_gathers_each_modality_once(two_process_results):
+    """pcl_loss with intra terms: z_v and z_t are all-gathered once each and shared by the inter and
+    intra terms (4 gathers before), and so their backward all-reduces once each (only z_v needs a
+    gradient here: z_t is built from tensors that do not require one)."""
+    for res in two_process_results:
+        assert res["point_gathers"] == {"sdm": (2, 1), "sigmoid": (2, 1)}
