@@ -121,7 +121,7 @@ inline void check_backward_inputs(const at::Tensor& A, const at::Tensor& B, cons
   for (const auto& [t, n, name] : {std::tuple<const at::Tensor*, int64_t, const char*>{&row_stats, M, "row_stats"},
                                    {&col_stats, N, "col_stats"}}) {
     TORCH_CHECK(t->dim() == 2 && t->size(0) == n && t->size(1) == kStats,
-                msg::cat(name, " must have shape [", n, ", 3], got ", t->sizes()));
+                msg::cat(name, " must have shape [", n, ", ", kStats, "], got ", t->sizes()));
     TORCH_CHECK(t->scalar_type() == at::kDouble && t->device() == dev && t->is_contiguous(),
                 msg::cat(name, " must be a contiguous float64 tensor on ", dev, " (the forward's statistics)"));
   }

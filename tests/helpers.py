@@ -149,6 +149,16 @@ class OpLog(TorchDispatchMode):
 OFFSET_BIASES = (1e5, -1e5)
 
 
+def stats_oracle(S: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The op's statistics of each row of the float64 logits S [K, L] (all valid) with positives
+    ``pos``: [K, 4] = (LSE, LSEᴾ, n, Σ p·(S − LSE))."""
+    S = S.double()
+    lse = S.logsumexp(1)
+    logp = S - lse[:, None]
+    return torch.stack([lse, S.masked_fill(~pos, float("-inf")).logsumexp(1), pos.sum(1).double(),
+                        (logp.exp() * logp).sum(1)], 1)
+
+
 def offset_logit_problem(M: int, N: int, E: int, *, bias: float, seed: int = 0, device="cpu"):
     """A problem whose float32 logits are exact, around a large common offset ``bias``.
 
@@ -185,3 +195,38 @@ def check_offset_logits(fused_fn, loss: str, bias: float, *, M: int = 64, N: int
     mass = grad_mass(gr, gc, loss)
     assert_matches_oracle(fused, oracle, oracle, floor=FLOOR[torch.float32], grad_l1=mass,
                           mass=scale_mass(*tensors[:4], mass))
+
+
+def check_split_rows(fwd_op, bwd_op, loss: str, *, dtype=torch.float64, parts: int = 3, device="cpu",
+                     tol: float = 1e-10):
+    """The op on the rows split into ``parts`` shares, each against all columns (a data-parallel
+    rank's local rows against the gathered columns), with uca_kernels.contrast.combine_stats of the
+    shares' column statistics, gives the whole problem's column losses and statistics, and each
+    share's backward fed the combined ones gives that share's rows of dA, and dB, dr... summed over
+    the shares, of the whole backward (errors relative to each output's largest magnitude)."""
+    from uca_kernels.contrast import combine_stats
+
+    M, N, E = 30 * parts, 40, 12
+    A, B, r, c, sc, bi, la, lb = make_problem(M, N, E, labels="repeats", seed=4)
+    lb = lb + 1  # some columns without positives in some shares (or in all)
+    A, B, r, c, sc, bi = (x.to(dtype).to(device) for x in (A, B, r, c, sc, bi))
+    la, lb = la.to(device), lb.to(device)
+    g = torch.Generator().manual_seed(5)
+    g_rows, g_cols = (torch.randn(n, generator=g, dtype=torch.float64).to(dtype).to(device) for n in (M, N))
+    rows, cols, rs, cs = fwd_op(A, B, r, c, sc, bi, la, lb, loss, False)
+    whole = bwd_op(g_rows, g_cols, A, B, r, c, sc, bi, la, lb, rows, cols, rs, cs, loss, False)
+    shares = [slice(k * 30, (k + 1) * 30) for k in range(parts)]
+    outs = [fwd_op(A[s], B, r[s], c, sc, bi, la[s], lb, loss, False) for s in shares]
+    stats, losses = combine_stats(torch.stack([o[3] for o in outs]), loss)
+    finite = torch.isfinite(cs)
+    assert torch.equal(finite, torch.isfinite(stats))
+    assert max_rel_err(stats[finite], cs[finite]) <= tol and max_rel_err(losses.double(), cols.double()) <= tol
+    grads = [bwd_op(g_rows[s], g_cols, A[s], B, r[s], c, sc, bi, la[s], lb, o[0], losses.to(cols.dtype), o[2], stats,
+                    loss, False) for s, o in zip(shares, outs)]
+    dA = torch.cat([gr[0] for gr in grads])
+    dr = torch.cat([gr[2] for gr in grads])
+    summed = [sum(gr[k].double() for gr in grads) for k in (1, 3, 4, 5)]
+    for name, got, want in (("dA", dA, whole[0]), ("dr", dr, whole[2]), ("dB", summed[0], whole[1]),
+                            ("dc", summed[1], whole[3]), ("dscale", summed[2], whole[4])):
+        assert max_rel_err(got.double(), want.double()) <= tol, name
+    assert abs(float(summed[3]) - float(whole[5])) <= tol * float(g_rows.abs().sum() + g_cols.abs().sum()), "dbias"

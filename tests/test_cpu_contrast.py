@@ -11,8 +11,9 @@ import torch
 import uca_kernels as uk
 from uca_kernels import _ext, dispatch
 from uca_kernels._registry import STATS_DTYPE
-from helpers import (FLOOR, GRAD_NAMES, OFFSET_BIASES, OpLog, assert_matches_oracle, check_offset_logits, grad_mass,
-                     make_problem, reference_fn, run_with_grads, scale_mass, shift_masses)
+from helpers import (FLOOR, GRAD_NAMES, OFFSET_BIASES, OpLog, assert_matches_oracle, check_offset_logits,
+                     check_split_rows, grad_mass, make_problem, max_rel_err, reference_fn, run_with_grads, scale_mass,
+                     shift_masses, stats_oracle)
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
 
@@ -83,6 +84,29 @@ def test_exclude_self_rectangular_small_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_stats(loss):
+    A, B, r, c, sc, bi, la, lb = make_problem(70, 45, 20, labels="repeats", seed=9)
+    lb = lb + 3  # some rows and columns without positives
+    _, _, row_stats, col_stats = torch.ops.uca.contrast_forward(A, B, r, c, sc, bi, la, lb, loss, False)
+    S = sc * (A @ B.T + r[:, None] + c[None, :]) + bi
+    pos = la[:, None] == lb[None, :]
+    for stats, S_, pos_ in ((row_stats, S, pos), (col_stats, S.T, pos.T)):
+        want = stats_oracle(S_, pos_)
+        assert stats.dtype == STATS_DTYPE and torch.equal(torch.isfinite(stats), torch.isfinite(want))
+        finite = torch.isfinite(want)
+        assert max_rel_err(stats[finite], want[finite]) <= 1e-12
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_rows_combine_to_the_whole(loss, dtype):
+    """contrast.combine_stats of row shares' column statistics = the whole problem's, and the
+    shares' backwards fed them add up to the whole backward (helpers.check_split_rows)."""
+    check_split_rows(torch.ops.uca.contrast_forward, torch.ops.uca.contrast_backward, loss, dtype=dtype,
+                     tol=1e-10 if dtype == torch.float64 else FLOOR[torch.float32])
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
 def test_rows_without_positive(loss):
     """M != N with independent unique labels: most rows have no positive (loss 0, no gradient)."""
     fused, oracle = check_against_reference(60, 45, 8, loss=loss, labels="unique", exclude_self=False,
@@ -105,7 +129,7 @@ def test_sigmoid_stats_are_zeros_and_sums_agree(dtype):
     A, B, r, c, sc, bi, la, lb = (x.to(dtype) if x.is_floating_point() else x
                                   for x in make_problem(50, 37, 9, labels="repeats", seed=12))
     rows, cols, row_stats, col_stats = torch.ops.uca.contrast_forward(A, B, r, c, sc, bi, la, lb, "sigmoid", False)
-    assert row_stats.shape == (50, 3) and col_stats.shape == (37, 3) and row_stats.dtype == col_stats.dtype == STATS_DTYPE
+    assert row_stats.shape == (50, 4) and col_stats.shape == (37, 4) and row_stats.dtype == col_stats.dtype == STATS_DTYPE
     assert not row_stats.any() and not col_stats.any()
     torch.testing.assert_close(rows.double().sum(), cols.double().sum(), rtol=1e-6 if dtype == torch.float32 else 1e-13,
                                atol=0)

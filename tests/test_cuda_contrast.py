@@ -21,7 +21,7 @@ import uca_kernels as uk
 from uca_kernels import _ext, contrast_reference, dispatch
 from uca_kernels._registry import STATS_DTYPE
 from helpers import (FLOOR, OFFSET_BIASES, assert_matches_oracle, check_offset_logits, grad_mass, make_problem,
-                     reference_fn, run_with_grads, scale_mass, shift_masses)
+                     reference_fn, run_with_grads, scale_mass, shift_masses, stats_oracle)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -232,7 +232,7 @@ def test_stats_and_rows_without_positives(loss):
     S = sc * (A @ B.T + r[:, None] + c[None, :]) + bi
     pos = la[:, None] == lb[None, :]
     for stats, losses, S_, pos_ in ((row_stats, rows, S, pos), (col_stats, cols, S.T, pos.T)):
-        want = torch.stack([S_.logsumexp(1), S_.masked_fill(~pos_, float("-inf")).logsumexp(1), pos_.sum(1).double()], 1)
+        want = stats_oracle(S_, pos_)
         assert torch.equal(stats[:, 1] == float("-inf"), want[:, 1] == float("-inf"))
         finite = want.isfinite()
         torch.testing.assert_close(stats.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
@@ -243,14 +243,14 @@ def test_stats_and_rows_without_positives(loss):
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sigmoid_stats_are_zeros_and_rows_without_positives_keep_their_terms(dtype):
-    """The sigmoid forward writes the schema's stats (shape [·, 3], the output dtype) as zeros; rows
+    """The sigmoid forward writes the schema's stats (shape [·, 4], float64) as zeros; rows
     and columns without positives keep their negative terms (loss > 0) and their gradient; the row
     and column losses sum the same pairs."""
     A, B, r, c, sc, bi, la, lb = make_problem(70, 45, 20, labels="repeats", seed=9, device="cuda")
     lb = lb + 3  # some rows and columns lose every positive
     args = [x.to(dtype) for x in (A, B, r, c, sc, bi)] + [la, lb]
     rows, cols, row_stats, col_stats = torch.ops.uca.contrast_forward(*args, "sigmoid", False)
-    assert row_stats.shape == (70, 3) and col_stats.shape == (45, 3)
+    assert row_stats.shape == (70, 4) and col_stats.shape == (45, 4)
     assert row_stats.dtype == col_stats.dtype == STATS_DTYPE and rows.dtype == dtype
     assert not row_stats.any() and not col_stats.any()
     pos = la[:, None] == lb[None, :]
@@ -352,7 +352,7 @@ def test_sigmoid_runs_through_the_op():
     s = torch.tensor(1.0, device="cuda")
     la = torch.arange(8, device="cuda") % 3
     rows, cols, rs, cs = torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "sigmoid", True)
-    assert rows.shape == cols.shape == (8,) and rs.shape == cs.shape == (8, 3)
+    assert rows.shape == cols.shape == (8,) and rs.shape == cs.shape == (8, 4)
     assert torch.isfinite(rows).all() and torch.isfinite(cols).all() and not rs.any() and not cs.any()
     g = torch.rand(8, device="cuda")
     out = torch.ops.uca.contrast_backward(g, g, A, A, r, r, s, s, la, la, rows, cols, rs, cs, "sigmoid", True)

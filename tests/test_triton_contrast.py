@@ -19,7 +19,7 @@ from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
 from uca_kernels._registry import STATS_DTYPE  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
 from helpers import (FLOOR, OFFSET_BIASES, TF32_FLOOR, OpLog, assert_matches_oracle, check_offset_logits,  # noqa: E402
-                     grad_mass, max_rel_err, scale_mass, shift_masses)
+                     check_split_rows, grad_mass, max_rel_err, scale_mass, shift_masses, stats_oracle)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -169,7 +169,7 @@ def test_sigmoid_stats_are_zeros_and_lonely_rows_keep_their_terms():
     case = make_case(40, 50, 24, "mixed", seed=4)
     args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
     rows, cols, row_stats, col_stats = torch.ops.uca.triton_contrast_forward(*args, "sigmoid", False)
-    assert row_stats.shape == (40, 3) and col_stats.shape == (50, 3) and row_stats.dtype == STATS_DTYPE
+    assert row_stats.shape == (40, 4) and col_stats.shape == (50, 4) and row_stats.dtype == STATS_DTYPE
     assert not row_stats.any() and not col_stats.any()
     lonely = ~(case["labels_a"][:, None] == case["labels_b"][None, :]).any(1)
     assert lonely.any() and (rows[lonely] > 0).all()
@@ -204,14 +204,21 @@ def test_stats(loss):
     S = case["scale"] * (case["A"] @ case["B"].T + case["r"][:, None] + case["c"][None, :]) + case["bias"]
     pos = case["labels_a"][:, None] == case["labels_b"][None, :]
     for stats, S_, pos_ in ((row_stats, S, pos), (col_stats, S.T, pos.T)):
-        want = torch.stack([S_.logsumexp(1), S_.masked_fill(~pos_, float("-inf")).logsumexp(1),
-                            pos_.sum(1).double()], 1)
+        want = stats_oracle(S_, pos_)
         assert stats.dtype == STATS_DTYPE == torch.float64 and stats.shape == want.shape
         assert torch.equal(stats[:, 1] == float("-inf"), want[:, 1] == float("-inf"))
         assert torch.equal(stats[:, 2].double(), want[:, 2])  # positive counts: exact
-        for col in (0, 1):  # the logsumexps, where finite
+        for col in (0, 1, 3):  # the logsumexps where finite, the negative entropy
             finite = want[:, col].isfinite()
             assert max_rel_err(stats[finite, col].double(), want[finite, col]) <= FLOOR[torch.float32], col
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_split_rows_combine_to_the_whole(loss):
+    """contrast.combine_stats of row shares' column statistics = the whole problem's, and the
+    shares' backwards fed them add up to the whole backward (helpers.check_split_rows)."""
+    check_split_rows(torch.ops.uca.triton_contrast_forward, torch.ops.uca.triton_contrast_backward, loss,
+                     dtype=torch.float32, device=DEVICE, tol=FLOOR[torch.float32])
 
 
 def test_backward_names_statistics_of_the_wrong_dtype():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GRAD_PRESCALE_TARGET", "LOSSES", "REDUCTIONS", "SDM_EPS", "STATS_DTYPE", "grad_prescale", "out_dtype",
+__all__ = ["GRAD_PRESCALE_TARGET", "LOSSES", "N_STATS", "REDUCTIONS", "SDM_EPS", "STATS_DTYPE", "grad_prescale", "out_dtype",
            "register_contrast_autograd", "register_sigmoid_sum_autograd"]
 
 LOSSES = ("sdm", "infonce", "sigmoid")
@@ -26,6 +26,9 @@ def out_dtype(dtype: torch.dtype) -> torch.dtype:
 # numbers, and an LSE rounded to float32 at |S| ~ 1e5 (spacing 2⁻⁷) would shift every p = exp(S − LSE)
 # of its row by up to 4e-3 in the backward. Kernels split each into float32 hi + lo parts.
 STATS_DTYPE = torch.float64
+# Their columns: LSE, LSEᴾ, n (#positives), Σ p·(S − LSE) (the softmax's negative entropy: with the
+# LSEs it assembles SDM's loss over a split set, contrast.combine_stats). csrc/core/stats.h: kStats.
+N_STATS = 4
 
 
 # fp16/bf16 backward: the largest |scale · upstream gradient| is brought near this power of two.
@@ -64,8 +67,8 @@ def register_contrast_autograd(forward_op, backward_op) -> None:
         return (
             A.new_empty((M,), dtype=odt),
             A.new_empty((N,), dtype=odt),
-            A.new_empty((M, 3), dtype=STATS_DTYPE),
-            A.new_empty((N, 3), dtype=STATS_DTYPE),
+            A.new_empty((M, N_STATS), dtype=STATS_DTYPE),
+            A.new_empty((N, N_STATS), dtype=STATS_DTYPE),
         )
 
     def fake_backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,

@@ -36,10 +36,12 @@ Op contract (every fused backend)
 ---------------------------------
 ``contrast_forward(A[M,E], B[N,E], r[M], c[N], scale[], bias[], labels_a[M] int64,
 labels_b[N] int64, loss: str, exclude_self: bool, precision: str = "ieee")
--> (loss_rows[M], loss_cols[N], row_stats[M,3], col_stats[N,3])``
+-> (loss_rows[M], loss_cols[N], row_stats[M,4], col_stats[N,4])``
 
-with stats columns ``(LSE, LSEᴾ, n)`` (LSEᴾ = −inf where n = 0; LSE = −inf for a row with no
-valid column). ``sigmoid`` needs no statistics (its backward recomputes S and reads only g_row,
+with stats columns ``(LSE, LSEᴾ, n, H)`` (LSEᴾ = −inf where n = 0; LSE = −inf for a row with no
+valid column; H = Σ_valid p·(S − LSE), the softmax's negative entropy, 0 without a valid column).
+With the LSEs, H is what assembles a softmax over a set split into parts (:func:`combine_stats`:
+a data-parallel rank's rows are one part of every column's softmax). ``sigmoid`` needs no statistics (its backward recomputes S and reads only g_row,
 g_col): its stats keep the shape and dtype of the schema and are all zeros. The backward is
 
 ``contrast_backward(grad_rows[M], grad_cols[N], A, B, r, c, scale, bias, labels_a, labels_b,
@@ -74,11 +76,14 @@ forward alone does. ``reduction="none"`` always takes the two-call path.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import dispatch
 from ._registry import (  # noqa: F401  (re-exported: the op's constants and registration)
     LOSSES,
+    N_STATS,
     REDUCTIONS,
     SDM_EPS,
     STATS_DTYPE,
@@ -99,6 +104,7 @@ __all__ = [
     "LOSSES",
     "REDUCTIONS",
     "SDM_EPS",
+    "combine_stats",
     "contrast",
     "contrast_reference",
     "out_dtype",
@@ -106,6 +112,40 @@ __all__ = [
     "register_contrast_autograd",
     "register_sigmoid_sum_autograd",
 ]
+
+def combine_stats(parts: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics and losses of ``sdm`` / ``infonce`` softmaxes over a set split into parts.
+
+    Args:
+        parts: [P, K, N_STATS] float64: part p's statistics of K rows (or columns), each a softmax
+            over part p's share of the other side (what the op returns for that share).
+        loss: ``"sdm"`` or ``"infonce"``.
+
+    Returns:
+        ``(stats [K, N_STATS], losses [K])``: what the op returns over the whole set (up to
+        rounding; the order of the parts is the order of the sums, so every caller gets the same
+        bits). With LSE = log Σₚ exp LSEₚ and ωₚ = exp(LSEₚ − LSE): LSEᴾ likewise, n = Σₚ nₚ,
+        H = Σₚ ωₚ·(Hₚ + LSEₚ − LSE); infonce L = LSE − LSEᴾ; sdm L = H − πᴾ·log(1/n + ε) −
+        (1 − πᴾ)·log ε with πᴾ = exp(LSEᴾ − LSE) (Σ p over the positives). L = 0 where n = 0.
+        Feeding these to the op's backward with a part's own share gives that share's exact dS.
+    """
+    check_choice("loss", loss, ("sdm", "infonce"))
+    if parts.dim() != 3 or parts.shape[-1] != N_STATS or parts.dtype != STATS_DTYPE:
+        raise ValueError(f"parts must be a {STATS_DTYPE} tensor [P, K, {N_STATS}], got {parts.dtype} {list(parts.shape)}")
+    lse_p, lsep_p, n_p, h_p = parts.unbind(-1)
+    lse, lsep, n = torch.logsumexp(lse_p, 0), torch.logsumexp(lsep_p, 0), n_p.sum(0)
+    has_p, has = torch.isfinite(lse_p), torch.isfinite(lse)
+    gap = torch.where(has_p, lse_p - torch.where(has, lse, 0.0), 0.0)
+    h = torch.where(has_p, gap.exp() * (h_p + gap), 0.0).sum(0)
+    active = (n > 0) & has & torch.isfinite(lsep)
+    if loss == "infonce":
+        value = lse - lsep
+    else:
+        p_pos = torch.exp(torch.where(active, lsep - lse, 0.0))
+        value = h - p_pos * torch.log(1.0 / n.clamp_min(1.0) + SDM_EPS) - (1.0 - p_pos) * math.log(SDM_EPS)
+    value = torch.where(active, value, 0.0)
+    return torch.stack([lse, lsep, n, h], -1), value
+
 
 def reduce_losses(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: str):
     """The scalar of ``(loss_rows, loss_cols)``: for ``sdm`` / ``infonce`` mean over rows + mean over

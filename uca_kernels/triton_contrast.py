@@ -60,7 +60,7 @@ import os
 
 import torch
 
-from ._registry import LOSSES, SDM_EPS, STATS_DTYPE, grad_prescale, out_dtype, register_contrast_autograd
+from ._registry import LOSSES, N_STATS, SDM_EPS, STATS_DTYPE, grad_prescale, out_dtype, register_contrast_autograd
 
 __all__ = [
     "PRECISIONS",
@@ -296,7 +296,7 @@ if triton is not None:
         scale_ptr,  # *[] logit scale (read on the device)
         bias_ptr,  # *[] logit bias
         loss_ptr,  # *[M] or *[N] out: loss of each owner row / column
-        stats_ptr,  # *[M, 3] or *[N, 3] float64 out: (LSE, positive LSE, #positives), contiguous
+        stats_ptr,  # *[M, 4] or *[N, 4] float64 out: (LSE, positive LSE, #positives, Σ p·(S − LSE)), contiguous
         M,  # rows of A
         N,  # rows of B
         E,  # feature width
@@ -340,8 +340,8 @@ if triton is not None:
                 total += tl.sum(tl.where(valid, _softplus(x), 0.0), 1)
             tl.store(loss_ptr + offs_own, total, mask=mask_own)
             zero = tl.zeros([BLOCK_OWN], tl.float64)  # the schema's stats, unused by this loss
-            for k in tl.static_range(3):
-                tl.store(stats_ptr + offs_own * 3 + k, zero, mask=mask_own)
+            for k in tl.static_range(4):
+                tl.store(stats_ptr + offs_own * 4 + k, zero, mask=mask_own)
         else:
             # -- running statistics of the owned rows --
             # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
@@ -400,9 +400,11 @@ if triton is not None:
                 value = (m0 - mp0) + tl.log(l1) - tl.log(lp1)
             value = tl.where((npos > 0) & has_l & has_lp, value, 0.0)
             tl.store(loss_ptr + offs_own, value, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 0, lse, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 1, lsep, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 3 + 2, npos.to(tl.float64), mask=mask_own)
+            neg_entropy = tl.where(has_l, w.to(tl.float64) / l1.to(tl.float64) - tl.log(l1).to(tl.float64), 0.0)
+            tl.store(stats_ptr + offs_own * 4 + 0, lse, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 4 + 1, lsep, mask=mask_own)
+            tl.store(stats_ptr + offs_own * 4 + 2, npos.to(tl.float64), mask=mask_own)
+            tl.store(stats_ptr + offs_own * 4 + 3, neg_entropy, mask=mask_own)
 
     def _dot_path(dtype: torch.dtype, precision: str) -> str:
         if dtype in (torch.float16, torch.bfloat16):
@@ -436,9 +438,9 @@ if triton is not None:
         pair (_split of the float64 stats), loss, log q.
         Rows without positives (or with non-finite stats) get all zeros: no gradient, no inf."""
         ACC: tl.constexpr = g_ptr.dtype.element_ty
-        lse = tl.load(stats_ptr + offs * 3 + 0, mask=mask, other=0.0)
-        lsep = tl.load(stats_ptr + offs * 3 + 1, mask=mask, other=0.0)
-        n = tl.load(stats_ptr + offs * 3 + 2, mask=mask, other=0.0)
+        lse = tl.load(stats_ptr + offs * 4 + 0, mask=mask, other=0.0)
+        lsep = tl.load(stats_ptr + offs * 4 + 1, mask=mask, other=0.0)
+        n = tl.load(stats_ptr + offs * 4 + 2, mask=mask, other=0.0)
         active = (n > 0) & (tl.abs(lse) < float("inf")) & (tl.abs(lsep) < float("inf"))
         g = tl.where(active, tl.load(g_ptr + offs, mask=mask, other=0.0), 0.0)
         loss = tl.where(active, tl.load(loss_ptr + offs, mask=mask, other=0.0), 0.0)
@@ -476,8 +478,8 @@ if triton is not None:
         g_oth_ptr,  # *[n_oth] upstream gradient of the other side's losses
         loss_own_ptr,  # *[n_own] owner-side losses from the forward
         loss_oth_ptr,  # *[n_oth] other-side losses
-        stats_own_ptr,  # *[n_own, 3] float64 owner-side stats (LSE, LSEᴾ, n), contiguous
-        stats_oth_ptr,  # *[n_oth, 3] float64 other-side stats
+        stats_own_ptr,  # *[n_own, 4] float64 owner-side stats (LSE, LSEᴾ, n, Σ p·(S − LSE)), contiguous
+        stats_oth_ptr,  # *[n_oth, 4] float64 other-side stats
         dx_ptr,  # *[n_own, E] out: gradient of the owner features (fp32 scratch for fp16/bf16)
         sum_ds_ptr,  # *[n_own] out: Σ_other dS per owner row
         sum_dst_ptr,  # *[n_own] out (WRITE_DST): Σ_other dS·t per owner row
@@ -675,7 +677,7 @@ def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, pr
     M, N = A.shape[0], B.shape[0]
     odt = out_dtype(A.dtype)
     loss_rows, loss_cols = A.new_empty((M,), dtype=odt), A.new_empty((N,), dtype=odt)
-    row_stats, col_stats = A.new_empty((M, 3), dtype=STATS_DTYPE), A.new_empty((N, 3), dtype=STATS_DTYPE)
+    row_stats, col_stats = A.new_empty((M, N_STATS), dtype=STATS_DTYPE), A.new_empty((N, N_STATS), dtype=STATS_DTYPE)
     flags = _flags(A, loss, exclude_self, precision)
     key = _tile_key(A, B, flags)
     with _device_guard(A):
@@ -692,7 +694,7 @@ def _tile_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, flags):
     key = _tile_key(A, B, flags)
     if key not in _TILE_CONFIGS:  # backward without a forward in this process: tune like the forward
         M = A.shape[0]
-        scratch_loss, scratch_stats = r.new_empty((M,)), r.new_empty((M, 3), dtype=STATS_DTYPE)
+        scratch_loss, scratch_stats = r.new_empty((M,)), r.new_empty((M, N_STATS), dtype=STATS_DTYPE)
         _TILE_CONFIGS[key] = _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, scratch_loss,
                                          scratch_stats, False, flags)
     return _TILE_CONFIGS[key]
@@ -727,8 +729,8 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
     N = B.shape[0]
     odt = out_dtype(A.dtype)
     for name, st, n in (("row_stats", row_stats, M), ("col_stats", col_stats, N)):
-        if st.dtype != STATS_DTYPE or tuple(st.shape) != (n, 3) or st.device != A.device:
-            raise ValueError(f"{name} must be the forward's statistics: a {STATS_DTYPE} tensor of shape [{n}, 3] "
+        if st.dtype != STATS_DTYPE or tuple(st.shape) != (n, N_STATS) or st.device != A.device:
+            raise ValueError(f"{name} must be the forward's statistics: a {STATS_DTYPE} tensor of shape [{n}, {N_STATS}] "
                              f"on {A.device}, got {st.dtype} {list(st.shape)} on {st.device}")
     grad_rows, grad_cols = grad_rows.to(odt).contiguous(), grad_cols.to(odt).contiguous()
     # fp16/bf16: dT is rounded to the feature dtype; run on pre·g so it cannot underflow (grad_prescale)

@@ -64,7 +64,7 @@ struct Tiles {
 };
 
 // Forward: per-row and per-column losses and the statistics backward needs
-// (row_stats [M, 3], col_stats [N, 3]: LSE, positive LSE, #positives; all zeros for SIGMOID,
+// (row_stats [M, 4], col_stats [N, 4]: LSE, positive LSE, #positives, sum p (S - LSE); all zeros for SIGMOID,
 // whose backward needs none). The statistics are float64 for every T: an LSE rounded to float
 // would shift the backward's p = exp(S - LSE) by up to half a float spacing of |S| (4e-3 at 1e5).
 template <typename T>

@@ -421,7 +421,7 @@ constexpr int64_t kColChunk = 128;  // columns per OpenMP work item in column pa
 // cost more than the work there, and far more when other processes share the cores.
 constexpr int64_t kParallelMin = 1 << 17;
 
-// Finalise one row/column: statistics (LSE, positive LSE, n; float64 for every T) and the loss.
+// Finalise one row/column: statistics (LSE, positive LSE, n, sum p (S - LSE); float64 for every T) and the loss.
 template <typename T>
 void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, double* out_stats) {
   const double m = st.m[k], l = st.l[k], mp = st.mp[k], lp = st.lp[k], n = st.n[k];
@@ -442,6 +442,7 @@ void finalize(const Stats& st, int64_t k, Loss loss, T* out_loss, double* out_st
   out_stats[k * kStats + 0] = lse;
   out_stats[k * kStats + 1] = lsep;
   out_stats[k * kStats + 2] = n;
+  out_stats[k * kStats + 3] = l > 0 ? st.w[k] / l - std::log(l) : 0.0;  // sum p (S - LSE)
 }
 
 // Backward constants of one row/column, with non-finite statistics replaced so that the

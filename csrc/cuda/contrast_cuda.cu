@@ -573,6 +573,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(KParams p, vo
       stats[own * kStats + 0] = has_l ? double(m0) + double(lg(l1)) : -double(inf);
       stats[own * kStats + 1] = has_lp ? double(mp0) + double(lg(lp1)) : -double(inf);
       stats[own * kStats + 2] = double(st.n);
+      stats[own * kStats + 3] = has_l ? double(st.w) / double(l1) - log(double(l1)) : 0.0;  // sum p (S - LSE)
     }
   }
 }

@@ -59,7 +59,7 @@ int64_t padded_cols(DType dtype, Precision precision, int64_t E);
 // dtype and precision (forward and backward, rows and columns launches).
 size_t shared_bytes(DType dtype, Precision precision);
 
-// loss_rows [M], loss_cols [N] (Acc), row_stats [M, 3], col_stats [N, 3] (double for every dtype:
+// loss_rows [M], loss_cols [N] (Acc), row_stats [M, 4], col_stats [N, 4] (double for every dtype:
 // an LSE rounded to float shifts the backward's p by up to half a float spacing of |S|; zeros for
 // SIGMOID).
 cudaError_t contrast_forward(const Args& a, void* loss_rows, void* loss_cols, void* row_stats,
