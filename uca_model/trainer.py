@@ -432,9 +432,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
     image_size = tuple(mcfg.encoder.vision.image_size)
     train_set = data_mod.TrainImageTextDataset(ds.train, image_size, flip_prob=0.0, cache=cfg.data.cache_images)
     sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, tc.seed, ctx)
-    # every rank's batch is global_batch / world_size rows (the sampler checks divisibility and drops
-    # the incomplete last batch): the loss terms' gathers need not exchange sizes each step
-    ctx = dataclasses.replace(ctx, equal_batches=True)
+    ctx = dataclasses.replace(ctx, equal_batches=True)  # the sampler's batches: global_batch / world_size rows
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                          persistent_workers=False, pin_memory=device.type == "cuda")
     steps_per_epoch = sampler.steps_per_epoch
