@@ -230,3 +230,47 @@ def check_split_rows(fwd_op, bwd_op, loss: str, *, dtype=torch.float64, parts: i
                             ("dc", summed[1], whole[3]), ("dscale", summed[2], whole[4])):
         assert max_rel_err(got.double(), want.double()) <= tol, name
     assert abs(float(summed[3]) - float(whole[5])) <= tol * float(g_rows.abs().sum() + g_cols.abs().sum()), "dbias"
+
+
+def check_row_shares(backend: str, loss: str, *, dtype=torch.float64, shares: int = 3, device="cpu",
+                     tol: float = 1e-10):
+    """uca_kernels.contrast_row_share on ``shares`` row shares (an all-gather and an all-reduce
+    simulated in one process) against contrast() on the whole problem: rows, columns and every
+    gradient of J = Σᵢ wᵢ·rowsᵢ + Σⱼ vⱼ·colsⱼ, each share counting 1/shares of the column term."""
+    import uca_kernels as uk
+    from uca_kernels import dispatch
+
+    M, N, E = 25 * shares, 40, 12
+    A, B, r, c, sc, bi, la, lb = make_problem(M, N, E, labels="repeats", seed=6, scale=2.0)
+    A, B, r, c, sc, bi = (x.to(dtype).to(device) for x in (A, B, r, c, sc, bi))
+    la, lb = la.to(device), lb.to(device)
+    g = torch.Generator().manual_seed(7)
+    w, v = (torch.randn(n, generator=g, dtype=torch.float64).to(dtype).to(device) for n in (M, N))
+
+    def leaves():
+        return [x.clone().requires_grad_() for x in (A, B, r, c, sc, bi)]
+
+    xs = leaves()
+    rows, cols = uk.contrast(*xs[:6], la, lb, loss=loss, backend=backend)
+    whole = [rows.detach(), cols.detach(), *torch.autograd.grad((rows * w).sum() + (cols * v).sum(), xs)]
+
+    cut = [slice(k * 25, (k + 1) * 25) for k in range(shares)]
+    forward, _ = dispatch.select(backend, A=A, B=B, loss=loss, exclude_self=False).op_pair()
+    parts = [forward(A[s], B, r[s], c, sc, bi, la[s], lb, loss)[3] for s in cut]
+    got_rows, got_grads = [], []
+    for k, s in enumerate(cut):
+        xs = leaves()
+        rows_k, cols_k = uk.contrast_row_share(
+            xs[0][s], xs[1], xs[2][s], xs[3], xs[4], xs[5], la[s], lb, loss=loss, backend=backend,
+            gather_stats=lambda part, k=k: torch.stack([part if i == k else p for i, p in enumerate(parts)]),
+            sum_col_grads=lambda gc: gc * shares)
+        assert max_rel_err(cols_k.double(), whole[1].double()) <= tol, f"share {k}: column losses"
+        got_rows.append(rows_k.detach())
+        total = (rows_k * w[s]).sum() + (cols_k * v).sum() / shares
+        got_grads.append(torch.autograd.grad(total, xs))
+    assert max_rel_err(torch.cat(got_rows).double(), whole[0].double()) <= tol, "row losses"
+    for name, k in (("dA", 0), ("dB", 1), ("dr", 2), ("dc", 3), ("dscale", 4)):
+        got = sum(gr[k].double() for gr in got_grads)  # each share's rows: zero elsewhere for dA, dr
+        assert max_rel_err(got, whole[2 + k].double()) <= tol, name
+    db = sum(float(gr[5]) for gr in got_grads)
+    assert abs(db - float(whole[7])) <= tol * float(w.abs().sum() + v.abs().sum()), "dbias"

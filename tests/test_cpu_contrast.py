@@ -12,7 +12,7 @@ import uca_kernels as uk
 from uca_kernels import _ext, dispatch
 from uca_kernels._registry import STATS_DTYPE
 from helpers import (FLOOR, GRAD_NAMES, OFFSET_BIASES, OpLog, assert_matches_oracle, check_offset_logits,
-                     check_split_rows, grad_mass, make_problem, max_rel_err, reference_fn, run_with_grads, scale_mass,
+                     check_row_shares, check_split_rows, grad_mass, make_problem, max_rel_err, reference_fn, run_with_grads, scale_mass,
                      shift_masses, stats_oracle)
 
 pytestmark = pytest.mark.skipif(not _ext.has_op("contrast_forward"), reason=f"uca_kernels._C not loaded: {_ext.load_error()}")
@@ -104,6 +104,23 @@ def test_split_rows_combine_to_the_whole(loss, dtype):
     shares' backwards fed them add up to the whole backward (helpers.check_split_rows)."""
     check_split_rows(torch.ops.uca.contrast_forward, torch.ops.uca.contrast_backward, loss, dtype=dtype,
                      tol=1e-10 if dtype == torch.float64 else FLOOR[torch.float32])
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_shares_equal_the_whole(loss, dtype):
+    """contrast_row_share on three row shares = contrast() on the whole (helpers.check_row_shares)."""
+    check_row_shares("cpu", loss, dtype=dtype, tol=1e-10 if dtype == torch.float64 else FLOOR[torch.float32])
+
+
+def test_row_share_needs_an_op_pair():
+    A = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="backend 'reference' has no forward/backward op pair"):
+        uk.contrast_row_share(A, A, torch.zeros(4), torch.zeros(4), labels_a=torch.arange(4), labels_b=torch.arange(4),
+                              backend="reference", gather_stats=lambda p: p[None], sum_col_grads=lambda g: g)
+    with pytest.raises(ValueError, match="loss='sigmoid' is not one of 'sdm', 'infonce'"):
+        uk.contrast_row_share(A, A, torch.zeros(4), torch.zeros(4), loss="sigmoid", backend="cpu",
+                              gather_stats=lambda p: p[None], sum_col_grads=lambda g: g)
 
 
 @pytest.mark.parametrize("loss", ["sdm", "infonce"])

@@ -19,7 +19,7 @@ from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
 from uca_kernels._registry import STATS_DTYPE  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
 from helpers import (FLOOR, OFFSET_BIASES, TF32_FLOOR, OpLog, assert_matches_oracle, check_offset_logits,  # noqa: E402
-                     check_split_rows, grad_mass, max_rel_err, scale_mass, shift_masses, stats_oracle)
+                     check_row_shares, check_split_rows, grad_mass, max_rel_err, scale_mass, shift_masses, stats_oracle)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -219,6 +219,12 @@ def test_split_rows_combine_to_the_whole(loss):
     shares' backwards fed them add up to the whole backward (helpers.check_split_rows)."""
     check_split_rows(torch.ops.uca.triton_contrast_forward, torch.ops.uca.triton_contrast_backward, loss,
                      dtype=torch.float32, device=DEVICE, tol=FLOOR[torch.float32])
+
+
+@pytest.mark.parametrize("loss", ["sdm", "infonce"])
+def test_row_shares_equal_the_whole(loss):
+    """contrast_row_share on three row shares = contrast() on the whole (helpers.check_row_shares)."""
+    check_row_shares("triton", loss, dtype=torch.float32, device=DEVICE, tol=FLOOR[torch.float32])
 
 
 def test_backward_names_statistics_of_the_wrong_dtype():

@@ -5,6 +5,7 @@ Public API::
 
     gaussian_distance, feature_maps            # uca_kernels.gaussian
     contrast, contrast_reference               # uca_kernels.contrast (the fused op)
+    contrast_row_share, combine_stats          # a share of the rows (data-parallel softmax terms)
     distribution_contrast_loss, point_contrast_loss, prior_kl,
     DistributionContrastLoss, PointContrastLoss  # uca_kernels.losses
     deferred_finite_checks, FiniteChecks       # NaN/inf checks without a host sync per call
@@ -13,7 +14,7 @@ Public API::
 from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
 from ._validation import FiniteChecks, deferred_finite_checks
 from ._version import __version__
-from .contrast import LOSSES, contrast, contrast_reference
+from .contrast import LOSSES, combine_stats, contrast, contrast_reference, contrast_row_share
 from .gaussian import METRICS, feature_maps, gaussian_distance
 from .losses import (
     DistributionContrastLoss,
@@ -26,8 +27,10 @@ from .losses import (
 __all__ = [
     "LOSSES",
     "METRICS",
+    "combine_stats",
     "contrast",
     "contrast_reference",
+    "contrast_row_share",
     "feature_maps",
     "gaussian_distance",
     "distribution_contrast_loss",

@@ -74,6 +74,15 @@ class Backend:
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         raise NotImplementedError
 
+    def op_pair(self):
+        """``(forward, backward)``: the op contract's two calls (:mod:`uca_kernels.contrast`) without
+        autograd and without ``exclude_self``, ``forward(A, B, r, c, scale, bias, labels_a, labels_b,
+        loss)`` and ``backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
+        loss_rows, loss_cols, row_stats, col_stats, loss)`` (gradients in the inputs' dtypes), for
+        callers that assemble statistics themselves; None where there are no such ops (the reference
+        materialises S)."""
+        return None
+
     def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
         """Σᵢⱼ ℓᵢⱼ of the sigmoid loss as a 0-d tensor (with autograd). This default sums the
         two-call path's rows; a backend with a one-sweep op overrides it."""
@@ -87,6 +96,23 @@ def _op_args(A, B, r, c, scale, bias, labels_a, labels_b, *, upcast_half: bool):
         A, B = A.float(), B.float()
     return (A.contiguous(), B.contiguous(), r.contiguous(), c.contiguous(), scale, bias,
             labels_a.contiguous(), labels_b.contiguous())
+
+
+def _op_pair(forward_op, backward_op, precision: str, upcast_half: bool):
+    """Backend.op_pair of registered ops: contiguous arguments, one precision for both calls."""
+
+    def forward(A, B, r, c, scale, bias, labels_a, labels_b, loss):
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=upcast_half)
+        return forward_op(*args, loss, False, precision)
+
+    def backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols,
+                 row_stats, col_stats, loss):
+        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=upcast_half)
+        grads = backward_op(grad_rows.contiguous(), grad_cols.contiguous(), *args, loss_rows, loss_cols,
+                            row_stats.contiguous(), col_stats.contiguous(), loss, False, precision)
+        return (grads[0].to(A.dtype), grads[1].to(B.dtype), *grads[2:])
+
+    return forward, backward
 
 
 def _grad_needed(*tensors) -> bool:
@@ -139,6 +165,10 @@ class ExtensionBackend(Backend):
         out = torch.ops.uca.contrast_forward(*args, loss, exclude_self, self.precision())
         return out[0], out[1]
 
+    def op_pair(self):
+        return _op_pair(torch.ops.uca.contrast_forward, torch.ops.uca.contrast_backward, self.precision(),
+                        self.upcast_half)
+
 
 class CpuBackend(ExtensionBackend):
     device_type = "cpu"
@@ -180,6 +210,10 @@ class TritonBackend(Backend):
         from . import triton_contrast
 
         return triton_contrast.contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
+
+    def op_pair(self):
+        return _op_pair(torch.ops.uca.triton_contrast_forward, torch.ops.uca.triton_contrast_backward,
+                        self.precision(), upcast_half=False)
 
 
 class CudaBackend(ExtensionBackend):

@@ -106,6 +106,8 @@ __all__ = [
     "SDM_EPS",
     "combine_stats",
     "contrast",
+    "contrast_row_share",
+    "row_share_supported",
     "contrast_reference",
     "out_dtype",
     "reduce_losses",
@@ -164,6 +166,35 @@ def reduce_losses(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: 
 # -- public function -------------------------------------------------------------------------------
 
 
+def _checked_args(A, B, r, c, scale, bias, labels_a, labels_b) -> tuple:
+    """The op's tensor arguments from what a user passes (named errors for bad input): labels None
+    → diagonal positives, scale and bias → 0-d tensors, r, c, scale, bias in the op's dtype."""
+    check_features("A", A)
+    M, E = A.shape
+    check_features("B", B, cols=E)
+    N = B.shape[0]
+    if B.dtype != A.dtype:
+        raise TypeError(f"A and B must share a dtype, got A {A.dtype} and B {B.dtype}")
+    check_features("r", r, ndim=1, rows=M)
+    check_features("c", c, ndim=1, rows=N)
+    device = check_same_device(A=A, B=B, r=r, c=c)
+    if (labels_a is None) != (labels_b is None):
+        raise ValueError("labels_a and labels_b must both be given or both be None")
+    if labels_a is None:
+        if M != N:
+            raise ValueError(f"diagonal positives (labels=None) need M == N, got M={M}, N={N}")
+        labels_a = labels_b = torch.arange(M, device=device)
+    else:
+        labels_a = check_labels("labels_a", labels_a, M, device)
+        labels_b = check_labels("labels_b", labels_b, N, device)
+    scale = check_scalar("scale", scale, A)
+    bias = check_scalar("bias", bias, A)
+    rc_dtype = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    r, c = r.to(rc_dtype), c.to(rc_dtype)
+    scale, bias = scale.to(rc_dtype), bias.to(rc_dtype)
+    return A, B, r, c, scale, bias, labels_a, labels_b
+
+
 def contrast(
     A: torch.Tensor,
     B: torch.Tensor,
@@ -203,33 +234,86 @@ def contrast(
     """
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
-    check_features("A", A)
-    M, E = A.shape
-    check_features("B", B, cols=E)
-    N = B.shape[0]
-    if B.dtype != A.dtype:
-        raise TypeError(f"A and B must share a dtype, got A {A.dtype} and B {B.dtype}")
-    check_features("r", r, ndim=1, rows=M)
-    check_features("c", c, ndim=1, rows=N)
-    device = check_same_device(A=A, B=B, r=r, c=c)
-    if (labels_a is None) != (labels_b is None):
-        raise ValueError("labels_a and labels_b must both be given or both be None")
-    if labels_a is None:
-        if M != N:
-            raise ValueError(f"diagonal positives (labels=None) need M == N, got M={M}, N={N}")
-        labels_a = labels_b = torch.arange(M, device=device)
-    else:
-        labels_a = check_labels("labels_a", labels_a, M, device)
-        labels_b = check_labels("labels_b", labels_b, N, device)
-    scale = check_scalar("scale", scale, A)
-    bias = check_scalar("bias", bias, A)
-    rc_dtype = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
-    r, c = r.to(rc_dtype), c.to(rc_dtype)
-    scale, bias = scale.to(rc_dtype), bias.to(rc_dtype)
+    args = _checked_args(A, B, r, c, scale, bias, labels_a, labels_b)
+    A, B, M = args[0], args[1], args[0].shape[0]
     impl = dispatch.select(backend, A=A, B=B, loss=loss, exclude_self=exclude_self)
-    args = (A, B, r, c, scale, bias, labels_a, labels_b)
     if loss == "sigmoid" and reduction != "none":
         total = impl.sigmoid_sum(*args, bool(exclude_self))
         return total if reduction == "sum" else total / M
     rows, cols = impl.contrast(*args, loss, bool(exclude_self))
     return reduce_losses(rows, cols, reduction, loss)
+
+
+# -- a share of the rows (data-parallel softmax terms) ---------------------------------------------
+
+
+class _RowShare(torch.autograd.Function):
+    """This share's rows against every column; column losses from every share's statistics."""
+
+    @staticmethod
+    def forward(ctx, A, B, r, c, scale, bias, labels_a, labels_b, loss, ops, gather_stats, sum_col_grads):
+        forward, backward = ops
+        rows, _, row_stats, part = forward(A, B, r, c, scale, bias, labels_a, labels_b, loss)
+        col_stats, cols = combine_stats(gather_stats(part), loss)
+        cols = cols.to(rows.dtype)
+        ctx.save_for_backward(A, B, r, c, scale, bias, labels_a, labels_b, rows, cols, row_stats, col_stats)
+        ctx.loss, ctx.backward_op, ctx.sum_col_grads = loss, backward, sum_col_grads
+        return rows, cols
+
+    @staticmethod
+    def backward(ctx, g_rows, g_cols):
+        A, B, r, c, scale, bias, labels_a, labels_b, rows, cols, row_stats, col_stats = ctx.saved_tensors
+        g_rows = torch.zeros_like(rows) if g_rows is None else g_rows
+        # every share's weight of every column: dS of this share's rows needs them all
+        g_cols = ctx.sum_col_grads(torch.zeros_like(cols) if g_cols is None else g_cols.contiguous())
+        grads = ctx.backward_op(g_rows, g_cols, A, B, r, c, scale, bias, labels_a, labels_b, rows, cols,
+                                row_stats, col_stats, ctx.loss)
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])]
+        return (*grads, None, None, None, None, None, None)
+
+
+def row_share_supported(A: torch.Tensor, B: torch.Tensor, loss: str, backend: str = "auto") -> bool:
+    """Whether :func:`contrast_row_share` can run these inputs: a softmax loss on a backend with the
+    op pair (the fused ones; not the reference, which materialises S)."""
+    if loss not in ("sdm", "infonce"):
+        return False
+    return dispatch.select(backend, A=A, B=B, loss=loss, exclude_self=False).op_pair() is not None
+
+
+def contrast_row_share(A, B, r, c, scale=1.0, bias=0.0, labels_a=None, labels_b=None, loss: str = "sdm", *,
+                       gather_stats, sum_col_grads, backend: str = "auto"):
+    """A softmax loss whose rows are one share of a larger set of rows, each pair computed once
+    across the shares (a data-parallel rank's local rows against every rank's columns).
+
+    The column losses are softmaxes over *all* shares' rows: this share's column statistics go
+    through ``gather_stats`` to every share, :func:`combine_stats` assembles them, and in the
+    backward this share forms dS of its own rows against every column from the assembled
+    statistics and every share's upstream gradient of the column losses (``sum_col_grads``). The
+    alternative, every share's rows against this share's columns as a second call, does each pair
+    twice across the shares.
+
+    Args:
+        A, B, r, c, scale, bias, labels_a, labels_b, backend: as :func:`contrast` (A: this share's
+            rows; B: every column).
+        loss: ``"sdm"`` or ``"infonce"``.
+        gather_stats: this share's column statistics [N, N_STATS] (float64) → every share's,
+            stacked [P, N, N_STATS] in an order all shares agree on (an all-gather).
+        sum_col_grads: this share's upstream gradient of ``loss_cols`` [N] → its sum over the
+            shares (an all-reduce); called in the backward, by every share.
+
+    Returns:
+        ``(loss_rows [M] of this share's rows, loss_cols [N] over every share's rows)``; gradients
+        of this share's inputs: its rows' share of every column's loss included.
+
+    Raises:
+        ValueError: the backend has no op pair (:func:`row_share_supported`), or bad input as in
+            :func:`contrast`.
+    """
+    check_choice("loss", loss, ("sdm", "infonce"))
+    args = _checked_args(A, B, r, c, scale, bias, labels_a, labels_b)
+    impl = dispatch.select(backend, A=args[0], B=args[1], loss=loss, exclude_self=False)
+    ops = impl.op_pair()
+    if ops is None:
+        raise ValueError(f"backend {impl.name!r} has no forward/backward op pair: contrast_row_share needs a "
+                         "fused backend (cpu, cuda, triton)")
+    return _RowShare.apply(*args, loss, ops, gather_stats, sum_col_grads)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "gather", "gather_labels", "local_first", "UnequalBatchError"]
+__all__ = ["DistContext", "gather", "gather_labels", "gather_parts", "local_first", "sum_over_ranks",
+           "UnequalBatchError"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,24 @@ def gather_labels(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(ctx.world_size)]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, 0)
+
+
+def gather_parts(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's ``x`` (same shape on every rank), stacked in rank order [W, ...]; no gradients."""
+    if not ctx.distributed:
+        return x[None]
+    out = [torch.empty_like(x) for _ in range(ctx.world_size)]
+    dist.all_gather(out, x.contiguous())
+    return torch.stack(out)
+
+
+def sum_over_ranks(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Σ over ranks of ``x`` (a new tensor; ``x`` is left as it is); no gradients."""
+    if not ctx.distributed:
+        return x
+    out = x.detach().clone().contiguous()
+    dist.all_reduce(out)
+    return out
 
 
 def local_first(g: torch.Tensor, x: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -29,9 +29,13 @@ which sums what every rank's rows contributed. Intra-modal sigmoid terms are loc
 global columns as above, ``L_k = rows_k.sum() / n`` (self pairs excluded). One process:
 ``rows.sum() / M``.
 
-(The softmax cross-modal terms still make two calls, local rows × global columns and global rows ×
-local columns, and keep half of each: a column's softmax normaliser sums over every rank's rows,
-and the op's statistics do not yet carry what SDM's column loss needs to be combined across ranks.)
+**Softmax cross-modal terms, each pair once.** A column's softmax sums over every rank's rows. Rank
+k computes its local rows against the gathered columns once; the op's column statistics of that
+share (LSE, LSEᴾ, n, Σ p·(S − LSE)) are all-gathered and assembled into every column's statistics
+and loss (:func:`uca_kernels.combine_stats`); the backward all-reduces the column losses' upstream
+gradients and forms dS of the local rows against every column from the assembled statistics
+(:func:`uca_kernels.contrast_row_share`). Rank k keeps its local columns' losses. The reference
+backend has no op pair and makes a second call, global rows × local columns, instead.
 
 **Scaling convention.** Every function here returns a value whose *mean over ranks* is the global
 loss and whose gradient, *averaged over ranks* as DistributedDataParallel does, is the global
@@ -45,10 +49,11 @@ from __future__ import annotations
 
 import torch
 
-from uca_kernels import contrast, distribution_contrast_loss
+from uca_kernels import contrast, contrast_row_share, feature_maps
+from uca_kernels.contrast import row_share_supported
 from uca_kernels.losses import point_maps
 
-from .distributed import DistContext, gather, gather_labels, local_first
+from .distributed import DistContext, gather, gather_labels, gather_parts, local_first, sum_over_ranks
 
 __all__ = ["dcl_loss", "pcl_loss", "cosine_contrast_loss"]
 
@@ -61,24 +66,40 @@ def _reduce(rows: torch.Tensor, cols: torch.Tensor, loss: str) -> torch.Tensor:
     return rows.mean() + cols.mean()
 
 
-def _cross_term(fn, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str,
+def _cross_term(maps, a: tuple, b: tuple, labels: torch.Tensor, ctx: DistContext, loss: str, backend: str,
                 global_labels: torch.Tensor | None = None, gathered: tuple | None = None) -> torch.Tensor:
-    """``fn(rows_side, cols_side, labels_rows, labels_cols) -> (loss_rows, loss_cols)`` evaluated as
-    local rows × global columns and global rows × local columns; ``sigmoid``: local rows × global
-    columns only (see the module docstring). ``gathered``: (gather of each tensor of ``a``, of
-    ``b``) when the caller already has them (None entries are gathered here)."""
+    """A cross-modal term with the scaling convention of the module docstring. ``maps(rows_side,
+    cols_side) -> (A, B, r, c, scale, bias)`` gives the fused op's arguments of two sides (tuples
+    of tensors with rows in dim 0). Distributed: local rows × global columns; the softmax losses'
+    column losses from every rank's column statistics (:func:`uca_kernels.contrast_row_share`,
+    each pair once across the group) where the backend has the op pair, else also global rows ×
+    local columns as a second call (the reference). ``gathered``: (gather of each tensor of ``a``,
+    of ``b``) when the caller already has them (None entries are gathered here)."""
+
+    def run(x, y, la, lb):
+        A, B, r, c, scale, bias = maps(x, y)
+        return contrast(A, B, r, c, scale, bias, la, lb, loss=loss, backend=backend)
+
     if not ctx.distributed:
-        rows, cols = fn(a, b, labels, labels)
+        rows, cols = run(a, b, labels, labels)
         return _reduce(rows, cols, loss)
     gl = gather_labels(labels, ctx) if global_labels is None else global_labels
-    n_global = gl.shape[0]
+    n_global, n_local = gl.shape[0], labels.shape[0]
     ga, gb = gathered if gathered is not None else (None, None)
     gb = gb if gb is not None else tuple(gather(x, ctx) for x in b)
-    rows, _ = fn(a, gb, labels, gl)
+    A, B, r, c, scale, bias = maps(a, gb)
     if loss == "sigmoid":  # every global pair is in exactly one rank's local rows
+        rows, _ = contrast(A, B, r, c, scale, bias, labels, gl, loss=loss, backend=backend)
         return ctx.world_size * rows.sum() / n_global
+    if row_share_supported(A, B, loss, backend):
+        rows, cols = contrast_row_share(A, B, r, c, scale, bias, labels, gl, loss=loss, backend=backend,
+                                        gather_stats=lambda part: gather_parts(part, ctx),
+                                        sum_col_grads=lambda g: sum_over_ranks(g, ctx))
+        mine = cols[ctx.rank * n_local:(ctx.rank + 1) * n_local]  # this rank's columns' losses
+        return ctx.world_size * (rows.sum() + mine.sum()) / n_global
+    rows, _ = contrast(A, B, r, c, scale, bias, labels, gl, loss=loss, backend=backend)
     ga = ga if ga is not None else tuple(gather(x, ctx) for x in a)
-    _, cols = fn(ga, b, gl, labels)
+    _, cols = run(ga, b, gl, labels)
     return ctx.world_size * (rows.sum() + cols.sum()) / n_global
 
 
@@ -98,11 +119,10 @@ def dcl_loss(mu_v, logvar_v, mu_t, logvar_t, labels, *, metric="w2", loss="sdm",
     over the B global pairs (each pair once), with the scaling convention of the module docstring.
     """
 
-    def fn(a, b, la, lb):
-        return distribution_contrast_loss(a[0], a[1], b[0], b[1], labels=la, labels_t=lb, metric=metric,
-                                          loss=loss, scale=scale, bias=bias, reduction="none", backend=backend)
+    def maps(a, b):
+        return (*feature_maps(a[0], a[1], b[0], b[1], metric), -scale, bias)
 
-    return _cross_term(fn, (mu_v, logvar_v), (mu_t, logvar_t), labels, ctx, loss)
+    return _cross_term(maps, (mu_v, logvar_v), (mu_t, logvar_t), labels, ctx, loss, backend)
 
 
 def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, similarity="cosine", scale=50.0,
@@ -124,16 +144,16 @@ def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, simi
         points (each pair once), with the scaling convention of the module docstring.
     """
 
-    def fn(a, b, la, lb):
+    def maps(a, b):
         A, B, r, c, sign = point_maps(a[0], b[0], similarity)
-        return contrast(A, B, r, c, sign * scale, bias, la, lb, loss=loss, backend=backend)
+        return A, B, r, c, sign * scale, bias
 
     # labels and points gathered once for the inter and both intra terms (each all-gather's backward
     # is an all-reduce: reusing one gather also halves those)
     gl = gather_labels(labels, ctx)
     g_t = gather(z_t, ctx)
     g_v = gather(z_v, ctx) if intra or loss != "sigmoid" else None  # the inter sigmoid needs only z_t's
-    out = {"inter": _cross_term(fn, (z_v,), (z_t,), labels, ctx, loss, gl,
+    out = {"inter": _cross_term(maps, (z_v,), (z_t,), labels, ctx, loss, backend, gl,
                                 gathered=(None if g_v is None else (g_v,), (g_t,)))}
     if intra:
         cols_labels = local_first(gl, labels, ctx)
@@ -158,8 +178,8 @@ def cosine_contrast_loss(f_v: torch.Tensor, f_t: torch.Tensor, labels: torch.Ten
     """The baseline's SDM (or InfoNCE, or sigmoid) on logits scale·cos + bias of fixed-point
     embeddings [b, D] (the model's config offers the softmax losses only)."""
 
-    def fn(a, b, la, lb):
+    def maps(a, b):
         A, B, r, c, _ = point_maps(a[0], b[0], "cosine")
-        return contrast(A, B, r, c, scale, bias, la, lb, loss=loss, backend=backend)
+        return A, B, r, c, scale, bias
 
-    return _cross_term(fn, (f_v,), (f_t,), labels, ctx, loss)
+    return _cross_term(maps, (f_v,), (f_t,), labels, ctx, loss, backend)

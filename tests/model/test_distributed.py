@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import uca_kernels as uk
+from uca_kernels._registry import N_STATS
 from uca_model.distributed import DistContext, UnequalBatchError
 from uca_model.losses import cosine_contrast_loss, dcl_loss, pcl_loss
 
@@ -102,14 +103,16 @@ def _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, ran
 
 
 def _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank):
-    """(float all-gathers, all-reduces) of one pcl_loss call with intra terms and its backward, per loss."""
+    """(point all-gathers, statistics all-gathers, all-reduces) of one pcl_loss call with intra terms
+    and its backward, per loss (the default backend: the fused cpu one)."""
     real_gather, real_reduce, out = dist.all_gather, dist.all_reduce, {}
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     for loss in ("sdm", "sigmoid"):
-        calls = {"gather": 0, "reduce": 0}
+        calls = {"gather": 0, "stats": 0, "reduce": 0}
 
         def gather(tensor_list, tensor, *args, **kwargs):
-            calls["gather"] += tensor.is_floating_point()
+            is_stats = tensor.dim() == 2 and tensor.shape[1] == N_STATS and tensor.shape[1] != D
+            calls["stats" if is_stats else "gather"] += tensor.is_floating_point()
             return real_gather(tensor_list, tensor, *args, **kwargs)
 
         def reduce(tensor, *args, **kwargs):
@@ -126,7 +129,39 @@ def _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank
             sum(terms.values()).backward()
         finally:
             dist.all_gather, dist.all_reduce = real_gather, real_reduce
-        out[loss] = (calls["gather"], calls["reduce"])
+        out[loss] = (calls["gather"], calls["stats"], calls["reduce"])
+    return out
+
+
+def _count_pairs(ctx, mu_v, lv_v, mu_t, lv_t, labels, rank):
+    """Logit pairs the fused cpu backend's forward passes cover in one dcl_loss call, per loss."""
+    from uca_kernels import backends
+
+    real_pair, real_contrast, out = backends._op_pair, backends.ExtensionBackend.contrast, {}
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    for loss in ("sdm", "infonce", "sigmoid"):
+        pairs = [0]
+
+        def op_pair(*args, **kwargs):
+            forward, backward = real_pair(*args, **kwargs)
+
+            def counted(A, B, *rest):
+                pairs[0] += A.shape[0] * B.shape[0]
+                return forward(A, B, *rest)
+
+            return counted, backward
+
+        def contrast(self, A, B, *rest):
+            pairs[0] += A.shape[0] * B.shape[0]
+            return real_contrast(self, A, B, *rest)
+
+        backends._op_pair, backends.ExtensionBackend.contrast = op_pair, contrast
+        try:
+            dcl_loss(mu_v[sl], lv_v[sl], mu_t[sl], lv_t[sl], labels[sl], loss=loss, bias=_bias(loss), backend="cpu",
+                     ctx=ctx)
+        finally:
+            backends._op_pair, backends.ExtensionBackend.contrast = real_pair, real_contrast
+        out[loss] = pairs[0]
     return out
 
 
@@ -162,6 +197,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["unequal"] = "no error"
         except UnequalBatchError as e:
             results["unequal"] = str(e)
+        if "cpu" in BACKENDS:
+            results["pairs"] = _count_pairs(ctx, mu_v, lv_v, mu_t, lv_t, labels, rank)
         results["point_gathers"] = _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         results["size_exchanges"] = _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -252,6 +289,17 @@ def test_equal_batches_skip_the_size_exchange(two_process_results):
 def test_point_contrast_gathers_each_modality_once(two_process_results):
     """pcl_loss with intra terms: z_v and z_t are all-gathered once each and shared by the inter and
     intra terms (4 gathers before), and so their backward all-reduces once each (only z_v needs a
-    gradient here: z_t is built from tensors that do not require one)."""
+    gradient here: z_t is built from tensors that do not require one). The softmax inter term adds
+    one all-gather of column statistics and, in the backward, one all-reduce of the column losses'
+    upstream gradients (contrast_row_share)."""
     for res in two_process_results:
-        assert res["point_gathers"] == {"sdm": (2, 1), "sigmoid": (2, 1)}
+        assert res["point_gathers"] == {"sdm": (2, 1, 2), "sigmoid": (2, 0, 1)}
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the fused cpu backend")
+def test_cross_modal_terms_compute_each_pair_once(two_process_results):
+    """Every loss of a cross-modal term covers b × B logit pairs per rank (each global pair once
+    across the group): the softmax losses through contrast_row_share, sigmoid by its rows alone.
+    Before, the softmax losses made a second call (global rows × local columns): 2 b × B."""
+    for res in two_process_results:
+        assert res["pairs"] == {loss: B_LOCAL * B_LOCAL * WORLD for loss in ("sdm", "infonce", "sigmoid")}
