@@ -35,7 +35,9 @@ share (LSE, LSEᴾ, n, Σ p·(S − LSE)) are all-gathered and assembled into ev
 and loss (:func:`uca_kernels.combine_stats`); the backward all-reduces the column losses' upstream
 gradients and forms dS of the local rows against every column from the assembled statistics
 (:func:`uca_kernels.contrast_row_share`). Rank k keeps its local columns' losses. The reference
-backend has no op pair and makes a second call, global rows × local columns, instead.
+backend has no op pair and makes a second call, global rows × local columns, instead. The two paths
+run different collectives, so every rank must resolve the same backend (ranks on one device kind
+do; name it in the config to be sure).
 
 **Scaling convention.** Every function here returns a value whose *mean over ranks* is the global
 loss and whose gradient, *averaged over ranks* as DistributedDataParallel does, is the global
