@@ -22,7 +22,7 @@ def out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# The per-row / per-column statistics (LSE, LSEᴾ, n) are float64 for every input dtype: O(M + N)
+# The per-row / per-column statistics (columns below) are float64 for every input dtype: O(M + N)
 # numbers, and an LSE rounded to float32 at |S| ~ 1e5 (spacing 2⁻⁷) would shift every p = exp(S − LSE)
 # of its row by up to 4e-3 in the backward. Kernels split each into float32 hi + lo parts.
 STATS_DTYPE = torch.float64

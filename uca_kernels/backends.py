@@ -212,6 +212,8 @@ class TritonBackend(Backend):
         return triton_contrast.contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self)
 
     def op_pair(self):
+        from . import triton_contrast  # noqa: F401  (registers the ops)
+
         return _op_pair(torch.ops.uca.triton_contrast_forward, torch.ops.uca.triton_contrast_backward,
                         self.precision(), upcast_half=False)
 

@@ -9,7 +9,7 @@ and launched twice: ``COLUMNS=False`` (programs own BLOCK_A rows of A and sweep 
 ``_contrast_fwd_kernel`` — per tile, G = A_blk B_blkᵀ with ``tl.dot`` (fp32 accumulation, fp64 for
     float64 inputs) over E in BLOCK_E chunks, then an online log-sum-exp over the owner's rows:
     running max m, Σe, Σe·(s−m), Σ over negatives e, and with a separate running max the sum over
-    positives; the epilogue writes the loss and the stats (LSE, LSEᴾ, n). Row stats come from the
+    positives; the epilogue writes the loss and the float64 stats (LSE, LSEᴾ, n, Σ p·(S − LSE)). Row stats come from the
     row launch, column stats from the column launch: every output is written by exactly one
     program, with no partials and no atomics (2 passes of 2·M·N·E flops).
 

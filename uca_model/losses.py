@@ -5,11 +5,12 @@ With W processes each holding a local batch of b pairs (global batch B = W·b), 
 the single-process loss on the concatenated batch: mean over the B rows (image→text) plus mean over
 the B columns (text→image) for the softmax losses ``sdm`` / ``infonce`` (``sigmoid``: below). On rank k:
 
-- **cross-modal terms** (DCL, PCL inter, the baseline's SDM): gather the *other* modality from all
-  ranks with gradients (an all-gather whose backward all-reduces), compute the local rows
-  against the global columns and the global rows against the local columns, keep the local rows
-  and the local columns: ``L_k = (rows_k.sum() + cols_k.sum()) / B`` and ``Σ_k L_k = L``. The
-  all-gather's backward sums every rank's gradient into the owner of each row.
+- **cross-modal terms** (DCL, PCL inter, the baseline's SDM): gather the columns' modality from all
+  ranks with gradients (an all-gather whose backward all-reduces), compute the local rows against
+  the global columns, and each local column's loss over every rank's rows (below: the column
+  statistics are combined across ranks), keep the local rows and the local columns:
+  ``L_k = (rows_k.sum() + cols_k.sum()) / B`` and ``Σ_k L_k = L``. The all-gather's backward sums
+  every rank's gradient into the owner of each row.
 - **intra-modal point terms**: a point is never its own pair. Rank k computes its local rows
   against the global columns ordered *local points first* (then the other ranks' points), so that
   its own pairs are (i, i), i < b, which the fused op's ``exclude_self`` drops on a rectangular
@@ -154,7 +155,7 @@ def pcl_loss(z_v: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor, *, simi
     # is an all-reduce: reusing one gather also halves those)
     gl = gather_labels(labels, ctx)
     g_t = gather(z_t, ctx)
-    g_v = gather(z_v, ctx) if intra or loss != "sigmoid" else None  # the inter sigmoid needs only z_t's
+    g_v = gather(z_v, ctx) if intra else None  # the inter term needs only z_t's (or gathers z_v itself: reference)
     out = {"inter": _cross_term(maps, (z_v,), (z_t,), labels, ctx, loss, backend, gl,
                                 gathered=(None if g_v is None else (g_v,), (g_t,)))}
     if intra:

@@ -2,8 +2,8 @@
 // checks, output allocation, the launch on the current stream (csrc/cuda/contrast_cuda.cu) and the
 // few O(M + N) reductions done with torch in a fixed order.
 //
-// Inputs: A, B float16 / bfloat16 / float32 / float64; r, c, scale, bias, losses and statistics
-// float32 (float64 for float64 features). float32 features multiply exactly (FMA) unless the op's
+// Inputs: A, B float16 / bfloat16 / float32 / float64; r, c, scale, bias and losses float32
+// (float64 for float64 features); statistics float64 for every dtype. float32 features multiply exactly (FMA) unless the op's
 // `precision` argument is "tf32" (TF32 tensor cores, fp32 accumulation). The Python backend passes
 // UCA_CUDA_PRECISION as read at the forward, and autograd hands the backward the same value, so a
 // forward and its backward always recompute the same logits.
