@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "gather", "gather_labels", "gather_parts", "local_first", "sum_over_ranks",
-           "UnequalBatchError"]
+__all__ = ["BackendMismatchError", "DistContext", "check_same_backend", "gather", "gather_labels", "gather_parts",
+           "local_first", "sum_over_ranks", "UnequalBatchError"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,32 @@ def gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 class UnequalBatchError(ValueError):
     """The ranks of a data-parallel step hold local batches of different sizes (the gathers assume
     equal ones: use ``drop_last`` or pad the last batch)."""
+
+
+class BackendMismatchError(RuntimeError):
+    """The ranks resolved different contrast backends (the softmax terms' collectives differ between a
+    fused backend and the reference: they would hang)."""
+
+
+def check_same_backend(backend: str, device: torch.device, ctx: DistContext) -> str:
+    """The contrast backend ``backend`` resolves to on this rank's ``device`` (float32 features),
+    checked equal on every rank with one all-gather: run it once, before training.
+
+    Raises:
+        BackendMismatchError: some rank resolved another backend (every rank raises it).
+    """
+    from uca_kernels import dispatch
+
+    x = torch.zeros(2, 2, device=device)
+    name = dispatch.select(backend, A=x, B=x, loss="sdm", exclude_self=False).name
+    if not ctx.distributed:
+        return name
+    names = [None] * ctx.world_size
+    dist.all_gather_object(names, name)
+    if len(set(names)) != 1:
+        raise BackendMismatchError(f"the ranks resolved different contrast backends for {backend!r}: {names}; "
+                                   "name one in the config (model.loss.backend) so that every rank runs it")
+    return name
 
 
 def gather_labels(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -51,7 +51,7 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .config import DataConfig, OptimConfig, RunConfig, save_config, to_dict
-from .distributed import DistContext
+from .distributed import DistContext, check_same_backend
 from .evaluation import evaluate_split
 from .model import UCAModel, build_model
 from .text import AttributeMasker, encode, load_tokenizer
@@ -284,6 +284,7 @@ def _build(cfg: RunConfig, tok, num_train_ids: int, ctx: DistContext, device, st
     None, optimiser, LR schedule)``; the initial weights come from ``train.seed``."""
     mcfg, oc, tc = cfg.model, cfg.optim, cfg.train
     torch.manual_seed(seed_for(tc.seed, 0))
+    check_same_backend(mcfg.loss.backend, device, ctx)  # the ranks' loss terms must run the same collectives
     model = build_model(mcfg, tok, num_train_ids, ctx).to(device)
     masker = (AttributeMasker(tok, mask_rate=mcfg.loss.mask_rate, attributes=mcfg.loss.mask_words == "attributes")
               if model.decoder is not None else None)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import uca_kernels as uk
 from uca_kernels._registry import N_STATS
-from uca_model.distributed import DistContext, UnequalBatchError
+from uca_model.distributed import BackendMismatchError, DistContext, UnequalBatchError, check_same_backend
 from uca_model.losses import cosine_contrast_loss, dcl_loss, pcl_loss
 
 WORLD = 2
@@ -200,6 +200,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         if "cpu" in BACKENDS:
             results["pairs"] = _count_pairs(ctx, mu_v, lv_v, mu_t, lv_t, labels, rank)
         results["point_gathers"] = _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
+        results["same_backend"] = check_same_backend("cpu" if "cpu" in BACKENDS else "reference", torch.device("cpu"), ctx)
+        try:  # rank 0 the reference, rank 1 a fused backend where built: a named error on every rank
+            check_same_backend("reference" if rank == 0 else BACKENDS[-1], torch.device("cpu"), ctx)
+            results["mismatch"] = "no error"
+        except BackendMismatchError as e:
+            results["mismatch"] = str(e)
         results["size_exchanges"] = _count_size_exchanges(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -303,3 +309,12 @@ def test_cross_modal_terms_compute_each_pair_once(two_process_results):
     Before, the softmax losses made a second call (global rows × local columns): 2 b × B."""
     for res in two_process_results:
         assert res["pairs"] == {loss: B_LOCAL * B_LOCAL * WORLD for loss in ("sdm", "infonce", "sigmoid")}
+
+
+def test_ranks_must_resolve_the_same_backend(two_process_results):
+    """The trainer checks once that every rank resolved the same contrast backend (a fused one and the
+    reference run different collectives in the softmax terms)."""
+    for res in two_process_results:
+        assert res["same_backend"] == ("cpu" if "cpu" in BACKENDS else "reference")
+        if "cpu" in BACKENDS:
+            assert "resolved different contrast backends" in res["mismatch"] and "['reference', 'cpu']" in res["mismatch"]
