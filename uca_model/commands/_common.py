@@ -45,12 +45,13 @@ def fail(cmd: str, e: BaseException) -> int:
 
 
 def set_threads(n: int | None) -> None:
+    """``--threads``: torch's intra-op CPU threads (None: torch's default)."""
     if n is not None:
         import torch
 
         if n < 1:
             raise ValueError(f"--threads must be >= 1, got {n}")
-        torch.set_numset_threads(n)
+        torch.set_num_threads(n)
 
 
 def format_metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
