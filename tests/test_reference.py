@@ -86,7 +86,7 @@ def test_csd_is_expected_squared_distance_monte_carlo():
 def test_feature_maps_reproduce_distances(metric, center):
     mu_a, lv_a, mu_b, lv_b = gaussians(6, 9, 7, seed=5, spread=3.0)
     A, B, r, c = uk.feature_maps(mu_a, lv_a, mu_b, lv_b, metric, center=center)
-    E = {"w2": 14, "kl": 14, "jeffreys": 28, "csd": 7}[metric]
+    E = {"w2": 14, "kl": 14, "jeffreys": 28, "csd": 7, "ce": 14}[metric]
     assert A.shape == (6, E) and B.shape == (9, E) and r.shape == (6,) and c.shape == (9,)
     torch.testing.assert_close(A @ B.T + r[:, None] + c[None, :], uk.gaussian_distance(mu_a, lv_a, mu_b, lv_b, metric),
                                rtol=1e-10, atol=1e-10)

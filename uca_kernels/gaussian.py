@@ -10,7 +10,13 @@ metric      d(i, j)
 ``kl``      ½ Σ [log σⱼ² − log σᵢ² + (σᵢ² + Δμ²)/σⱼ² − 1]  (KL(Nᵢ ‖ Nⱼ))
 ``jeffreys``½ Σ [(σᵢ² + Δμ²)/σⱼ² + (σⱼ² + Δμ²)/σᵢ² − 2]   (symmetric KL)
 ``csd``     ‖Δμ‖² + Σ (σᵢ² + σⱼ²)                       (E‖zᵢ − zⱼ‖², PCME++)
+``ce``      ½ Σ [log σⱼ² + (σᵢ² + Δμ²)/σⱼ²]              (cross-entropy H(Nᵢ, Nⱼ) − ½D log 2π)
 ==========  ==================================================================================
+
+``ce`` is the cross-entropy of Nⱼ relative to Nᵢ, i.e. KL(Nᵢ ‖ Nⱼ) plus the entropy of Nᵢ, without the
+constant ½ D log 2π: KL's image-only term −½ Σ log σᵢ² (which, with i = image and j = caption, puts
+diffuse images first in every query) is gone, and what remains ranks the images of one caption j by
+Σ_d (σᵢ,d² + Δμ_d²) / σⱼ,d²: the caption's σ decides per dimension how much a difference counts.
 
 Every metric is a dot product of per-row maps plus a row and a column term,
 ``d(i, j) = ⟨a_i, b_j⟩ + r_i + c_j`` (:func:`feature_maps`), which is what the fused kernels consume:
@@ -21,8 +27,10 @@ Every metric is a dot product of per-row maps plus a row and a column term,
 - ``jeffreys``: a = [σ²+μ², μ, 1/σ², μ/σ²],   b = ½[1/σ², −2μ/σ², σ²+μ², −2μ],
                 r = ½Σμ²/σ² − D/2,            c = ½Σμ²/σ² − D/2
 - ``csd``:      a = μ,                         b = −2μ,                r = ‖μ‖²+Σσ², c = ‖μ‖²+Σσ²
+- ``ce``:       a = [σ²+μ², μ],                b = ½[1/σ², −2μ/σ²],    r = 0,
+                c = ½Σ(μ²/σ² + log σ²)       (kl without its row term: ½Σ(σᵢ²+μᵢ²)/σⱼ² − Σμᵢμⱼ/σⱼ² + c)
 
-The expanded form cancels catastrophically for close pairs. All four metrics depend on μ only
+The expanded form cancels catastrophically for close pairs. All five metrics depend on μ only
 through Δμ, and ``w2`` on σ only through σᵢ − σⱼ, so the maps first subtract the (detached) batch
 mean of the two sides; this changes no distance and no gradient but keeps the cancelling terms
 small.
@@ -36,7 +44,7 @@ from ._validation import check_choice, check_features, check_same_device
 
 __all__ = ["METRICS", "gaussian_distance", "feature_maps", "check_gaussians"]
 
-METRICS = ("w2", "kl", "jeffreys", "csd")
+METRICS = ("w2", "kl", "jeffreys", "csd", "ce")
 
 
 def check_gaussians(mu_a, logvar_a, mu_b, logvar_b, *, names=("mu_a", "logvar_a", "mu_b", "logvar_b")):
@@ -61,7 +69,7 @@ def gaussian_distance(
     Args:
         mu_a, logvar_a: [M, D] means and log-variances of the first set.
         mu_b, logvar_b: [N, D] means and log-variances of the second set.
-        metric: ``"w2"``, ``"kl"`` (KL(a ‖ b)), ``"jeffreys"`` or ``"csd"``.
+        metric: ``"w2"``, ``"kl"`` (KL(a ‖ b)), ``"jeffreys"``, ``"csd"`` or ``"ce"`` (H(a, b) − ½D log 2π).
 
     Returns:
         [M, N] distances. Memory is O(M·N·D): this is the oracle, not the fast path.
@@ -78,6 +86,8 @@ def gaussian_distance(
         return 0.5 * (log_ratio + (var_a + dmu2) / var_b - 1.0).sum(-1)
     if metric == "jeffreys":
         return 0.5 * ((var_a + dmu2) / var_b + (var_b + dmu2) / var_a - 2.0).sum(-1)
+    if metric == "ce":
+        return 0.5 * (logvar_b[None, :, :] + (var_a + dmu2) / var_b).sum(-1)
     return (dmu2 + var_a + var_b).sum(-1)  # csd
 
 
@@ -94,11 +104,12 @@ def _maps_impl(mu_a, logvar_a, mu_b, logvar_b, metric: str, shift, sshift):
         B = -2.0 * torch.cat([mu_b, sig_b], 1)
         r = mu_a.square().sum(1) + sig_a.square().sum(1)
         c = mu_b.square().sum(1) + sig_b.square().sum(1)
-    elif metric == "kl":
+    elif metric in ("kl", "ce"):
         var_a, inv_b = logvar_a.exp(), (-logvar_b).exp()
         A = torch.cat([var_a + mu_a.square(), mu_a], 1)
         B = 0.5 * torch.cat([inv_b, -2.0 * mu_b * inv_b], 1)
-        r = -0.5 * logvar_a.sum(1) - 0.5 * d
+        # ce: r = 0, written as a function of the input so that autograd through these maps sees it
+        r = -0.5 * logvar_a.sum(1) - 0.5 * d if metric == "kl" else 0.0 * logvar_a.sum(1)
         c = 0.5 * (mu_b.square() * inv_b + logvar_b).sum(1)
     elif metric == "jeffreys":
         var_a, inv_a = logvar_a.exp(), (-logvar_a).exp()
@@ -139,6 +150,7 @@ class _FeatureMaps(torch.autograd.Function):
         kl:   dμa = 2 dA₁ μ̃a + dA₂        dlogvar_a = dA₁ va − dr / 2
               dμb = −dB₂ ivb + dc μ̃b ivb
               dlogvar_b = −dB₁ ivb / 2 + dB₂ μ̃b ivb + dc (1 − μ̃b² ivb) / 2
+        ce:   as kl, but r = 0: dlogvar_a = dA₁ va
         jeffreys: dμa = 2 dA₁ μ̃a + dA₂ + dA₄ iva + dr μ̃a iva
               dlogvar_a = dA₁ va − dA₃ iva − dA₄ μ̃a iva − dr μ̃a² iva / 2
               dμb = −dB₂ ivb + dB₃ μ̃b − dB₄ + dc μ̃b ivb
@@ -202,10 +214,12 @@ class _FeatureMaps(torch.autograd.Function):
             if sshift is not None:
                 dlv_b.sub_(2.0 * dc * sshift)
             dlv_b.mul_(sb).mul_(0.5)
-        elif metric == "kl":
+        elif metric in ("kl", "ce"):
             va, ivb = logvar_a.exp(), (-logvar_b).exp()
             dmu_a = torch.addcmul(blk(dA, 1), blk(dA, 0), ma, value=2.0)
-            dlv_a = torch.mul(blk(dA, 0), va).sub_(0.5 * dr)
+            dlv_a = torch.mul(blk(dA, 0), va)
+            if metric == "kl":
+                dlv_a.sub_(0.5 * dr)
             mivb = mb * ivb
             dmu_b = (dc * mivb).sub_(blk(dB, 1) * ivb)
             dlv_b = (blk(dB, 1) * mivb).addcmul_(blk(dB, 0), ivb, value=-0.5)
@@ -230,7 +244,7 @@ class _FeatureMaps(torch.autograd.Function):
         return dmu_a, dlv_a, dmu_b, dlv_b, None, None
 
 
-_WIDTH = {"w2": 2, "kl": 2, "jeffreys": 4, "csd": 1}
+_WIDTH = {"w2": 2, "kl": 2, "jeffreys": 4, "csd": 1, "ce": 2}
 
 
 def feature_maps(
@@ -251,7 +265,7 @@ def feature_maps(
             module docstring). Off only to test the raw expansion.
 
     Returns:
-        A [M, E], B [N, E], r [M], c [N] with E = 2D (w2, kl), 4D (jeffreys) or D (csd).
+        A [M, E], B [N, E], r [M], c [N] with E = 2D (w2, kl, ce), 4D (jeffreys) or D (csd).
         Gradients flow back to ``mu`` and ``logvar`` through a hand-written backward that keeps
         only the inputs alive (see :class:`_FeatureMaps`).
     """

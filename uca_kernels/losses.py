@@ -67,7 +67,7 @@ def distribution_contrast_loss(
         mu_t, logvar_t: [N, D] text distributions (columns).
         labels: [M] integer identities (of both sides when ``labels_t`` is None, then M == N);
             None means diagonal positives (pair i of the batch matches only pair i).
-        metric: ``w2`` | ``kl`` (KL(image ‖ text)) | ``jeffreys`` | ``csd``.
+        metric: ``w2`` | ``kl`` (KL(image ‖ text)) | ``jeffreys`` | ``csd`` | ``ce`` (H(image, text)).
         loss: ``sdm`` | ``infonce`` | ``sigmoid`` (pairwise, SigLIP / PCME++ style).
         scale: positive number or 0-d tensor (learnable allowed); logits are −scale·d + bias.
             Default 1.0.

@@ -56,7 +56,7 @@ __all__ = [
 
 ENCODER_PRESETS = ("cnn-bigru", "tiny", "clip-vit-b16")  # uca_model.encoders.ENCODERS (torch-free copy)
 MODES = ("uca", "baseline")
-METRICS = ("w2", "kl", "jeffreys", "csd")  # uca_kernels.METRICS (kept here so configs load without torch)
+METRICS = ("w2", "kl", "jeffreys", "csd", "ce")  # uca_kernels.METRICS (kept here so configs load without torch)
 CONTRAST_LOSSES = ("sdm", "infonce", "sigmoid")  # uca_kernels.LOSSES
 BASELINE_LOSSES = ("sdm", "infonce")  # the baseline's cosine contrast (softmax losses only)
 

@@ -260,11 +260,11 @@ class GaussianScores:
 
     Args:
         mu_q, logvar_q: [Q, D] query (text) Gaussians. mu_g, logvar_g: [G, D] gallery (image) ones.
-        metric: "w2", "kl", "jeffreys" or "csd" (``uca_kernels.METRICS``).
+        metric: "w2", "kl", "jeffreys", "csd" or "ce" (``uca_kernels.METRICS``).
         first: which side is the first argument of the distance: "query" gives −d(query_i, gallery_j)
             (``kl``: KL(query ‖ gallery)); "gallery" gives −d(gallery_j, query_i) (``kl``:
             KL(gallery ‖ query)) -- the direction of UCA's training logits, whose rows are images
-            (:func:`uca_model.evaluation.score_fn` uses it). Only ``kl`` is asymmetric.
+            (:func:`uca_model.evaluation.score_fn` uses it). Only ``kl`` and ``ce`` are asymmetric.
         method: "direct" -- ``uca_kernels.gaussian_distance`` on [block, gallery block] tiles,
             the exact formulas (default); "gemm" -- the metric's feature maps
             (``uca_kernels.feature_maps``) and one matrix product per tile, much faster for large
