@@ -162,7 +162,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="demo", help="SynthPedes preset (demo | large)")
-    ap.add_argument("--data", default=None, help="dataset folder (default data/synthpedes-<preset>)")
+    ap.add_argument("--data", default=None,
+                    help="dataset folder (default data/synthpedes-<preset>, -seed<K> added for --data-seed K > 0)")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the SynthPedes build (default 0)")
     ap.add_argument("--variants", nargs="+", default=list(ABLATION_VARIANTS), choices=list(ABLATION_VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo config's)")
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
                     help="take these variants' finished runs from an earlier results folder (repeatable)")
     args = ap.parse_args(argv)
     if args.data is None:
-        args.data = f"data/synthpedes-{args.preset}"
+        args.data = f"data/synthpedes-{args.preset}" + (f"-seed{args.data_seed}" if args.data_seed else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(args.runs).mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     if jobs_to_run:  # the data once, before the workers start
         from uca_model.synth import generate_synthpedes
 
-        generate_synthpedes(args.data, args.preset, seed=0, progress=True)
+        generate_synthpedes(args.data, args.preset, seed=args.data_seed, progress=True)
     log = (out / "progress.log").open("a", encoding="utf-8")
     t0 = time.perf_counter()
 

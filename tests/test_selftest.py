@@ -250,6 +250,14 @@ def test_cli_exits_1_on_failure_and_json(cache, monkeypatch, capsys):
     assert selftest.main(["--backend", "cuda", "--device", "meta", "--no-cache"]) == 1  # cannot run: a failure
 
 
+def test_cli_rejects_a_device_that_is_not_one(capsys):
+    """``--device gpu`` is a usage error naming the flag (exit 2), not a torch traceback."""
+    with pytest.raises(SystemExit) as e:
+        selftest.main(["--device", "gpu", "--no-cache"])
+    assert e.value.code == 2
+    assert "--device 'gpu' is not a torch device (e.g. cpu, cuda, cuda:1)" in capsys.readouterr().err
+
+
 def test_info_prints_the_verdicts(cache, runs, monkeypatch, capsys):
     register(monkeypatch, WrongBackend("wrong"))
     assert info.main([]) == 0

@@ -51,7 +51,7 @@ def test_distribution_contrast_rejects_bad_gaussians(mutate, exc, match):
         (dict(scale=float("nan")), ValueError, "scale=nan is not finite"),
         (dict(scale=torch.ones(2)), ValueError, "scale must be a number or a 0-d tensor"),
         (dict(scale="big"), TypeError, "scale must be a number"),
-        (dict(backend="gpu"), ValueError, "unknown backend 'gpu'"),
+        (dict(backend="gpu"), ValueError, "backend='gpu' is not a backend"),
         (dict(labels_t=torch.tensor([0, 1, 2, 3])), ValueError, "labels_t given without labels"),
     ],
 )
@@ -103,6 +103,17 @@ def test_env_backend_is_honoured_and_checked(monkeypatch):
     monkeypatch.setenv("UCA_BACKEND", "reference")
     rows, _ = uk.contrast(A, B, r, c)
     assert rows.shape == (4,)
+
+
+def test_unknown_backend_names_where_it_came_from(monkeypatch):
+    """UCA_BACKEND=gpu (not a backend) names the variable; backend='gpu' names the argument."""
+    A, B, r, c = contrast_args()
+    monkeypatch.setenv("UCA_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"UCA_BACKEND='gpu' is not a backend; choose 'auto' or one of .*'cpu'"):
+        uk.contrast(A, B, r, c)
+    monkeypatch.delenv("UCA_BACKEND")
+    with pytest.raises(ValueError, match=r"backend='gpu' is not a backend"):
+        uk.contrast(A, B, r, c, backend="gpu")
 
 
 @pytest.mark.parametrize(

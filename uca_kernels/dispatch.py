@@ -48,10 +48,13 @@ def select(backend: str = "auto", *, A, B, loss, exclude_self) -> Backend:
     requested = backend if backend != "auto" else os.environ.get("UCA_BACKEND", "auto") or "auto"
     kwargs = dict(A=A, B=B, loss=loss, exclude_self=exclude_self)
     if requested != "auto":
-        chosen = get_backend(requested)
+        src = "backend=" if backend != "auto" else "UCA_BACKEND="
+        if requested not in _BACKENDS:
+            raise ValueError(f"{src}{requested!r} is not a backend; choose 'auto' or one of "
+                             f"{', '.join(map(repr, _BACKENDS))}")
+        chosen = _BACKENDS[requested]
         reasons = chosen.not_supported_reasons(**kwargs, explicit=True)
         if reasons:
-            src = "backend=" if backend != "auto" else "UCA_BACKEND="
             raise ValueError(f"backend {src}{requested!r} cannot run these inputs: {'; '.join(reasons)}")
         return chosen
     reasons = {}

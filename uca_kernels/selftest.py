@@ -598,6 +598,11 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every detail line")
     args = ap.parse_args(argv)
     verdicts, status = [], 0
+    for dev in args.device or ():
+        try:
+            torch.device(dev)
+        except RuntimeError:
+            ap.error(f"--device {dev!r} is not a torch device (e.g. cpu, cuda, cuda:1)")
     for name, dev, named in _targets(args.backend, args.device):
         try:
             impl = backends.get_backend(name)

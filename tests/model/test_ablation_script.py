@@ -49,3 +49,22 @@ def test_reuse_of_a_folder_without_runs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no runs.json"):
         ablation.main(["--variants", "UCA", "--reuse", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                        "--runs", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("extra, folder, seed", [([], "data/synthpedes-demo", 0),
+                                                 (["--data-seed", "7"], "data/synthpedes-demo-seed7", 7)])
+def test_data_seed_reaches_the_generator(tmp_path, monkeypatch, extra, folder, seed):
+    """``--data-seed`` picks the SynthPedes build (it was fixed at 0) and its default folder."""
+    import uca_model.synth as synth
+
+    seen = {}
+
+    def stop(root, preset, seed, progress):
+        seen.update(root=root, seed=seed)
+        raise RuntimeError("stopped before generating")
+
+    monkeypatch.setattr(synth, "generate_synthpedes", stop)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="stopped before generating"):
+        ablation.main(["--variants", "UCA", "--seeds", "0", "--out", "o", "--runs", "r", *extra])
+    assert seen == {"root": folder, "seed": seed}
