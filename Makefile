@@ -13,7 +13,7 @@ $(STAMP): requirements.txt setup.py pyproject.toml CMakeLists.txt $(SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[model,test]'
 	touch $@
 
 demo: setup
