@@ -228,6 +228,12 @@ class LossConfig:
     pcl_scale: float = 10.0  # point logits = pcl_scale * cos (50 = 1/0.02 as in IRRA)
     pcl_bias: float = -10.0  # sigmoid PCL: point logits = pcl_scale * cos + pcl_bias (SigLIP's start)
     pcl_intra: bool = True  # include the intra-modal point terms
+    # intra-modal positives include a point's own K - 1 sibling samples (the seed's terms, minimised by
+    # sigma -> 0); false: siblings are neither positives nor negatives (uca_model.terms; one process only)
+    pcl_intra_siblings: bool = True
+    # occlusion inclusion: KL(sg N_clean || N_occluded copy), only the copy's sigma learns (uca_model.terms)
+    occlusion_weight: float = 0.0
+    occlusion_fraction: float = 0.25  # share of each batch's images that get an occluded copy
     amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
     mask_rate: float = 0.5  # share of a caption's attribute words masked
     # "attributes": mask attribute words (UA-AMLR); "random": random 15 % of the tokens instead, as
@@ -248,7 +254,9 @@ class LossConfig:
     backend: str = "auto"  # uca_kernels backend for every contrast
 
     def validate(self, where: str = "model.loss") -> None:
-        for name in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "id_weight"):
+        _need(0.0 < self.occlusion_fraction <= 1.0, f"{where}.occlusion_fraction",
+              f"must be in (0, 1], got {self.occlusion_fraction}")
+        for name in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "id_weight", "occlusion_weight"):
             _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
         _choice(f"{where}.metric", self.metric, METRICS)
         _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
@@ -293,7 +301,8 @@ class ModelConfig:
         self.loss.validate(f"{where}.loss")
         L = self.loss
         if self.mode == "baseline":
-            on = [n for n in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight") if getattr(L, n) != 0]
+            on = [n for n in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "occlusion_weight")
+                  if getattr(L, n) != 0]
             _need(not on, f"{where}.mode", "'baseline' has fixed-point embeddings and only the SDM (+ id) loss; "
                   f"set {', '.join(f'loss.{n}' for n in on)} to 0 or use mode 'uca'")
         else:
@@ -321,6 +330,12 @@ class DataConfig:
     tokenizer: Optional[str] = None  # tokenizer.json or a HF folder; default <root>/tokenizer.json
     val_from_train: Optional[int] = None  # hold out this many training identities as val (ICFG-PEDES)
     batch_size: int = 128  # global batch (split evenly over processes)
+    # "random": batches drawn uniformly from all captions; "identity": P = batch_size / samples_per_id identities
+    # x samples_per_id captions (with their images) each, identities drawn in look-alike groups
+    # (uca_model.sampling.IdentityBatchSampler)
+    sampler: str = "random"
+    samples_per_id: int = 4  # identity sampler: K samples per identity (distinct images first)
+    lookalike_group: int = 4  # identity sampler: identities per look-alike group in a batch (1 = uniform)
     flip_prob: float = 0.5  # horizontal flip augmentation
     crop_pad: int = 4  # random translation by up to this many pixels (pad + crop; 0 = off)
     erase_prob: float = 0.5  # random erasing: probability of blanking one rectangle per image (occlusion)
@@ -331,6 +346,13 @@ class DataConfig:
         _need(bool(self.root), f"{where}.root", "must be a folder path")
         _need(isinstance(self.batch_size, int) and self.batch_size >= 2, f"{where}.batch_size",
               f"must be an int >= 2, got {self.batch_size!r}")
+        _choice(f"{where}.sampler", self.sampler, ("random", "identity"))
+        for name in ("samples_per_id", "lookalike_group"):
+            v = getattr(self, name)
+            _need(isinstance(v, int) and v >= 1, f"{where}.{name}", f"must be an int >= 1, got {v!r}")
+        if self.sampler == "identity":
+            _need(self.batch_size % self.samples_per_id == 0, f"{where}.samples_per_id",
+                  f"data.batch_size={self.batch_size} is not a multiple of samples_per_id={self.samples_per_id}")
         _need(0.0 <= self.flip_prob <= 1.0, f"{where}.flip_prob", f"must be in [0, 1], got {self.flip_prob}")
         _need(isinstance(self.crop_pad, int) and self.crop_pad >= 0, f"{where}.crop_pad",
               f"must be an int >= 0, got {self.crop_pad!r}")

@@ -62,6 +62,7 @@ __all__ = [
     "TrainImageTextDataset",
     "GalleryImageDataset",
     "augment_batch",
+    "occlude_batch",
 ]
 
 
@@ -489,4 +490,34 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, *, flip_prob
             w = min(W, max(1, int(round(math.sqrt(area / aspect)))))
             y, x = int(u[i][2] * (H - h + 1)), int(u[i][3] * (W - w + 1))
             out[i, :, y:y + h, x:x + w] = 0.0
+    return out
+
+
+def occlude_batch(images: torch.Tensor, generator: torch.Generator, *, bands: Sequence[tuple[float, float]] | None = None,
+                  height: tuple[float, float] = (0.2, 0.35)) -> torch.Tensor:
+    """Copies of a normalised batch ``[B, 3, H, W]`` with a drawn occluder: a full-width band of one
+    random flat colour (an object in front of the person, not the blank of random erasing).
+
+    Args:
+        generator: every draw (band position and height, colour) comes from it.
+        bands: per image ``(top, bottom)`` as fractions of the height (e.g. over a body part a caption
+            mentions); None: a band of ``height`` (fractions) at a random vertical position.
+    """
+    B, C, H, W = images.shape
+    out = images.clone()
+    u = torch.rand(B, 2, generator=generator).tolist()
+    colour = (torch.rand(B, C, generator=generator) * 3.0 - 1.5).tolist()  # roughly the normalised pixel range
+    if bands is not None and len(bands) != B:
+        raise ValueError(f"bands has {len(bands)} entries for {B} images")
+    for i in range(B):
+        if bands is not None:
+            top, bottom = bands[i]
+            if not 0.0 <= top < bottom <= 1.0:
+                raise ValueError(f"band {i} = {bands[i]} is not 0 <= top < bottom <= 1")
+        else:
+            h = height[0] + (height[1] - height[0]) * u[i][0]
+            top = (1.0 - h) * u[i][1]
+            bottom = top + h
+        y0, y1 = int(round(top * H)), max(int(round(top * H)) + 1, int(round(bottom * H)))
+        out[i, :, y0:y1, :] = torch.tensor(colour[i], dtype=out.dtype).view(C, 1, 1)
     return out

@@ -19,7 +19,12 @@ data-parallel runs (:mod:`uca_model.losses`):
 ``kl_text``         the same for texts
 ``id``              identity classification of μ by a cosine classifier shared by both modalities
                     (image and text cross-entropies averaged), optional
+``occlusion``       KL(sg N_image ‖ N_occluded copy): an occluded copy's σ covers how far the
+                    occluder moved its mean (:mod:`uca_model.terms`), optional
 ==================  ==============================================================================
+
+With ``loss.pcl_intra_siblings`` false, the intra terms leave a point's own K − 1 siblings out of its
+positives and negatives (:func:`uca_model.terms.intra_without_siblings`).
 
 **Direction of the Gaussian distance.** Every DCL logit of (image j, caption i) is
 −scale·d(N_v_j, N_t_i): the image is the *first* argument, so for ``kl`` it is KL(N_image ‖ N_text)
@@ -56,6 +61,7 @@ from .distributed import DistContext
 from .losses import cosine_contrast_loss, dcl_loss, pcl_loss
 from .encoders import build_encoders
 from .heads import ProbabilisticHead
+from .terms import intra_without_siblings, occlusion_inclusion
 
 __all__ = ["UCAModel", "special_token_ids", "build_model"]
 
@@ -183,6 +189,8 @@ class UCAModel(nn.Module):
             if L.kl_weight > 0:
                 w["kl_image"] = L.kl_weight
                 w["kl_text"] = L.kl_weight
+            if L.occlusion_weight > 0:
+                w["occlusion"] = L.occlusion_weight
         if L.id_weight > 0:
             w["id"] = L.id_weight
         return w
@@ -244,12 +252,20 @@ class UCAModel(nn.Module):
                 if L.pcl_weight > 0:
                     plab = pids.repeat_interleave(L.num_samples)
                     scale, bias = self.scale("pcl"), self.bias("pcl")
+                    siblings = L.pcl_intra_siblings or not L.pcl_intra
                     p = pcl_loss(z_v, z_t, plab, similarity=L.pcl_similarity, scale=scale, loss=L.term_loss("pcl"),
-                                 bias=bias, intra=L.pcl_intra, backend=L.backend, ctx=ctx)
+                                 bias=bias, intra=L.pcl_intra and siblings, backend=L.backend, ctx=ctx)
+                    if not siblings:
+                        p.update(self._intra_without_siblings(z_v, z_t, plab, scale, bias))
                     stats["scale_pcl"] = scale.detach()
                     if "pcl" in self.bias_names():
                         stats["bias_pcl"] = bias.detach()
                     terms.update({f"pcl_{k}": v for k, v in p.items()})
+                if L.occlusion_weight > 0:
+                    occ = self.encode_image(batch["occluded"])
+                    m = occ["mu"].shape[0]
+                    terms["occlusion"] = occlusion_inclusion(mu_v[:m], lv_v[:m], occ["mu"].float(),
+                                                             occ["logvar"].float())
                 if L.kl_weight > 0:
                     terms["kl_image"] = uca_kernels.prior_kl(mu_v, lv_v)
                     terms["kl_text"] = uca_kernels.prior_kl(mu_t, lv_t)
@@ -265,6 +281,17 @@ class UCAModel(nn.Module):
             logits_t = L.id_scale * F.normalize(mu_t, dim=1) @ w.T
             terms["id"] = 0.5 * (F.cross_entropy(logits_v, pids) + F.cross_entropy(logits_t, pids))
         return {"terms": terms, "stats": stats}
+
+
+    def _intra_without_siblings(self, z_v, z_t, plab, scale, bias) -> dict[str, torch.Tensor]:
+        """The intra terms with each point's own siblings left out (single process)."""
+        if self.ctx.distributed:
+            raise ValueError("model.loss.pcl_intra_siblings=false runs in one process only (its intra terms are "
+                             "materialised per batch); set it to true for data-parallel training")
+        L = self.cfg.loss
+        kw = dict(similarity=L.pcl_similarity, scale=scale, bias=bias, loss=L.term_loss("pcl"))
+        return {"intra_image": intra_without_siblings(z_v, plab, L.num_samples, **kw),
+                "intra_text": intra_without_siblings(z_t, plab, L.num_samples, **kw)}
 
 
 def build_model(cfg: ModelConfig, tokenizer, num_train_ids: int, ctx: DistContext = DistContext()) -> UCAModel:

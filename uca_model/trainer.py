@@ -62,6 +62,7 @@ __all__ = [
     "TrainingStopped",
     "RunExistsError",
     "EpochBatchSampler",
+    "make_sampler",
     "init_distributed",
     "resolve_device",
     "prepare_data",
@@ -158,6 +159,18 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         r, b, B = self.ctx.rank, self.local, self.global_batch
         for j in range(self.start, self.steps_per_epoch):
             yield perm[j * B + r * b: j * B + (r + 1) * b].tolist()
+
+
+def make_sampler(cfg: DataConfig, samples: list, seed: int, ctx: DistContext):
+    """The training batch sampler of ``data.sampler``: :class:`EpochBatchSampler` ("random") or
+    :class:`uca_model.sampling.IdentityBatchSampler` ("identity")."""
+    if cfg.sampler == "identity":
+        from .sampling import IdentityBatchSampler
+
+        return IdentityBatchSampler([s.pid for s in samples], [s.image_id for s in samples],
+                                    [s.caption for s in samples], cfg.batch_size, cfg.samples_per_id,
+                                    cfg.lookalike_group, seed, ctx)
+    return EpochBatchSampler(len(samples), cfg.batch_size, seed, ctx)
 
 
 def _param_groups(params: list, lr: float, weight_decay: float) -> list[dict]:
@@ -300,7 +313,7 @@ def _build(cfg: RunConfig, tok, num_train_ids: int, ctx: DistContext, device, st
 
 def _make_batch(cfg: RunConfig, step: int, ctx: DistContext, masker, tok, pids, images, captions, device):
     """One step's batch on ``device`` and the generator of the step's draws (flips, crops,
-    erasing, masking; the model's point samples), seeded by ``(seed, step, rank)``."""
+    erasing, occluded copies, masking; the model's point samples), seeded by ``(seed, step, rank)``."""
     tc, max_len = cfg.train, cfg.model.encoder.text.max_len
     g = torch.Generator().manual_seed(seed_for(tc.seed, 2, step, ctx.rank))
     torch.manual_seed(seed_for(tc.seed, 3, step, ctx.rank))  # dropout and any other global draws
@@ -309,6 +322,10 @@ def _make_batch(cfg: RunConfig, step: int, ctx: DistContext, masker, tok, pids, 
     images = data_mod.augment_batch(images, g, flip_prob=cfg.data.flip_prob, pad=cfg.data.crop_pad,
                                     erase_prob=cfg.data.erase_prob)
     batch = {"images": images, "pids": pids}
+    L = cfg.model.loss
+    if L.occlusion_weight > 0 and cfg.model.probabilistic:  # copies of the first images with a drawn occluder
+        m = max(1, int(round(L.occlusion_fraction * images.shape[0])))
+        batch["occluded"] = data_mod.occlude_batch(images[:m], g)
     if masker is not None:
         mk = masker(list(captions), max_len, generator=g)
         batch.update(input_ids=mk["clean_ids"], attention_mask=mk["attention_mask"],
@@ -432,7 +449,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool | str = "a
                          "out some training identities (e.g. ICFG-PEDES)")
     image_size = tuple(mcfg.encoder.vision.image_size)
     train_set = data_mod.TrainImageTextDataset(ds.train, image_size, flip_prob=0.0, cache=cfg.data.cache_images)
-    sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, tc.seed, ctx)
+    sampler = make_sampler(cfg.data, ds.train, tc.seed, ctx)
     ctx = dataclasses.replace(ctx, equal_batches=True)  # the sampler's batches: global_batch / world_size rows
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                          persistent_workers=False, pin_memory=device.type == "cuda")
