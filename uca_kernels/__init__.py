@@ -8,6 +8,7 @@ Public API::
     contrast_row_share, combine_stats          # a share of the rows (data-parallel softmax terms)
     distribution_contrast_loss, point_contrast_loss, prior_kl,
     DistributionContrastLoss, PointContrastLoss, PriorKLLoss  # uca_kernels.losses
+    ClipLoss, SigLipLoss                       # uca_kernels.clip (drop-ins for open_clip's)
     DistContext                                # uca_kernels.distributed (data-parallel losses)
     deferred_finite_checks, FiniteChecks       # NaN/inf checks without a host sync per call
 """
@@ -15,6 +16,7 @@ Public API::
 from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
 from ._validation import FiniteChecks, deferred_finite_checks
 from ._version import __version__
+from .clip import ClipLoss, SigLipLoss
 from .contrast import LOSSES, combine_stats, contrast, contrast_reference, contrast_row_share, reduce_losses
 from .distributed import DistContext
 from .gaussian import METRICS, feature_maps, gaussian_distance
@@ -44,6 +46,8 @@ __all__ = [
     "DistributionContrastLoss",
     "PointContrastLoss",
     "PriorKLLoss",
+    "ClipLoss",
+    "SigLipLoss",
     "FiniteChecks",
     "deferred_finite_checks",
 ]

@@ -167,14 +167,18 @@ def reduce_losses(rows: torch.Tensor, cols: torch.Tensor, reduction: str, loss: 
 
 
 def _checked_args(A, B, r, c, scale, bias, labels_a, labels_b) -> tuple:
-    """The op's tensor arguments from what a user passes (named errors for bad input): labels None
-    → diagonal positives, scale and bias → 0-d tensors, r, c, scale, bias in the op's dtype."""
+    """The op's tensor arguments from what a user passes (named errors for bad input): r, c None →
+    zeros, labels None → diagonal positives, scale and bias → 0-d tensors, r, c, scale, bias in the
+    op's dtype."""
     check_features("A", A)
     M, E = A.shape
     check_features("B", B, cols=E)
     N = B.shape[0]
     if B.dtype != A.dtype:
         raise TypeError(f"A and B must share a dtype, got A {A.dtype} and B {B.dtype}")
+    rc_dtype = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    r = A.new_zeros(M, dtype=rc_dtype) if r is None else r
+    c = B.new_zeros(N, dtype=rc_dtype) if c is None else c
     check_features("r", r, ndim=1, rows=M)
     check_features("c", c, ndim=1, rows=N)
     device = check_same_device(A=A, B=B, r=r, c=c)
@@ -189,7 +193,6 @@ def _checked_args(A, B, r, c, scale, bias, labels_a, labels_b) -> tuple:
         labels_b = check_labels("labels_b", labels_b, N, device)
     scale = check_scalar("scale", scale, A)
     bias = check_scalar("bias", bias, A)
-    rc_dtype = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
     r, c = r.to(rc_dtype), c.to(rc_dtype)
     scale, bias = scale.to(rc_dtype), bias.to(rc_dtype)
     return A, B, r, c, scale, bias, labels_a, labels_b
@@ -198,12 +201,13 @@ def _checked_args(A, B, r, c, scale, bias, labels_a, labels_b) -> tuple:
 def contrast(
     A: torch.Tensor,
     B: torch.Tensor,
-    r: torch.Tensor,
-    c: torch.Tensor,
+    r: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
     scale=1.0,
     bias=0.0,
     labels_a: torch.Tensor | None = None,
     labels_b: torch.Tensor | None = None,
+    *,
     loss: str = "sdm",
     exclude_self: bool = False,
     backend: str = "auto",
@@ -214,7 +218,7 @@ def contrast(
     Args:
         A: [M, E] row features (float16/bfloat16/float32/float64).
         B: [N, E] column features, same dtype and device as ``A``.
-        r: [M] row term; c: [N] column term.
+        r: [M] row term; c: [N] column term (None: zeros, e.g. for a plain dot product).
         scale, bias: numbers or 0-d tensors (a tensor that requires grad gets its gradient).
             A distance enters with a negative scale.
         labels_a: [M] integer identities of the rows; labels_b: [N] of the columns. Both ``None``
@@ -225,8 +229,12 @@ def contrast(
             M != N for local rows against columns that start with the same points).
         backend: ``"auto"`` or a name from :func:`uca_kernels.dispatch.backend_names`.
         reduction: ``"none"`` (the two vectors), ``"mean"`` or ``"sum"`` (a scalar, see
-            :func:`reduce_losses`; for ``sigmoid`` it takes the one-sweep path where the backend
-            has one, see the module docstring).
+            :func:`reduce_losses`: for ``sdm`` / ``infonce`` the mean over rows *plus* the mean over
+            columns, the sum of the two directions, which is twice open_clip's ``ClipLoss`` (the
+            mean of the two; :class:`uca_kernels.ClipLoss` gives that); for ``sigmoid`` each pair
+            once, Σᵢⱼ ℓᵢⱼ / M, SigLIP's value. ``sigmoid`` takes the one-sweep path where the
+            backend has one, see the module docstring). Every loss of the library means the same
+            by it.
 
     Returns:
         ``(loss_rows [M], loss_cols [N])``: per-row (A→B) and per-column (B→A) losses,
@@ -280,7 +288,7 @@ def row_share_supported(A: torch.Tensor, B: torch.Tensor, loss: str, backend: st
     return dispatch.select(backend, A=A, B=B, loss=loss, exclude_self=False).op_pair() is not None
 
 
-def contrast_row_share(A, B, r, c, scale=1.0, bias=0.0, labels_a=None, labels_b=None, loss: str = "sdm", *,
+def contrast_row_share(A, B, r=None, c=None, scale=1.0, bias=0.0, labels_a=None, labels_b=None, loss: str = "sdm", *,
                        gather_stats, sum_col_grads, backend: str = "auto"):
     """A softmax loss whose rows are one share of a larger set of rows, each pair computed once
     across the shares (a data-parallel rank's local rows against every rank's columns).
