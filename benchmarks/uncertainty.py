@@ -8,7 +8,13 @@ test):
 - text sigma vs how much a caption says: Spearman correlation with the number of attributes the
   caption mentions (expected < 0: vaguer captions, larger sigma) and with the number of identities
   of the split's gallery the caption fits (expected > 0);
-- image sigma of occluded vs unoccluded images (expected: occluded larger);
+- the partial Spearman of text sigma with identities fitted given the attributes mentioned (what
+  sigma knows beyond counting attribute words);
+- image sigma of occluded vs unoccluded images (expected: occluded larger), and the paired occlusion
+  test: each image with and without a drawn occluder over a part its captions mention, the ratio of
+  the two sigma per image (share of images with ratio >= 1.1);
+- R@1 / mAP on the full gallery (``overall``) beside the split's Bayes ceiling (``ceiling``), and on
+  random 100-identity sub-galleries beside theirs (``sub_galleries``; None for <= 100 identities);
 - retrieval of the most certain vs the least certain half of the queries (R@1 and mAP by text
   sigma): a sigma that tracks difficulty gives the certain half the better numbers.
 
@@ -31,8 +37,9 @@ from uca_model.uncertainty import analyse_run, gallery_records, spearman  # noqa
 #: the keys of one result, in order (those of the analysis before it moved into uca_model, plus "split")
 KEYS = ("run", "split", "sigma_text_mean", "sigma_text_relative_spread", "sigma_image_mean",
         "sigma_image_relative_spread", "spearman_text_sigma_vs_attributes_mentioned",
-        "spearman_text_sigma_vs_identities_fitted", "image_sigma_occluded", "image_sigma_unoccluded",
-        "occluded_images", "retrieval_by_text_sigma")
+        "spearman_text_sigma_vs_identities_fitted", "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned",
+        "image_sigma_occluded", "image_sigma_unoccluded", "occluded_images", "retrieval_by_text_sigma",
+        "overall", "ceiling", "sub_galleries", "occlusion_test")
 
 
 def analyse(run: str, split: str = "test") -> dict:
@@ -41,6 +48,8 @@ def analyse(run: str, split: str = "test") -> dict:
     out = {k: t[k] for k in KEYS}
     out["retrieval_by_text_sigma"] = {name: {k: round(h[k], 3) for k in ("R1", "mAP")}
                                       for name, h in t["retrieval_by_text_sigma"].items()}
+    if t["ceiling"] is not None:
+        out["ceiling"] = {k: t["ceiling"][k] for k in ("R1", "mAP", "identities")}
     return out
 
 

@@ -18,8 +18,18 @@ should is larger for captions that say less and retrieve worse, so the table hol
   mean and std of text σ per fitted count, in the bins of :func:`fitted_bins` (exact counts 1 to
   4, then doubling ranges 5-8, 9-16, 17-32, ...); Spearman's ρ of text σ with the fitted count
   (expected > 0: a vaguer caption fits more people) and with the number of attributes mentioned
-  (expected < 0); mean image σ of occluded and unoccluded images (expected: occluded larger).
+  (expected < 0); the *partial* Spearman ρ of text σ with the fitted count given the number of
+  attributes mentioned (:func:`partial_spearman`: what σ knows about a caption's ambiguity beyond
+  counting its attribute words, which alone predicts the fitted count well); mean image σ of
+  occluded and unoccluded images (expected: occluded larger).
   On other data these entries are ``None`` and the σ deciles are still computed.
+
+:func:`analyse_run` adds two SynthPedes checks that need the model: the **paired occlusion test**
+(:func:`occlusion_test`: every gallery image encoded as it is and with a drawn occluder over a body
+part its captions mention; per image the ratio of the two σ) and **sub-galleries**
+(:func:`sub_gallery_metrics`: the retrieval metrics on random ``ids_per_gallery``-identity
+sub-galleries of the split beside the Bayes ceiling of each, since a ceiling depends on the gallery
+size), both beside the full gallery's metrics and ceiling.
 
 Identities fitted are counted among the identities *in the gallery* of the split, which for the
 card's val and test splits are all identities of that split and for a val split held out of
@@ -52,6 +62,10 @@ __all__ = [
     "sigma_of",
     "spearman",
     "sigma_percentile",
+    "partial_spearman",
+    "occlusion_bands",
+    "occlusion_test",
+    "sub_gallery_metrics",
     "gallery_records",
     "fitted_counts",
     "fitted_bins",
@@ -61,7 +75,7 @@ __all__ = [
     "analyse_run",
 ]
 
-CALIBRATION_VERSION = 1  # bump when the keys or meaning of calibration_table's result change
+CALIBRATION_VERSION = 2  # bump when the keys or meaning of calibration_table's result change
 FITTED_EXACT = 4  # identities-fitted counts up to this one get a bin each; above, doubling ranges 5-8, 9-16, ...
 
 #: what :func:`calibration_table` accepts as scores: a [Q, G] matrix, or ``select(index)`` giving the
@@ -100,6 +114,16 @@ def spearman(a, b) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def partial_spearman(a, b, given) -> float:
+    """Partial Spearman ρ of ``a`` and ``b`` given ``given``: the Pearson partial correlation of the
+    three rank vectors, (ρ_ab − ρ_ag ρ_bg) / √((1 − ρ_ag²)(1 − ρ_bg²)); NaN when undefined."""
+    r_ab, r_ag, r_bg = spearman(a, b), spearman(a, given), spearman(b, given)
+    den = math.sqrt(max(0.0, (1 - r_ag ** 2) * (1 - r_bg ** 2)))
+    if not all(math.isfinite(v) for v in (r_ab, r_ag, r_bg)) or den == 0:
+        return float("nan")
+    return float((r_ab - r_ag * r_bg) / den)
 
 
 def sigma_percentile(value: float, sigmas) -> float:
@@ -270,7 +294,8 @@ def calibration_table(sigma_text, scores: ScoreSource, query_pids, gallery_pids,
         ``synthpedes`` (bool) and, ``None`` unless it is true: ``by_identities_fitted``
         ``[{"fitted_min", "fitted_max", "label", "captions", "sigma_mean", "sigma_std"}]``,
         ``mean_identities_fitted``, ``spearman_text_sigma_vs_identities_fitted``,
-        ``spearman_text_sigma_vs_attributes_mentioned``, ``image_sigma_occluded`` (``None`` also when no
+        ``spearman_text_sigma_vs_attributes_mentioned``,
+        ``partial_spearman_text_sigma_vs_identities_fitted_given_mentioned``, ``image_sigma_occluded`` (``None`` also when no
         image is occluded), ``image_sigma_unoccluded``, ``occluded_images``.
 
     Raises:
@@ -321,7 +346,8 @@ def calibration_table(sigma_text, scores: ScoreSource, query_pids, gallery_pids,
 def _synth_entries(sig: np.ndarray, sig_v: np.ndarray | None, ann: Mapping[str, np.ndarray] | None, Q: int,
                    G: int) -> dict[str, Any]:
     keys = ("by_identities_fitted", "mean_identities_fitted", "spearman_text_sigma_vs_identities_fitted",
-            "spearman_text_sigma_vs_attributes_mentioned", "image_sigma_occluded", "image_sigma_unoccluded",
+            "spearman_text_sigma_vs_attributes_mentioned",
+            "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned", "image_sigma_occluded", "image_sigma_unoccluded",
             "occluded_images")
     out: dict[str, Any] = dict.fromkeys(keys)
     if ann is None:
@@ -339,6 +365,8 @@ def _synth_entries(sig: np.ndarray, sig_v: np.ndarray | None, ann: Mapping[str, 
     out["mean_identities_fitted"] = float(fitted.mean())
     out["spearman_text_sigma_vs_identities_fitted"] = _finite(spearman(sig, fitted))
     out["spearman_text_sigma_vs_attributes_mentioned"] = _finite(spearman(sig, mentioned))
+    out["partial_spearman_text_sigma_vs_identities_fitted_given_mentioned"] = _finite(
+        partial_spearman(sig, fitted, mentioned))
     if sig_v is not None and ann.get("occluded") is not None:
         occ = np.asarray(ann["occluded"], dtype=bool).reshape(-1)
         if len(occ) != G:
@@ -350,6 +378,103 @@ def _synth_entries(sig: np.ndarray, sig_v: np.ndarray | None, ann: Mapping[str, 
 
 
 # ----------------------------------------------------------------------------------------------
+# checks that need the model: the paired occlusion test, sub-galleries
+# ----------------------------------------------------------------------------------------------
+
+#: where the drawn figure's parts lie, as (top, bottom) fractions of the image height: generous bands
+#: around the renderer's body proportions (uca_model.synth.render: shoulders at 0.175, hips at 0.5 and
+#: ankles at 0.94 of a figure that fills 0.74-0.93 of the height at a random vertical offset)
+PART_BANDS: dict[str, tuple[float, float]] = {
+    "hair_length": (0.0, 0.26), "hair_colour": (0.0, 0.26), "hat_type": (0.0, 0.22), "hat_colour": (0.0, 0.22),
+    "glasses": (0.04, 0.26), "upper_type": (0.2, 0.52), "upper_colour": (0.2, 0.52), "bag_type": (0.25, 0.6),
+    "bag_colour": (0.25, 0.6), "lower_type": (0.48, 0.86), "lower_colour": (0.48, 0.86),
+    "shoe_colour": (0.8, 1.0),
+}
+
+
+def occlusion_bands(records, seed: int = 0) -> list[tuple[str, tuple[float, float]]]:
+    """Per gallery record (``synth_attributes.json`` image), one field its captions mention that has a
+    place on the body (:data:`PART_BANDS`; gender has none), drawn with ``seed``, and its band."""
+    rng = np.random.default_rng([seed, 11])
+    out = []
+    for im in records:
+        fields = sorted({f for m in im["mentions"] for f, v in m.items() if f in PART_BANDS and v != "none"})
+        if not fields:
+            fields = ["upper_colour"]  # every figure wears an upper garment
+        f = fields[int(rng.integers(len(fields)))]
+        out.append((f, PART_BANDS[f]))
+    return out
+
+
+def occlusion_test(model, gallery, records, image_size, batch_size: int, device, seed: int = 0) -> dict[str, Any]:
+    """The paired occlusion test: each gallery image and its copy with a drawn occluder over a part its
+    captions mention (:func:`occlusion_bands`, :func:`uca_model.data.occlude_batch`); per image the
+    ratio σ(occluded copy) / σ(image) of :func:`sigma_of`.
+
+    Returns:
+        ``{"images", "ratio_mean", "ratio_median", "share_ratio_ge_1.1", "share_ratio_gt_1", "by_part":
+        {field: {"images", "ratio_median"}}, "seed"}``.
+    """
+    from .data import GalleryImageDataset, occlude_batch
+
+    bands = occlusion_bands(records, seed)
+    ds = GalleryImageDataset(gallery, tuple(image_size))
+    g = torch.Generator().manual_seed(int(seed))
+    clean, occl = [], []
+    with torch.no_grad():
+        for a in range(0, len(ds), batch_size):
+            x = torch.stack([ds[i][0] for i in range(a, min(len(ds), a + batch_size))])
+            xo = occlude_batch(x, g, bands=[b for _, b in bands[a:a + len(x)]])
+            clean.append(sigma_of(model.encode_image(x.to(device))["logvar"]))
+            occl.append(sigma_of(model.encode_image(xo.to(device))["logvar"]))
+    ratio = np.concatenate(occl) / np.concatenate(clean)
+    parts: dict[str, list[float]] = {}
+    for (f, _), r in zip(bands, ratio):
+        parts.setdefault(f, []).append(float(r))
+    return {"images": int(len(ratio)), "ratio_mean": float(ratio.mean()), "ratio_median": float(np.median(ratio)),
+            "share_ratio_ge_1.1": float((ratio >= 1.1).mean()), "share_ratio_gt_1": float((ratio > 1.0).mean()),
+            "by_part": {f: {"images": len(v), "ratio_median": float(np.median(v))} for f, v in sorted(parts.items())},
+            "seed": int(seed)}
+
+
+def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Mapping[str, Any] | None, split: str,
+                        *, ids_per_gallery: int = 100, draws: int = 10, seed: int = 0) -> dict[str, Any] | None:
+    """Retrieval on ``draws`` random sub-galleries of ``ids_per_gallery`` identities of the split (their
+    captions as queries, their images as gallery) beside each one's Bayes ceiling; ``None`` when the
+    split has no more identities than that (the full gallery is the only one) or ``attrs`` is None.
+
+    Returns:
+        ``{"ids_per_gallery", "draws", "seed", "R1", "mAP" (means over draws), "ceiling_R1", "ceiling_mAP"
+        (means), "R1_fraction_of_ceiling", "mAP_fraction_of_ceiling" (ratios of the means, percent)}``.
+    """
+    from .ceiling import bayes_ceiling
+    from .metrics import retrieval_metrics
+
+    qp = np.asarray(query_pids, dtype=np.int64)
+    gp = np.asarray(gallery_pids, dtype=np.int64)
+    ids = np.unique(gp)
+    if attrs is None or len(ids) <= ids_per_gallery:
+        return None
+    rng = np.random.default_rng([seed, 13])
+    rows = []
+    for _ in range(draws):
+        keep = np.sort(rng.choice(ids, ids_per_gallery, replace=False))
+        qi, gi = np.flatnonzero(np.isin(qp, keep)), np.flatnonzero(np.isin(gp, keep))
+        sub = _select(scores, qi)
+        sub = sub(0, len(qi)) if callable(sub) else sub
+        m = retrieval_metrics(torch.as_tensor(sub)[:, torch.as_tensor(gi)], query_pids=qp[qi],
+                              gallery_pids=gp[gi], ks=(1,))
+        kept = set(keep.tolist())
+        c = bayes_ceiling(attrs["fields"], [d for d in attrs["identities"] if int(d["id"]) in kept],
+                          [im for im in attrs["images"] if int(im["id"]) in kept], split)
+        rows.append((m["R1"], m["mAP"], c["R1"], c["mAP"]))
+    r1, ap, c1, cap = np.asarray(rows).mean(0).tolist()
+    return {"ids_per_gallery": ids_per_gallery, "draws": draws, "seed": seed, "R1": r1, "mAP": ap,
+            "ceiling_R1": c1, "ceiling_mAP": cap, "R1_fraction_of_ceiling": 100 * r1 / c1,
+            "mAP_fraction_of_ceiling": 100 * ap / cap}
+
+
+# ----------------------------------------------------------------------------------------------
 # a whole run
 # ----------------------------------------------------------------------------------------------
 
@@ -357,7 +482,9 @@ def _synth_entries(sig: np.ndarray, sig_v: np.ndarray | None, ann: Mapping[str, 
 def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", device: str = "auto",
                 bins: int = 10) -> dict[str, Any]:
     """Load a probabilistic run, embed ``split`` once and return its :func:`calibration_table`,
-    with ``run``, ``split``, ``checkpoint``, ``score`` and ``metric`` added.
+    with ``run``, ``split``, ``checkpoint``, ``score`` and ``metric`` added, and on SynthPedes
+    ``ceiling`` (the split's Bayes ceiling), ``occlusion_test`` (:func:`occlusion_test`) and
+    ``sub_galleries`` (:func:`sub_gallery_metrics`, ``None`` when the split has <= 100 identities).
 
     Raises:
         ValueError: the run is a fixed-point baseline (no σ), or what the table raises.
@@ -374,7 +501,19 @@ def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "
     img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, dev)
     txt = embed_texts(model, tok, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, dev)
     score, metric = eval_score(cfg), cfg.model.loss.metric
-    table = calibration_table(sigma_of(txt["logvar"]), query_scores(txt, img, score, metric),
-                              [q.pid for q in queries], [g.pid for g in gallery], sigma_image=sigma_of(img["logvar"]),
+    select = query_scores(txt, img, score, metric)
+    qp, gp = [q.pid for q in queries], [g.pid for g in gallery]
+    table = calibration_table(sigma_of(txt["logvar"]), select, qp, gp, sigma_image=sigma_of(img["logvar"]),
                               annotations=split_annotations(cfg.data.root, queries, gallery), bins=bins)
-    return {"run": str(run), "split": split, "checkpoint": checkpoint, "score": score, "metric": metric, **table}
+    out = {"run": str(run), "split": split, "checkpoint": checkpoint, "score": score, "metric": metric, **table,
+           "ceiling": None, "occlusion_test": None, "sub_galleries": None}
+    path = Path(cfg.data.root) / "synth_attributes.json"
+    if path.is_file():
+        from .ceiling import ceiling_from_root
+
+        attrs = json.loads(path.read_text(encoding="utf-8"))
+        out["ceiling"] = ceiling_from_root(cfg.data.root, split)
+        out["occlusion_test"] = occlusion_test(model, gallery, gallery_records(cfg.data.root, attrs, gallery),
+                                               cfg.model.encoder.vision.image_size, bs, dev)
+        out["sub_galleries"] = sub_gallery_metrics(select, qp, gp, attrs, split)
+    return out

@@ -15,17 +15,20 @@ import torch
 from uca_model import cli
 from uca_model.data import GalleryItem, Query
 from uca_model.metrics import retrieval_metrics
-from uca_model.uncertainty import (calibration_table, fitted_bins, fitted_counts, query_scores, sigma_of,
+from uca_model.uncertainty import (PART_BANDS, calibration_table, fitted_bins, fitted_counts, partial_spearman,
+                                   query_scores, sigma_of, sub_gallery_metrics,
                                    sigma_percentile, spearman, split_annotations)
 
 TABLE_KEYS = {"version", "queries", "gallery", "sigma_text_mean", "sigma_text_std", "sigma_text_relative_spread",
               "sigma_image_mean", "sigma_image_std", "sigma_image_relative_spread", "overall", "by_sigma_decile",
               "spearman_sigma_decile_vs_R1", "retrieval_by_text_sigma", "synthpedes", "by_identities_fitted",
               "mean_identities_fitted", "spearman_text_sigma_vs_identities_fitted",
-              "spearman_text_sigma_vs_attributes_mentioned", "image_sigma_occluded", "image_sigma_unoccluded",
-              "occluded_images"}
+              "spearman_text_sigma_vs_attributes_mentioned",
+              "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned", "image_sigma_occluded",
+              "image_sigma_unoccluded", "occluded_images"}
 SYNTH_KEYS = ("by_identities_fitted", "mean_identities_fitted", "spearman_text_sigma_vs_identities_fitted",
-              "spearman_text_sigma_vs_attributes_mentioned", "image_sigma_occluded", "image_sigma_unoccluded",
+              "spearman_text_sigma_vs_attributes_mentioned",
+              "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned", "image_sigma_occluded", "image_sigma_unoccluded",
               "occluded_images")
 
 
@@ -287,3 +290,48 @@ def test_benchmark_cli_keeps_its_keys_and_takes_a_split(trained, tmp_path, capsy
     assert set(r["retrieval_by_text_sigma"]["certain_half"]) == {"R1", "mAP"}
     assert r["occluded_images"] >= 0 and r["spearman_text_sigma_vs_identities_fitted"] is not None
     assert "(val):" in capsys.readouterr().out
+    occ = r["occlusion_test"]  # tiny: every val image with and without a drawn occluder
+    assert occ["images"] > 0 and set(occ["by_part"]) <= set(PART_BANDS)
+    assert 0.0 <= occ["share_ratio_ge_1.1"] <= 1.0 and occ["ratio_mean"] > 0
+    assert r["ceiling"]["R1"] > 0 and r["sub_galleries"] is None  # 5 val identities: no 100-identity sub-gallery
+
+
+def test_partial_spearman_is_the_correlation_of_rank_residuals():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 8, 400)  # attributes mentioned
+    h = rng.normal(size=400)  # what the count of attributes does not say
+    fitted = -2.0 * g + h + 0.3 * rng.normal(size=400)
+    sigma_knows = h + 0.3 * rng.normal(size=400)
+    sigma_counts = -g + 0.01 * rng.normal(size=400)
+    from uca_model.uncertainty import _ranks
+
+    def residual(x):
+        r, z = _ranks(np.asarray(x, float)), _ranks(g.astype(float))
+        A = np.stack([z, np.ones_like(z)], 1)
+        return r - A @ np.linalg.lstsq(A, r, rcond=None)[0]
+
+    ra, rb = residual(sigma_knows), residual(fitted)
+    want = float((ra * rb).sum() / np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    assert partial_spearman(sigma_knows, fitted, g) == pytest.approx(want, abs=1e-9)
+    assert partial_spearman(sigma_knows, fitted, g) > 0.3  # knows more than the count
+    assert abs(partial_spearman(sigma_counts, fitted, g)) < 0.15 < spearman(sigma_counts, fitted)  # only the count
+    assert np.isnan(partial_spearman([1, 2, 3], [3, 2, 1], [1, 2, 3]))
+
+
+def test_sub_galleries_beside_their_ceilings():
+    """6 test identities, 2 images each, captions that mention every attribute (the ceiling is 100);
+    a perfect ranking is at 100 % of the ceiling on every 3-identity sub-gallery."""
+    fields = {"upper_colour": ["red", "blue", "green", "black", "white", "grey"]}
+    colours = fields["upper_colour"]
+    attrs = {"fields": fields,
+             "identities": [{"id": i, "split": "test", "attributes": {"upper_colour": colours[i]}} for i in range(6)],
+             "images": [{"id": i, "file_path": f"test/{i}_{k}.png", "mentions": [{"upper_colour": colours[i]}]}
+                        for i in range(6) for k in range(2)]}
+    gp = np.repeat(np.arange(6), 2)
+    qp = gp.copy()  # one caption per image
+    perfect = torch.as_tensor((qp[:, None] == gp[None, :]).astype(np.float64))
+    out = sub_gallery_metrics(perfect, qp, gp, attrs, "test", ids_per_gallery=3, draws=4)
+    assert out["R1"] == pytest.approx(100.0) and out["ceiling_R1"] == pytest.approx(100.0)
+    assert out["R1_fraction_of_ceiling"] == pytest.approx(100.0) and out["draws"] == 4
+    assert sub_gallery_metrics(perfect, qp, gp, attrs, "test", ids_per_gallery=6) is None  # the whole gallery
+    assert sub_gallery_metrics(perfect, qp, gp, None, "test", ids_per_gallery=3) is None  # real data
