@@ -39,8 +39,8 @@ def _want_cuda(torch) -> bool:
 
 
 def _prepare_cuda_env(torch) -> None:
-    """The traps of building without a visible GPU (DESIGN.md section 7); CUDA_HOME is set in
-    extensions(), before torch's cpp_extension is imported."""
+    """The traps of building without a visible GPU (docs/design.md, "Building the extension");
+    CUDA_HOME is set in extensions(), before torch's cpp_extension is imported."""
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     # The pip CUDA build of torch ships the CUDA headers it needs in the nvidia wheels.

@@ -12,7 +12,7 @@ Writes to ``--out`` (default ``benchmarks/results/ablation``):
 
 - ``runs.csv`` / ``runs.json``: one row per run (test R@1/5/10, mAP, mINP, the alternative ranking,
   mean sigma per modality, best epoch, training time),
-- ``summary.json`` / ``table.md``: mean ± std over seeds per variant (the README table),
+- ``summary.json`` / ``table.md``: mean ± std over seeds per variant (the table of docs/model.md),
 - ``ablation.png``: grouped bars with error bars,
 - ``command.txt``: the command line and the resolved base config,
 - ``progress.log``: one line per finished run,

@@ -193,7 +193,7 @@ def write_markdown(path: str, meta: dict, rows: list[dict], pngs: dict[str, str]
         "call (CPU: peak RSS of a fresh process minus its baseline; GPU: `max_memory_allocated`). "
         f"B doubles from {s.get('b_min')} until a call is predicted to take more than {s.get('max_call_s')} s or "
         f"to need more than {s.get('max_mem_gb', 0):.1f} GiB, or fails. GFLOP/s count the fused op's useful "
-        "work (DESIGN.md section 6: 2·M·N·E per pass, forward 1 pass, forward+backward 4, the sigmoid "
+        "work (docs/design.md section 2: 2·M·N·E per pass, forward 1 pass, forward+backward 4, the sigmoid "
         "included so that GFLOP/s compare across losses, although its ideal is 3 passes: see the floor table). "
         "Sigmoid cases use SigLIP-like logits (scale and bias in the CSV: a matching pair near S = 0, an "
         "unrelated one near S = −10).",

@@ -1,4 +1,4 @@
-"""The self-test rule (DESIGN.md §3, uca_kernels/selftest.py): ``auto`` picks a fused backend only
+"""The self-test rule (docs/design.md section 3, uca_kernels/selftest.py): ``auto`` picks a fused backend only
 after it has passed its self-test on the device kind; the verdict is cached; a failing backend is
 skipped with a reason naming it."""
 

@@ -1,7 +1,7 @@
 r"""Self-test of the fused backends: no kernel serves ``auto`` on a device where it has not passed.
 
-The rule (DESIGN.md §3)
------------------------
+The rule (docs/design.md, section 3)
+------------------------------------
 ``backend="auto"`` picks the first backend in :data:`uca_kernels.backends.PRIORITY` that can run
 the inputs *and* has passed this self-test on that kind of device. The first time ``auto`` would
 pick a fused backend (``cpu``, ``triton``, ``cuda``; the ``reference`` backend is the oracle and

@@ -1,6 +1,6 @@
 """Text-to-image retrieval evaluation of a model: encode the gallery and the queries, rank, score.
 
-Captions are the queries and the split's images the gallery (DESIGN.md §5). A probabilistic model
+Captions are the queries and the split's images the gallery (docs/model.md). A probabilistic model
 ranks by the Gaussian distance of ``loss.metric`` (``eval.score = distance``, the default for
 ``uca``) or by the cosine of the means (``cosine``); the baseline by cosine. Metrics come from
 :func:`uca_model.metrics.retrieval_metrics` (R@1/5/10, mAP, mINP in percent), chunked, without a
