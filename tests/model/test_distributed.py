@@ -197,6 +197,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["unequal"] = "no error"
         except UnequalBatchError as e:
             results["unequal"] = str(e)
+        # labels=None: global diagonal positives (this crashed in gather_labels)
+        results["no_labels"] = [cosine_contrast_loss(mu_v[sl], mu_t[sl], None, scale=4.0, backend=b, ctx=ctx).detach()
+                                for b in BACKENDS]
         if "cpu" in BACKENDS:
             results["pairs"] = _count_pairs(ctx, mu_v, lv_v, mu_t, lv_t, labels, rank)
         results["point_gathers"] = _count_point_gathers(ctx, mu_v, lv_v, mu_t, lv_t, labels, eps_v, eps_t, rank)
@@ -274,6 +277,14 @@ def test_two_processes_equal_single_process(two_process_results, metric, loss, b
             torch.testing.assert_close(g_dist, g_ref, rtol=1e-9, atol=1e-12, msg=f"head grad on rank {rank}")
     total = sum(r["total"] for r in ranks) / WORLD
     torch.testing.assert_close(total, head_total, rtol=1e-10, atol=1e-12)
+
+
+def test_no_labels_means_global_diagonal_positives(two_process_results):
+    mu_v, _, mu_t, _, _, _, _, _ = _data()
+    want = cosine_contrast_loss(mu_v, mu_t, None, scale=4.0, backend="reference")
+    for i, backend in enumerate(BACKENDS):
+        got = sum(r["no_labels"][i] for r in two_process_results) / WORLD
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=backend)
 
 
 def test_unequal_local_batches_are_a_named_error_on_every_rank(two_process_results):
