@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import uca_kernels
+from uca_kernels.losses import register_logit_tensor, scale_of
 
 from .config import ModelConfig
 from .decoder import ReconstructionDecoder
@@ -108,22 +109,15 @@ class UCAModel(nn.Module):
         # (a term that is switched off keeps its scale as a buffer: no unused parameters under DDP)
         scales = {"baseline": L.baseline_scale} if not prob else {"dcl": L.dcl_scale, "pcl": L.pcl_scale}
         for name, value in scales.items():
-            t = torch.tensor(math.log(value))
-            if L.learn_scale and name in self.scale_names():
-                setattr(self, f"{name}_log_scale", nn.Parameter(t))
-            else:
-                self.register_buffer(f"{name}_log_scale", t)
+            learn = L.learn_scale and name in self.scale_names()
+            register_logit_tensor(self, f"{name}_log_scale", math.log(value), learn)
         # logit biases of the sigmoid terms (learned when loss.learn_bias and the term is on; a term that
         # is off keeps its bias as a buffer). Softmax terms have none, so their checkpoints are unchanged.
         biases = {"dcl": L.dcl_bias, "pcl": L.pcl_bias} if prob else {}
         for name, value in biases.items():
             if L.term_loss(name) != "sigmoid":
                 continue
-            t = torch.tensor(float(value))
-            if L.learn_bias and name in self.scale_names():
-                setattr(self, f"{name}_bias", nn.Parameter(t))
-            else:
-                self.register_buffer(f"{name}_bias", t)
+            register_logit_tensor(self, f"{name}_bias", value, L.learn_bias and name in self.scale_names())
 
     # -- parameter groups (by module, for the optimiser) --
 
@@ -157,8 +151,7 @@ class UCAModel(nn.Module):
 
     def scale(self, name: str) -> torch.Tensor:
         """The logit scale of ``name`` ("baseline", "dcl", "pcl") as a float32 0-d tensor."""
-        log_scale = getattr(self, f"{name}_log_scale").float()
-        return log_scale.clamp(max=math.log(self.cfg.loss.max_scale)).exp()
+        return scale_of(getattr(self, f"{name}_log_scale").float(), self.cfg.loss.max_scale)
 
     def bias_names(self) -> list[str]:
         """Names of the logit biases this model uses (its terms that are on with the sigmoid loss)."""
