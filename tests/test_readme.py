@@ -30,13 +30,15 @@ def test_readme_has_a_python_quick_start():
     assert README_PY, "README.md has no ```python block (the quick start is what this file tests)"
 
 
-@pytest.mark.parametrize("line,code", README_PY, ids=[f"README.md:{n}" for n, _ in README_PY])
-def test_readme_python_block_runs(line, code, capsys):
+def test_readme_python_blocks_run_in_order(capsys):
+    """As a reader runs them: top to bottom, each block continuing the namespace of the ones above."""
     namespace = {"__name__": "__readme__"}
-    exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - the README's own code
-    loss = namespace.get("loss")
-    if isinstance(loss, torch.Tensor):  # a training block: it ends with a finite loss it back-propagated
-        assert loss.dim() == 0 and torch.isfinite(loss), f"README.md:{line} ended with loss {loss}"
+    for line, code in README_PY:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - the README's own code
+        loss = namespace.get("loss")
+        if isinstance(loss, torch.Tensor):  # a training block: it ends with a finite scalar loss
+            assert loss.dim() == 0 and torch.isfinite(loss), f"README.md:{line} ended with loss {loss}"
+            assert loss.grad_fn is not None, f"README.md:{line}: the loss it trained on has no graph"
 
 
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(ROOT).as_posix())
