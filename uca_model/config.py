@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import uca_kernels as _uk
+
 __all__ = [
     "ConfigError",
     "VisionConfig",
@@ -54,11 +56,13 @@ __all__ = [
     "MODES",
 ]
 
-ENCODER_PRESETS = ("cnn-bigru", "tiny", "clip-vit-b16")  # uca_model.encoders.ENCODERS (torch-free copy)
+ENCODER_PRESETS = ("cnn-bigru", "tiny", "clip-vit-b16")  # uca_model.encoders.ENCODERS (a copy: that module loads transformers)
 MODES = ("uca", "baseline")
-METRICS = ("w2", "kl", "jeffreys", "csd", "ce")  # uca_kernels.METRICS (kept here so configs load without torch)
-CONTRAST_LOSSES = ("sdm", "infonce", "sigmoid")  # uca_kernels.LOSSES
-BASELINE_LOSSES = ("sdm", "infonce")  # the baseline's cosine contrast (softmax losses only)
+METRICS = _uk.METRICS  # the names are the loss library's, one home
+CONTRAST_LOSSES = _uk.LOSSES
+BASELINE_LOSSES = tuple(x for x in _uk.LOSSES if x != "sigmoid")  # the baseline's cosine contrast (softmax losses)
+SIMILARITIES = _uk.losses.SIMILARITIES
+BACKENDS = ("auto", *_uk.dispatch.backend_names())
 
 
 class ConfigError(ValueError):
@@ -265,14 +269,14 @@ class LossConfig:
         for name in ("dcl_bias", "pcl_bias"):
             value = getattr(self, name)
             _need(math.isfinite(value), f"{where}.{name}", f"must be a finite number, got {value!r}")
-        _choice(f"{where}.pcl_similarity", self.pcl_similarity, ("cosine", "euclidean"))
+        _choice(f"{where}.pcl_similarity", self.pcl_similarity, SIMILARITIES)
         for name in ("dcl_scale", "pcl_scale", "baseline_scale", "id_scale", "max_scale"):
             _positive(f"{where}.{name}", getattr(self, name))
         _need(isinstance(self.num_samples, int) and self.num_samples >= 1, f"{where}.num_samples",
               f"must be an int >= 1, got {self.num_samples!r}")
         _need(0.0 < self.mask_rate <= 1.0, f"{where}.mask_rate", f"must be in (0, 1], got {self.mask_rate}")
         _choice(f"{where}.mask_words", self.mask_words, ("attributes", "random"))
-        _choice(f"{where}.backend", self.backend, ("auto", "reference", "cpu", "triton", "cuda"))
+        _choice(f"{where}.backend", self.backend, BACKENDS)
 
     def term_loss(self, term: str) -> str:
         """The contrastive loss of ``term``: "dcl" -> ``contrast_loss``; "pcl" -> ``pcl_contrast_loss``,
