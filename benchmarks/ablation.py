@@ -17,9 +17,14 @@ Writes to ``--out`` (default ``benchmarks/results/ablation``):
 - ``command.txt``: the command line and the resolved base config,
 - ``progress.log``: one line per finished run,
 - ``uncertainty.json``: for every run with a learned sigma, :func:`benchmarks.uncertainty.analyse`
-  on the test split (Spearman of text sigma with identities fitted / attributes mentioned, image
-  sigma occluded vs unoccluded, retrieval of the certain vs the uncertain half); the per-variant
-  means are in ``summary.json``.
+  on the test split (Spearman of text sigma with identities fitted / attributes mentioned, the
+  partial Spearman given attributes mentioned, image sigma occluded vs unoccluded, the paired
+  occlusion test, retrieval of the certain vs the uncertain half); the per-variant means are in
+  ``summary.json``.
+
+Every run (fixed points too) also gets its metrics on random 100-identity sub-galleries of the test
+split beside their Bayes ceilings (``sub100_*`` in the rows and the summary; absent when the test
+split has no more than 100 identities, as on 'demo').
 
 ``--reuse DIR`` takes the finished runs of an earlier results folder (its ``runs.json`` and
 ``uncertainty.json``) for the variants and seeds asked for instead of training them again; the
@@ -40,13 +45,21 @@ from pathlib import Path
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 #: the uncertainty figures copied from uncertainty.json into each run's row (and averaged per variant)
 UNCERTAINTY = ("spearman_text_sigma_vs_identities_fitted", "spearman_text_sigma_vs_attributes_mentioned",
-               "image_sigma_occluded", "image_sigma_unoccluded")
+               "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned",
+               "image_sigma_occluded", "image_sigma_unoccluded", "occlusion_share_ratio_ge_1.1",
+               "occlusion_ratio_median")
+#: the 100-identity sub-gallery figures of every run (uca_model.uncertainty.run_sub_galleries)
+SUB_GALLERY = ("sub100_R1", "sub100_mAP", "sub100_ceiling_R1", "sub100_ceiling_mAP", "sub100_pct_ceiling_R1",
+               "sub100_pct_ceiling_mAP")
 
 
 def _uncertainty_row(u: dict) -> dict:
     """The figures of one run's uncertainty analysis that go into its ablation row."""
     halves = u.get("retrieval_by_text_sigma") or {}
     out = {k: u.get(k) for k in UNCERTAINTY}
+    occ = u.get("occlusion_test") or {}
+    out["occlusion_share_ratio_ge_1.1"] = occ.get("share_ratio_ge_1.1")
+    out["occlusion_ratio_median"] = occ.get("ratio_median")
     for name in ("certain_half", "uncertain_half"):
         if name in halves:
             out[f"{name}_R1"] = halves[name]["R1"]
@@ -84,6 +97,14 @@ def _run_one(args, variant: str, seed: int) -> dict:
         from benchmarks.uncertainty import analyse
 
         row["_uncertainty"] = analyse(str(run), "test")
+    from uca_model.uncertainty import run_sub_galleries
+
+    sub = run_sub_galleries(run, "test")  # None when the test split has <= 100 identities
+    if sub is not None:
+        row.update({"sub100_R1": round(sub["R1"], 3), "sub100_mAP": round(sub["mAP"], 3),
+                    "sub100_ceiling_R1": round(sub["ceiling_R1"], 3), "sub100_ceiling_mAP": round(sub["ceiling_mAP"], 3),
+                    "sub100_pct_ceiling_R1": round(sub["R1_fraction_of_ceiling"], 2),
+                    "sub100_pct_ceiling_mAP": round(sub["mAP_fraction_of_ceiling"], 2)})
     if "fraction_of_ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
         row.update({f"ceiling_{k}": round(res["ceiling"]["test"][k], 3) for k in ("R1", "mAP")})
         row.update({f"pct_ceiling_{k}": round(res["fraction_of_ceiling"]["test"][k], 2) for k in ("R1", "mAP")})
@@ -101,8 +122,9 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
         if not rs:
             continue
         s = {"variant": v, "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
-        for k in METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s",
-                            "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP") + UNCERTAINTY:
+        for k in (METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s",
+                             "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP") + UNCERTAINTY
+                  + SUB_GALLERY):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[f"{k}_mean"] = statistics.fmean(vals)
@@ -112,9 +134,10 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
 
 
 def _table(summary: list[dict]) -> str:
-    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | mean σ image / text "
-             "| Spearman(text σ, identities fitted) | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | 100-identity sub-galleries: "
+             "R@1 (% of its ceiling) | mean σ image / text | Spearman(text σ, identities fitted) / partial given "
+             "mentioned | occluded copy σ ≥ 1.1× (share of images) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         cells = [f"{s[f'{k}_mean']:.2f} ± {s[f'{k}_std']:.2f}" for k in METRICS]
         pct = (f"{s['pct_ceiling_R1_mean']:.1f} ± {s['pct_ceiling_R1_std']:.1f} / "
@@ -122,11 +145,19 @@ def _table(summary: list[dict]) -> str:
         sig = (f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–")
         k = "spearman_text_sigma_vs_identities_fitted"
         rho = f"{s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else "–"
-        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sig} | {rho} | {s['n']} |")
+        k = "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned"
+        rho += f" / {s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else ""
+        sub = (f"{s['sub100_R1_mean']:.2f} ± {s['sub100_R1_std']:.2f} ({s['sub100_pct_ceiling_R1_mean']:.1f} %)"
+               if "sub100_R1_mean" in s else "–")
+        k = "occlusion_share_ratio_ge_1.1"
+        occ = f"{100 * s[f'{k}_mean']:.0f} %" if f"{k}_mean" in s else "–"
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sub} | {sig} | {rho} | {occ} | {s['n']} |")
     ceil = next((s for s in summary if "ceiling_R1_mean" in s), None)
     if ceil is not None:
+        sub = next((s for s in summary if "sub100_ceiling_R1_mean" in s), None)
+        sub_c = f"{sub['sub100_ceiling_R1_mean']:.2f} (100 %)" if sub is not None else ""
         lines.append(f"| Bayes ceiling (oracle) | {ceil['ceiling_R1_mean']:.2f} | | | {ceil['ceiling_mAP_mean']:.2f} "
-                     "| | 100 / 100 | | | |")
+                     f"| | 100 / 100 | {sub_c} | | | | |")
     return "\n".join(lines)
 
 

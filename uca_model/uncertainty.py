@@ -66,6 +66,7 @@ __all__ = [
     "occlusion_bands",
     "occlusion_test",
     "sub_gallery_metrics",
+    "run_sub_galleries",
     "gallery_records",
     "fitted_counts",
     "fitted_bins",
@@ -477,6 +478,27 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
 # ----------------------------------------------------------------------------------------------
 # a whole run
 # ----------------------------------------------------------------------------------------------
+
+
+def run_sub_galleries(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", device: str = "auto",
+                      **kw) -> dict[str, Any] | None:
+    """:func:`sub_gallery_metrics` of any run (fixed-point baselines too), ranked as the run ranks
+    (``eval.score``); ``None`` on real data or a split of <= ``ids_per_gallery`` identities."""
+    from .runs import load_run
+    from .evaluation import embed_images, embed_texts
+    from .trainer import eval_score
+
+    cfg, model, tok, ds, dev, _ = load_run(run, checkpoint, device)
+    path = Path(cfg.data.root) / "synth_attributes.json"
+    if not path.is_file():
+        return None
+    queries, gallery = ds.eval_split(split)
+    bs = cfg.eval.batch_size
+    img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, dev)
+    txt = embed_texts(model, tok, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, dev)
+    select = query_scores(txt, img, eval_score(cfg), cfg.model.loss.metric)
+    attrs = json.loads(path.read_text(encoding="utf-8"))
+    return sub_gallery_metrics(select, [q.pid for q in queries], [g.pid for g in gallery], attrs, split, **kw)
 
 
 def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", device: str = "auto",

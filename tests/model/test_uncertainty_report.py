@@ -335,3 +335,12 @@ def test_sub_galleries_beside_their_ceilings():
     assert out["R1_fraction_of_ceiling"] == pytest.approx(100.0) and out["draws"] == 4
     assert sub_gallery_metrics(perfect, qp, gp, attrs, "test", ids_per_gallery=6) is None  # the whole gallery
     assert sub_gallery_metrics(perfect, qp, gp, None, "test", ids_per_gallery=3) is None  # real data
+
+
+def test_run_sub_galleries_of_a_trained_run(trained):
+    from uca_model.uncertainty import run_sub_galleries
+
+    assert run_sub_galleries(trained["run"], "test") is None  # 6 test identities: no 100-identity sub-gallery
+    out = run_sub_galleries(trained["run"], "test", ids_per_gallery=3, draws=2)
+    assert out["draws"] == 2 and 0 <= out["R1"] <= 100 and 0 < out["ceiling_R1"] <= 100
+    assert out["R1_fraction_of_ceiling"] == pytest.approx(100 * out["R1"] / out["ceiling_R1"])
