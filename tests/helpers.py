@@ -6,6 +6,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from uca_kernels.contrast import contrast_reference
+from uca_kernels.selftest import FLOAT32_FLOOR
+from uca_kernels.selftest import TF32_FLOOR as SELFTEST_TF32_FLOOR
 
 GRAD_NAMES = ("A", "B", "r", "c", "scale", "bias")
 
@@ -15,13 +17,13 @@ GRAD_NAMES = ("A", "B", "r", "c", "scale", "bias")
 # float32 sums thousands of exp terms per row and the SDM backward reuses the float32 row loss, so
 # its error is up to a few 1e-5 of the largest gradient (as is the float32 reference's own); float64
 # is near machine precision. fp16/bf16 features are computed in float32: they use the float32 floor.
-FLOOR = {torch.float32: 5e-5, torch.float64: 1e-10}
+FLOOR = {torch.float32: FLOAT32_FLOOR, torch.float64: 1e-10}  # float32: the self-test's floor too
 # Triton on a GPU with input_precision="tf32" (float32 features): the dot's inputs are rounded to a
 # 10-bit mantissa (unit roundoff 2^-11 ~ 4.9e-4), so a logit |scale|·|a||b| ~ 3 carries ~3e-3 of
 # absolute error, which the losses and gradients inherit and the (ieee) float32 reference does not
 # share: a floor of its own. "tf32x3" splits each input into two tf32 parts and keeps three of the
 # four products (the dropped one is ~u^2 ~ 2.4e-7): float32-like, twice the float32 floor.
-TF32_FLOOR = {"tf32": 1e-2, "tf32x3": 1e-4}
+TF32_FLOOR = {"tf32": SELFTEST_TF32_FLOOR, "tf32x3": 2 * FLOAT32_FLOOR}
 
 
 def make_problem(M, N, E, *, labels="repeats", dtype=torch.float32, scale=-0.5, bias=0.25, seed=0,
