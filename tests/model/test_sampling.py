@@ -94,3 +94,16 @@ def test_bad_settings_are_named():
         DataConfig(sampler="identity", batch_size=18, samples_per_id=4).validate()
     with pytest.raises(ConfigError, match="data.sampler"):
         DataConfig(sampler="pk").validate()
+
+
+def test_batch_stats_count_what_a_batch_holds(tmp_path):
+    from benchmarks.batch_stats import batch_stats
+    from uca_model.synth import generate_synthpedes
+
+    root = tmp_path / "tiny"
+    generate_synthpedes(root, "tiny", seed=0, progress=False)
+    rnd = batch_stats(str(root), ["data.batch_size=16"], batches=3)
+    pk = batch_stats(str(root), ["data.batch_size=16", "data.sampler=identity", "data.samples_per_id=4"], batches=3)
+    assert pk["same_identity"] == 3.0  # K - 1 other samples of each identity
+    assert rnd["same_identity"] < 3.0 and rnd["batches"] == pk["batches"] == 3
+    assert pk["lookalike_identities"] >= 0 and pk["fitting_other_images"] >= 0
