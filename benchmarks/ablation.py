@@ -73,6 +73,9 @@ def _config(args, variant: str, seed: int):
     base = to_dict(demo_config(args.data, seed=seed, epochs=args.epochs, preset=args.preset))
     base = apply_overrides(base, args.overrides)
     d = deep_merge(base, variant_overrides(variant))
+    if d["model"]["loss"]["metric"] == "ce" and d["model"]["head"]["fixed_logvar"] is not None:
+        # a fixed sigma of ~0 makes every ce distance infinite: hold it at its initial value instead
+        d["model"]["head"]["fixed_logvar"] = d["model"]["head"]["init_logvar"]
     d["train"]["progress"] = False
     return from_dict(d)
 

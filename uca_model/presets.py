@@ -12,7 +12,7 @@ from .config import RunConfig, deep_merge, from_dict, to_dict
 
 __all__ = ["ABLATION_VARIANTS", "variant_overrides", "demo_config", "smoke_config", "clip_vit_b16_config"]
 
-_NO_UCA = {"dcl_weight": 0.0, "pcl_weight": 0.0, "amlr_weight": 0.0, "kl_weight": 0.0}
+_NO_UCA = {"dcl_weight": 0.0, "pcl_weight": 0.0, "amlr_weight": 0.0, "kl_weight": 0.0, "occlusion_weight": 0.0}
 
 #: the ablation ladder: name -> changes to the (full UCA) base config
 ABLATION_VARIANTS: dict[str, dict] = {
@@ -29,8 +29,10 @@ ABLATION_VARIANTS: dict[str, dict] = {
     # + uncertainty-aware attribute-masking language reconstruction = full UCA
     "UCA": {},
     # controls: the same losses with sigma = 0 (points equal mu; no prior KL, which would only add a
-    # constant), and random 15 % token masking instead of attribute words
-    "UCA-nosigma": {"model": {"head": {"fixed_logvar": -30.0}, "loss": {"kl_weight": 0.0}}},
+    # constant), and random 15 % token masking instead of attribute words. Under metric "ce" a sigma of 0
+    # makes every distance infinite: there benchmarks.ablation holds sigma at head.init_logvar instead
+    # (one sigma for every input and dimension, so ce ranks by ||dmu||^2 alone; no occlusion term)
+    "UCA-nosigma": {"model": {"head": {"fixed_logvar": -30.0}, "loss": {"kl_weight": 0.0, "occlusion_weight": 0.0}}},
     "UCA-randommask": {"model": {"loss": {"mask_words": "random"}}},
 }
 

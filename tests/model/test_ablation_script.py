@@ -68,3 +68,19 @@ def test_data_seed_reaches_the_generator(tmp_path, monkeypatch, extra, folder, s
     with pytest.raises(RuntimeError, match="stopped before generating"):
         ablation.main(["--variants", "UCA", "--seeds", "0", "--out", "o", "--runs", "r", *extra])
     assert seen == {"root": folder, "seed": seed}
+
+
+def test_nosigma_under_ce_holds_sigma_at_its_initial_value(tmp_path):
+    """σ ≡ 0 makes every ce distance infinite: UCA-nosigma holds it at head.init_logvar; the other
+    metrics keep σ ≈ 0, and every variant validates with the occlusion term set."""
+    import argparse
+
+    args = argparse.Namespace(data=str(tmp_path / "d"), epochs=1, preset="demo",
+                              overrides=["model.loss.metric=ce", "model.loss.occlusion_weight=0.02"])
+    cfg = ablation._config(args, "UCA-nosigma", 0)
+    assert cfg.model.head.fixed_logvar == cfg.model.head.init_logvar and cfg.model.loss.occlusion_weight == 0
+    assert ablation._config(args, "UCA", 0).model.head.fixed_logvar is None
+    for v in ("baseline", "+DCL", "+DCL+PCL", "UCA-randommask"):
+        ablation._config(args, v, 0).validate()
+    args.overrides = []
+    assert ablation._config(args, "UCA-nosigma", 0).model.head.fixed_logvar == -30.0
