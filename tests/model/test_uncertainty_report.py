@@ -219,7 +219,7 @@ def test_fitted_counts_agree_with_the_ceiling_on_synthpedes(trained):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_eval_writes_the_calibration_next_to_the_run_or_where_asked(trained, tmp_path, capsys):
+def test_eval_writes_the_calibration_beside_the_run_or_where_asked(trained, tmp_path, capsys):
     run = trained["run"]
     js_metrics = tmp_path / "m.json"
     assert cli.main(["eval", "--run", str(run), "--json", str(js_metrics), "--calibration-out",
@@ -238,11 +238,14 @@ def test_eval_writes_the_calibration_next_to_the_run_or_where_asked(trained, tmp
     assert sum(r["queries"] for r in t["by_sigma_decile"]) == t["queries"]
     assert sum(r["captions"] for r in t["by_identities_fitted"]) == t["queries"]
     assert t["occluded_images"] is not None and t["image_sigma_unoccluded"] is not None
-    # the default place: the run folder, one file pair per split
+    # the default place: <run>-eval beside the run, one file pair per split; the run folder is left as it is
+    before = sorted(p.name for p in run.iterdir())
     assert cli.main(["eval", "--run", str(run), "--split", "val"]) == 0
     out = capsys.readouterr().out
-    assert (run / "calibration-val.png").is_file() and json.loads((run / "calibration-val.json").read_text())
-    assert f"calibration: {run / 'calibration-val.png'}" in out
+    beside = run.parent / f"{run.name}-eval"
+    assert (beside / "calibration-val.png").is_file() and json.loads((beside / "calibration-val.json").read_text())
+    assert f"calibration: {beside / 'calibration-val.png'}" in out
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_eval_of_a_baseline_run_skips_the_calibration(trained, tmp_path, capsys, monkeypatch):

@@ -21,8 +21,15 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     p.add_argument("--calibration-out", type=Path, default=None, metavar="DIR",
                    help="folder for calibration-<split>.png / .json, the sigma calibration of a probabilistic run "
-                        "(default: the run folder)")
+                        "(default: <run>-eval beside the run folder, which eval leaves as it is)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def default_eval_dir(run: Path) -> Path:
+    """Where ``uca eval`` writes by default: ``<run>-eval`` beside the run (the run folder is what
+    training wrote; evaluating it changes nothing there)."""
+    run = Path(run)
+    return run.parent / f"{run.name}-eval"
 
 
 def _write_calibration(args: argparse.Namespace, cfg, queries, gallery, emb: dict, score: str) -> None:
@@ -42,7 +49,7 @@ def _write_calibration(args: argparse.Namespace, cfg, queries, gallery, emb: dic
                               annotations=ann)
     table = {"run": str(args.run), "split": args.split, "checkpoint": args.checkpoint, "score": score,
              "metric": cfg.model.loss.metric, **table}
-    out_dir = args.calibration_out or args.run
+    out_dir = args.calibration_out or default_eval_dir(args.run)
     out_dir.mkdir(parents=True, exist_ok=True)
     js, png = out_dir / f"calibration-{args.split}.json", out_dir / f"calibration-{args.split}.png"
     js.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
