@@ -4,6 +4,7 @@ link in README.md and docs/ points at a file of the repository."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,47 @@ def test_user_docs_cite_nothing_outside_the_repository(path):
     assert "DESIGN.md" not in text and "../shared" not in text
     issue_refs = re.findall(r"(?i)\bissue\s*#?\d+|(?<![\w&/])#\d+\b", text)
     assert not issue_refs, f"{path.name} refers to issue numbers: {issue_refs}"
+
+
+def documented_uca_commands() -> list[tuple[str, list[str]]]:
+    """Every ``uca ...`` / ``python -m uca_model ...`` / ``torchrun ... -m uca_model ...`` command line
+    in the bash blocks of README.md and docs/, as ``(where, argv after the program)``."""
+    found = []
+    for path in [README, *DOCS]:
+        for line, code in code_blocks(path, "bash"):
+            for i, cmd in enumerate(code.replace("\\\n", " ").splitlines()):
+                words = shlex.split(cmd, comments=True)
+                for start, word in enumerate(words):
+                    if word.endswith("/uca") or word == "uca" or (word == "uca_model" and words[start - 1] == "-m"):
+                        found.append((f"{path.relative_to(ROOT).as_posix()}:{line + i}", words[start + 1:]))
+                        break
+    return found
+
+
+COMMAND_LINES = documented_uca_commands()
+
+
+def test_the_docs_show_uca_commands():
+    assert {argv[0] for _, argv in COMMAND_LINES} >= {"synth", "demo", "train", "eval", "search"}
+
+
+@pytest.mark.parametrize("where,argv", COMMAND_LINES, ids=[w for w, _ in COMMAND_LINES])
+def test_documented_uca_command_parses(where, argv):
+    from uca_model.cli import build_parser
+
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse's way to reject a command line
+        pytest.fail(f"{where}: `uca {' '.join(argv)}` is not a valid command line (exit {e.code})")
+
+
+@pytest.mark.parametrize("where,argv", [(w, a) for w, a in COMMAND_LINES if a[0] == "train"],
+                         ids=[w for w, a in COMMAND_LINES if a[0] == "train"])
+def test_documented_training_configs_load(where, argv):
+    """The config file a documented ``uca train`` names exists, and its ``--set`` fields are real ones."""
+    from uca_model.cli import build_parser
+    from uca_model.config import load_config
+
+    args = build_parser().parse_args(argv)
+    if args.config is not None:
+        load_config(ROOT / args.config, args.overrides)  # raises ConfigError naming a bad field
