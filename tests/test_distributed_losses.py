@@ -25,7 +25,7 @@ WORLD, B_LOCAL, D, K = 2, 4, 5, 2
 B = WORLD * B_LOCAL
 LABELS = torch.tensor([0, 1, 2, 0, 3, 1, 0, 4])  # identity 0 on both ranks, 1 across them
 BACKENDS = ["reference"] + (["cpu"] if uk._ext.has_op("contrast_forward") else [])
-# (name, labels): each case runs with diagonal positives and with identities
+# each case runs with diagonal positives (labels=None) and with identities
 CASES = ["clip", "clip_sdm", "siglip", "dcl_w2_sdm", "dcl_csd_sigmoid", "pcl_cosine_sdm", "pcl_cosine_sigmoid",
          "pcl_euclidean_infonce", "prior"]
 
@@ -86,10 +86,6 @@ def _run(case, backend, data, sl, labels, **dist_kw):
 
 def _formula(case, data, labels):
     """The same quantities from the float64 formula on the global batch, one process."""
-    return _run_formula(case, data, labels)
-
-
-def _run_formula(case, data, labels):
     if case.startswith(("clip", "siglip")):
         inputs = [data["img"].clone().requires_grad_(), data["txt"].clone().requires_grad_()]
         params = [torch.tensor(6.0, dtype=torch.float64, requires_grad=True)]
