@@ -58,12 +58,18 @@ def _problem(B: int, E: int, dtype: torch.dtype, device: str):
 
 
 def _triton_phases(args_op, device, reps):
-    """(phase, ms) for the four Triton launches of one problem, its tile chosen by a forward first."""
+    """(phase, ms) for the four launches of the Triton tile kernels on one problem, the tile chosen by a
+    forward first."""
     from uca_kernels import triton_contrast as tc
+
+    import inspect
 
     A, B, r, c, scale, bias, la, lb = args_op
     precision = tc.get_input_precision()
-    loss_rows, loss_cols, row_stats, col_stats = tc._forward(A, B, r, c, scale, bias, la, lb, "sdm", False, precision)
+    # the launches below are the tile kernels': where the op also has the chunked design, ask for the tiles
+    tiles = (-1,) if "chunk_rows" in inspect.signature(tc._forward).parameters else ()
+    loss_rows, loss_cols, row_stats, col_stats = tc._forward(A, B, r, c, scale, bias, la, lb, "sdm", False, precision,
+                                                             *tiles)
     flags = tc._flags(A, "sdm", False, precision)
     cfg = tc._TILE_CONFIGS[tc._tile_key(A, B, flags)]
     M, E = A.shape

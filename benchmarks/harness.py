@@ -223,10 +223,11 @@ def time_and_memory(step, device: str, reset=None, min_reps: int = 3, max_reps: 
 
 
 def measure(provider: str, case: Case, B: int, device: str = "cpu", dtype=torch.float32, seed: int = 0,
-            **timing) -> dict:
+            draw_on_device: bool = False, **timing) -> dict:
     """Time and peak memory of ``provider`` on ``case`` at batch ``B`` (in this process);
-    ``timing``: keyword arguments of :func:`time_and_memory`."""
-    x = make_inputs(case, B, device, dtype, seed)
+    ``timing``: keyword arguments of :func:`time_and_memory`; ``draw_on_device``: see
+    :func:`benchmarks.cases.make_inputs`."""
+    x = make_inputs(case, B, device, dtype, seed, draw_on_device=draw_on_device)
     res = time_and_memory(make_step(provider, case, x), device, lambda: _reset_grads(x), **timing)
     res["gflop"] = case.flops(B) / 1e9
     res["gflop_per_s"] = res["gflop"] / res["time_median_s"]
@@ -330,10 +331,13 @@ def run_isolated(fn, timeout_s: float, **kwargs) -> dict:
     return result
 
 
-def run(fn, device: str, timeout_s: float, **kwargs) -> dict:
+def run(fn, device: str, timeout_s: float, isolate: bool | None = None, **kwargs) -> dict:
     """``fn(device=device, **kwargs)``: in a fresh process on CPU (so that its peak RSS is its own),
-    in this process on GPU; out-of-memory and other failures become a result row."""
-    if device == "cpu":
+    in this process on GPU (``isolate`` overrides either); out-of-memory and other failures become a
+    result row."""
+    if isolate is None:
+        isolate = device == "cpu"
+    if isolate:
         return run_isolated(fn, timeout_s, device=device, **kwargs)
     try:
         return fn(device=device, **kwargs)
@@ -392,16 +396,19 @@ def doubling(run_at, batches, max_call_s: float, max_mem_bytes: float, base: dic
 
 
 def write_results(path_stem: str, meta: dict, rows: list[dict]) -> tuple[str, str]:
-    """Write ``path_stem.json`` ({"meta", "rows"}) and ``path_stem.csv`` (one line per row)."""
+    """Write ``path_stem.json`` ({"meta", "rows"}) and ``path_stem.csv`` (one line per row), each
+    through a temporary file and a rename: a run killed while writing leaves the previous version."""
     os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
-    with open(path_stem + ".json", "w") as f:
+    with open(path_stem + ".json.tmp", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
         f.write("\n")
+    os.replace(path_stem + ".json.tmp", path_stem + ".json")
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields and k != "traceback"]
-    with open(path_stem + ".csv", "w", newline="") as f:
+    with open(path_stem + ".csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    os.replace(path_stem + ".csv.tmp", path_stem + ".csv")
     return path_stem + ".json", path_stem + ".csv"

@@ -4,11 +4,17 @@ Each provider maps a case's inputs (:func:`benchmarks.cases.make_inputs`) to the
 
 ==============  ===================================================================================
 ``cpu``         the library's fused backends, through the public entry points with ``backend=``
-``triton``      (never an M×N matrix); whichever are built and usable on the device
-``cuda``
+``triton``      (never an M×N matrix); whichever are built and usable on the device. On a GPU
+``cuda``        ``triton`` and ``cuda`` run their default design: vendor GEMMs in row chunks with
+                fused epilogues
+``triton-tiles`` the same GPU backends under ``uca_kernels.gpu_chunking(chunk_rows=-1)``: their
+``cuda-tiles``  older fully fused tile kernels (skipped where the op has no ``chunk_rows`` yet)
 ``reference``   the library's materialised plain-PyTorch form (GEMM of the feature maps, then
                 the B×B logit matrix and the loss on it)
 ``compile``     ``torch.compile`` of ``reference``
+``chunked``     the library's feature maps, then the loss in row chunks of the materialised logits
+                with ordinary torch ops, each chunk under ``torch.utils.checkpoint`` (what a user
+                writes in twenty lines; both directions for the softmax losses, one for sigmoid)
 ``naive``       the broadcast form research code writes today (PCME++/IRRA style): pairwise
                 distances or cosines through [M, N, D] intermediates, then an IRRA-style loss on
                 the materialised logits (sigmoid: SigLIP's ``-logsigmoid(y·S).sum() / M``)
@@ -19,6 +25,7 @@ Each provider maps a case's inputs (:func:`benchmarks.cases.make_inputs`) to the
 ``open_clip``   open_clip's ``SigLipLoss`` with world_size = 1 (the clip-sigmoid case only:
                 diagonal labels; when installed, ``pip install -r benchmarks/requirements.txt``).
                 Its value is Σᵢⱼ ℓᵢⱼ / B, exactly the library's sigmoid "mean" (no other factor)
+``open_clip-chunked`` the same with its ``chunk_size`` option, where the installed version has one
 ``matmul4``     the arithmetic floor, not a loss: per contrast, 4 ``torch.matmul`` [M, E] @ [E, N]
                 for forward+backward (1 for forward): the work every provider is credited with
                 (:meth:`Case.flops`). The sigmoid's ideal is 3 of the 4 (``Case.ideal_passes``)
@@ -47,11 +54,16 @@ from uca_kernels import dispatch
 
 from .cases import Case
 
-__all__ = ["FLOOR", "FUSED", "PROVIDERS", "floor_step", "loss_fn", "min_peak_bytes", "skip_reason"]
+__all__ = ["FLOOR", "FUSED", "PROVIDERS", "SWEEP_PROVIDERS", "TILES", "chunked_contrast", "chunked_rows",
+           "floor_step", "fused_design", "is_fused", "loss_fn", "materialised_peak_bytes", "min_peak_bytes",
+           "skip_reason"]
 
 FUSED = ("cuda", "triton", "cpu")
+TILES = {"triton-tiles": "triton", "cuda-tiles": "cuda"}  # provider → backend run with chunk_rows = -1
 FLOOR = "matmul4"  # the four-matmul floor (not a loss: it is timed, never checked)
-PROVIDERS = (*FUSED, "reference", "compile", "naive", "keops", "infcl", "open_clip", FLOOR)
+SWEEP_PROVIDERS = (*FUSED, "reference", "compile", "naive", "keops", "infcl", "open_clip", FLOOR)  # the sweep's default
+PROVIDERS = (*FUSED, *TILES, "reference", "compile", "chunked", "naive", "keops", "infcl", "open_clip",
+             "open_clip-chunked", FLOOR)
 SDM_EPS = 1e-8  # as in the library (and IRRA)
 NAIVE_METRICS = ("w2", "kl", "csd")  # what _naive_gaussian_logits and _keops_loss write out
 
@@ -70,6 +82,54 @@ def _library_loss(case: Case, x: dict, backend: str) -> torch.Tensor:
         backend=backend, bias=x["bias"])["total"]
 
 
+def is_fused(name: str) -> bool:
+    """A fused backend of the library (any design)."""
+    return name in FUSED or name in TILES
+
+
+def _gpu_chunking():
+    """``uca_kernels.gpu_chunking`` (the GPU backends' chunk-size context), or None where absent."""
+    fn = getattr(uca_kernels, "gpu_chunking", None)
+    if fn is None:
+        from uca_kernels import _registry
+
+        fn = getattr(_registry, "gpu_chunking", None)
+    return fn
+
+
+def _op_takes_chunk_rows(backend: str) -> bool:
+    """Whether the forward op of GPU ``backend`` has the ``chunk_rows`` argument (the chunked design)."""
+    try:
+        if backend == "triton":
+            from uca_kernels import triton_contrast  # noqa: F401  (registers its ops)
+
+            op = torch.ops.uca.triton_contrast_forward
+        else:
+            op = torch.ops.uca.contrast_forward
+        return any(a.name == "chunk_rows" for a in op.default._schema.arguments)
+    except (AttributeError, RuntimeError, ImportError):
+        return False
+
+
+def fused_design(name: str) -> str | None:
+    """``"chunked"`` (vendor GEMMs in row chunks + fused epilogues) or ``"tiles"`` (the fully fused
+    tile kernels) for the GPU providers, ``"cpu"`` for the CPU backend, None for the others."""
+    if name == "cpu":
+        return "cpu"
+    if name in TILES:
+        return "tiles"
+    if name in FUSED:
+        return "chunked" if _op_takes_chunk_rows(name) else "tiles"
+    return None
+
+
+def _fused_loss(case: Case, x: dict, name: str) -> torch.Tensor:
+    if name not in TILES:
+        return _library_loss(case, x, name)
+    with _gpu_chunking()(chunk_rows=-1):  # the forward reads it; autograd hands its choice to the backward
+        return _library_loss(case, x, TILES[name])
+
+
 _COMPILED: dict = {}
 
 
@@ -78,6 +138,85 @@ def _compiled_reference(case: Case, x: dict) -> torch.Tensor:
     if case not in _COMPILED:
         _COMPILED[case] = torch.compile(lambda xx: _library_loss(case, xx, "reference"), dynamic=True)
     return _COMPILED[case](x)
+
+
+# -- chunked: row chunks of the materialised logits, ordinary torch ops, checkpointed ---------------
+
+CHUNKED_BUDGET_BYTES = 2**30  # what one chunk's logits and their temporaries may take
+
+
+def chunked_rows(n_rows: int, n_cols: int) -> int:
+    """Rows per chunk of the chunked plain-PyTorch form: its c × N float32 logits and the ~8
+    temporaries of that size that the recomputed backward holds within 1 GiB (at least 256 rows)."""
+    return max(1, min(n_rows, max(256, CHUNKED_BUDGET_BYTES // (8 * 4 * max(n_cols, 1)))))
+
+
+def _chunk_loss(Xc, Y, rx, cy, lx, ly, scale, bias, i0: int, exclude_self: bool, loss: str) -> torch.Tensor:
+    """Σ over the chunk's rows of their loss (sigmoid: Σ ℓᵢⱼ over the chunk's pairs); float32 logits
+    (float64 for float64 features)."""
+    acc = torch.promote_types(Xc.dtype, torch.float32)  # float32 logits for fp16/bf16 features
+    S = scale * ((Xc @ Y.T).to(acc) + rx[:, None] + cy[None, :]) + bias
+    pos = lx[:, None] == ly[None, :]
+    valid = None
+    if exclude_self:  # global row index i0 + k is never its own pair
+        valid = torch.arange(i0, i0 + Xc.shape[0], device=S.device)[:, None] != torch.arange(S.shape[1], device=S.device)
+        pos = pos & valid
+    if loss == "sigmoid":
+        ell = -F.logsigmoid(torch.where(pos, S, -S))
+        return (ell if valid is None else ell.masked_fill(~valid, 0.0)).sum()
+    Sv = S if valid is None else S.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(Sv, 1, keepdim=True)
+    npos = pos.sum(1)
+    if loss == "infonce":
+        per = lse[:, 0] - torch.logsumexp(S.masked_fill(~pos, float("-inf")), 1)
+    else:  # sdm: Σⱼ pᵢⱼ (log pᵢⱼ − log(qᵢⱼ + ε)), q = the label distribution
+        logp = (S if valid is None else S.masked_fill(~valid, 0.0)) - lse
+        p = logp.exp() if valid is None else logp.exp() * valid
+        per = (p * (logp - torch.log(pos.to(S.dtype) / npos.clamp(min=1)[:, None] + SDM_EPS))).sum(1)
+    return torch.where(npos > 0, per, 0.0).sum()  # every row of the benchmark cases has a positive
+
+
+def chunked_contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss: str, exclude_self: bool = False,
+                     rows: int | None = None) -> torch.Tensor:
+    """The library's "mean" contrast loss (softmax: mean over rows + mean over columns; sigmoid:
+    Σᵢⱼ ℓᵢⱼ / M) in plain PyTorch: row chunks of S = scale·(A Bᵀ + r + c) + bias, each chunk's loss
+    under ``torch.utils.checkpoint`` (only the features are kept; the backward recomputes the
+    chunk). The column direction is the same on Sᵀ. ``rows``: rows per chunk (default
+    :func:`chunked_rows`)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def direction(X, Y, rx, cy, lx, ly):
+        step = rows or chunked_rows(X.shape[0], Y.shape[0])
+        total = X.new_zeros((), dtype=torch.promote_types(X.dtype, torch.float32))
+        for i0 in range(0, X.shape[0], step):
+            i1 = min(i0 + step, X.shape[0])
+            total = total + checkpoint(_chunk_loss, X[i0:i1], Y, rx[i0:i1], cy, lx[i0:i1], ly, scale, bias, i0,
+                                       exclude_self, loss, use_reentrant=False)
+        return total / X.shape[0]
+
+    acc = torch.promote_types(A.dtype, torch.float32)
+    r, c = r.to(acc), c.to(acc)
+    if loss == "sigmoid":  # both directions hold the same pairs: each once
+        return direction(A, B, r, c, labels_a, labels_b)
+    return direction(A, B, r, c, labels_a, labels_b) + direction(B, A, c, r, labels_b, labels_a)
+
+
+def _chunked_loss(case: Case, x: dict) -> torch.Tensor:
+    B = x["mu_v"].shape[0]
+    labels = x["labels"] if x["labels"] is not None else torch.arange(B, device=x["mu_v"].device)
+    if case.family == "dist":
+        A, Bm, r, c = uca_kernels.feature_maps(x["mu_v"], x["logvar_v"], x["mu_t"], x["logvar_t"], case.metric)
+        return chunked_contrast(A, Bm, r, c, -x["scale"], x["bias"], labels, labels, case.loss)
+    zv = uca_kernels.losses.sample_points(x["mu_v"], x["logvar_v"], case.K, x["eps_v"])
+    zt = uca_kernels.losses.sample_points(x["mu_t"], x["logvar_t"], case.K, x["eps_t"])
+    a, b = F.normalize(zv, dim=1), F.normalize(zt, dim=1)
+    zero = a.new_zeros(a.shape[0], dtype=torch.float32)
+    lab = labels.repeat_interleave(case.K)
+    total = chunked_contrast(a, b, zero, zero, x["scale"], x["bias"], lab, lab, case.loss)
+    if case.intra:
+        total = total + chunked_contrast(a, a, zero, zero, x["scale"], x["bias"], lab, lab, case.loss, True)
+        total = total + chunked_contrast(b, b, zero, zero, x["scale"], x["bias"], lab, lab, case.loss, True)
+    return total
 
 
 # -- naive: [M, N, D] broadcasts and an IRRA-style loss on the materialised logits -----------------
@@ -247,20 +386,36 @@ def _open_clip_missing() -> str | None:
     return None
 
 
-def _open_clip_loss(case: Case, x: dict) -> torch.Tensor:
+def _open_clip_chunk_arg() -> str | None:
+    """Where the installed ``SigLipLoss`` takes ``chunk_size``: "init", "forward", or None (3.3.0 has none)."""
+    import inspect
+
+    from open_clip.loss import SigLipLoss
+
+    for where, fn in (("init", SigLipLoss.__init__), ("forward", SigLipLoss.forward)):
+        if "chunk_size" in inspect.signature(fn).parameters:
+            return where
+    return None
+
+
+def _open_clip_loss(case: Case, x: dict, chunked: bool = False) -> torch.Tensor:
     # open_clip 3.3.0 SigLipLoss (world_size = 1): logits = logit_scale · img @ txtᵀ + logit_bias on
     # the features it is given (its model normalises them and passes logit_scale already exp'd),
     # labels 2·I − 1, loss = −logsigmoid(labels · logits).sum() / B: Σᵢⱼ ℓᵢⱼ / B, the library's value.
+    # chunked: its chunk_size option, as many rows per chunk as the chunked provider takes.
     from open_clip.loss import SigLipLoss
 
-    if "loss" not in _SIGLIP:
-        _SIGLIP["loss"] = SigLipLoss(rank=0, world_size=1)
     zv = x["mu_v"] + torch.exp(0.5 * x["logvar_v"]) * x["eps_v"][:, 0]
     zt = x["mu_t"] + torch.exp(0.5 * x["logvar_t"]) * x["eps_t"][:, 0]
     a, b = F.normalize(zv, dim=1), F.normalize(zt, dim=1)
     scale = torch.tensor(x["scale"], device=a.device, dtype=a.dtype)
     bias = torch.tensor(x["bias"], device=a.device, dtype=a.dtype)
-    return _SIGLIP["loss"](a, b, scale, bias)
+    where = _open_clip_chunk_arg() if chunked else None
+    rows = chunked_rows(a.shape[0], b.shape[0])
+    key = ("loss", rows if where == "init" else None)
+    if key not in _SIGLIP:
+        _SIGLIP[key] = SigLipLoss(rank=0, world_size=1, **({"chunk_size": rows} if where == "init" else {}))
+    return _SIGLIP[key](a, b, scale, bias, **({"chunk_size": rows} if where == "forward" else {}))
 
 
 # -- the four-matmul floor -------------------------------------------------------------------------
@@ -273,9 +428,9 @@ def floor_step(case: Case, x: dict):
     The sigmoid's ideal is 3 passes: ``case.ideal_passes / case.passes`` of this time."""
     B, dev, dt = x["mu_v"].shape[0], x["mu_v"].device, x["mu_v"].dtype
     n = case.rows(B)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, case.E, generator=g).to(device=dev, dtype=dt)
-    b = torch.randn(case.E, n, generator=g).to(device=dev, dtype=dt)
+    g = torch.Generator(device=dev).manual_seed(0)  # drawn where they are used (the CPU draws as before)
+    a = torch.randn(n, case.E, generator=g, device=dev).to(dtype=dt)
+    b = torch.randn(case.E, n, generator=g, device=dev).to(dtype=dt)
     reps = case.gemms()
 
     def step():
@@ -303,10 +458,31 @@ def min_peak_bytes(name: str, case: Case, B: int, dtype: torch.dtype = torch.flo
     return per * (3 + 2.5 * case.contrasts() if case.backward else 3)
 
 
+def materialised_peak_bytes(name: str, case: Case, B: int, dtype: torch.dtype = torch.float32) -> float:
+    """A lower bound of the peak memory of the providers that hold M × N matrices (``reference``,
+    ``compile``, ``open_clip``): per contrast at least 6 of them in float32 with backward (the
+    reference measured 14.9 at B = 32768 on the H200: 59.6 GiB), 2 forward; then
+    :func:`min_peak_bytes`. For the GPU headline, which skips a point that cannot fit."""
+    if name not in ("reference", "compile", "open_clip"):
+        return min_peak_bytes(name, case, B, dtype)
+    n = case.rows(B)
+    return n * n * 4.0 * (6 if case.backward else 2) * case.contrasts()
+
+
 
 
 def skip_reason(name: str, case: Case, device: str, dtype: torch.dtype = torch.float32) -> str | None:
     """Why ``name`` cannot run ``case`` on ``device`` here, or None when it can."""
+    if name in TILES:
+        why = skip_reason(TILES[name], case, device, dtype)
+        if why:
+            return why
+        if _gpu_chunking() is None:
+            return "uca_kernels has no gpu_chunking (the context that selects the tile kernels)"
+        if not _op_takes_chunk_rows(TILES[name]):
+            return (f"the {TILES[name]} op has no chunk_rows argument: its tile kernels are its only design "
+                    f"here (measured as '{TILES[name]}')")
+        return None
     if name in FUSED:
         if name == "triton" and device == "cpu" and not os.environ.get("UCA_BENCH_TRITON_CPU"):
             return ("the Triton CPU interpreter is for tests, not timing "
@@ -335,19 +511,33 @@ def skip_reason(name: str, case: Case, device: str, dtype: torch.dtype = torch.f
             return "inf-cl computes diagonal-label InfoNCE on points only (the clip case)"
         if case.D % 256:
             return "inf-cl needs D divisible by its head_dim 256"
-    if name == "open_clip":
+    if name in ("open_clip", "open_clip-chunked"):
         if case.family != "clip" or case.loss != "sigmoid":
             return "open_clip's SigLipLoss computes diagonal-label sigmoid on points only (the clip-sigmoid case)"
-        return _open_clip_missing()
+        missing = _open_clip_missing()
+        if missing or name == "open_clip":
+            return missing
+        if _open_clip_chunk_arg() is None:
+            import open_clip
+
+            return f"open_clip {getattr(open_clip, '__version__', '?')}'s SigLipLoss has no chunk_size option"
+    if name not in PROVIDERS:
+        return f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}"
     return None
 
 
 def loss_fn(name: str, case: Case, x: dict) -> torch.Tensor:
     """The scalar loss of ``case`` on inputs ``x`` computed by provider ``name``."""
-    if name in FUSED or name == "reference":
+    if is_fused(name):
+        return _fused_loss(case, x, name)
+    if name == "reference":
         return _library_loss(case, x, name)
     if name == "compile":
         return _compiled_reference(case, x)
+    if name == "chunked":
+        return _chunked_loss(case, x)
+    if name == "open_clip-chunked":
+        return _open_clip_loss(case, x, chunked=True)
     if name == "naive":
         return _naive_loss(case, x)
     if name == "keops":

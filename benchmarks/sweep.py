@@ -27,7 +27,7 @@ import torch
 
 from . import cases as cases_mod
 from .harness import check, configure_fp32, doubling, environment, measure, run, write_results
-from .providers import FUSED, PROVIDERS, min_peak_bytes, skip_reason
+from .providers import PROVIDERS, SWEEP_PROVIDERS, is_fused, min_peak_bytes, skip_reason
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 # torch.compile takes 15-40 s per case and batch size on 2 CPU cores, so the default CPU sweep
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     ap.add_argument("--gpu", action="store_true", help="the GPU case list (D = 512, E = 1024) instead of the CPU one")
     ap.add_argument("--ci", action="store_true", help="the tiny CI case list (seconds)")
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names to keep")
-    ap.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated providers")
+    ap.add_argument("--providers", default=",".join(SWEEP_PROVIDERS), help="comma-separated providers")
     ap.add_argument("--compile-cases", default=None,
                     help="case-name substrings for which 'compile' runs (default: a subset on CPU, all on GPU; 'all')")
     ap.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
@@ -110,7 +110,7 @@ def sweep_provider(provider: str, case, args, base: dict, log, deadline: float |
         log(f"  {provider:9s} check failed: {chk.get('reason', '')}")
         return [{**base, "B": check_b, "rows": case.rows(check_b), **chk}]
     base = {**base, **{k: chk[k] for k in ("check_B", "check_err", "check_tol")}}
-    b_max = args.b_max_fused if provider in FUSED else args.b_max
+    b_max = args.b_max_fused if is_fused(provider) else args.b_max
     batches = [args.b_min * 2**i for i in range(40) if args.b_min * 2**i <= b_max]
     timing = dict(min_reps=args.min_reps, max_reps=args.max_reps, target_s=args.target_s,
                   slow_s=4 * args.max_call_s)  # a slow first point (e.g. keops) gets fewer calls
