@@ -16,7 +16,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from uca_kernels import contrast, contrast_reference, dispatch  # noqa: E402
-from uca_kernels._registry import STATS_DTYPE  # noqa: E402
+from uca_kernels._registry import STATS_DTYPE, gpu_chunking  # noqa: E402
 from uca_kernels import triton_contrast as tc  # noqa: E402
 from helpers import (FLOOR, OFFSET_BIASES, TF32_FLOOR, OpLog, assert_matches_oracle, check_offset_logits,  # noqa: E402
                      check_row_shares, check_split_rows, grad_mass, max_rel_err, scale_mass, shift_masses, stats_oracle)
@@ -347,6 +347,145 @@ def test_low_precision_within_twice_reference_error(dtype, loss):
     check(case, dtype, loss, False)  # also: the outputs have the reference's dtypes
 
 
+# -- the chunked path: vendor GEMM in row chunks + Triton epilogues --------------------------------
+
+# (labels, M, N, E, exclude_self): M != N both ways, every label pattern, exclude_self with M < N.
+CHUNK_SHAPES = [("repeat", 37, 53, 20, False), ("one", 29, 17, 12, True), ("diag", 31, 31, 16, True),
+                ("mixed", 45, 38, 24, False), ("repeat", 20, 45, 12, True)]
+# a size dividing no M above; larger than every M (one chunk); 1 row per chunk on the smaller problems
+CHUNK_CASES = [(*shape, rows) for shape in CHUNK_SHAPES for rows in (7, 1000)] + \
+              [(*shape, 1) for shape in CHUNK_SHAPES if shape[1] * shape[2] < 800]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("labels,M,N,E,exclude_self,chunk_rows", CHUNK_CASES)
+def test_chunked_matches_reference(labels, M, N, E, exclude_self, chunk_rows, loss):
+    """Forward and every gradient in float32 against the float64 reference, ragged chunks included."""
+    with gpu_chunking(chunk_rows=chunk_rows):
+        check(make_case(M, N, E, labels, seed=41), torch.float32, loss, exclude_self)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_chunked_float64_and_tiles_agree(loss):
+    """float64 with 5-row chunks against the reference, and the tile kernels (chunk_rows < 0) on the
+    same problem: both designs compute the same op."""
+    case = make_case(23, 31, 9, "repeat", seed=43)
+    with gpu_chunking(chunk_rows=5):
+        chunked, _ = check(case, torch.float64, loss, True)
+    with gpu_chunking(chunk_rows=-1):
+        tiles, _ = check(case, torch.float64, loss, True)
+    for a, b in zip(flat(chunked), flat(tiles)):
+        assert (a - b).abs().max() <= 1e-12 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_chunked_low_precision_within_twice_reference_error(dtype, loss):
+    """fp16/bf16 features in 16-row chunks (dT rounded to their dtype for the dA / dB GEMMs): within
+    twice the error of the reference run in that dtype."""
+    case = make_case(70, 90, 72, "repeat", seed=47)
+    case["A"], case["B"] = case["A"].to(dtype).double(), case["B"].to(dtype).double()
+    with gpu_chunking(chunk_rows=16):
+        check(case, dtype, loss, False)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_chunk_size_changes_results_only_within_float_floors(loss):
+    """The same float32 problem with 3, 8 and 1000 rows per chunk: outputs agree within the float32
+    floor (the GEMM's summation order may differ with its shape), and each chunk size reruns
+    bit-identically."""
+    case = make_case(40, 33, 24, "repeat", seed=53)
+    outs = {}
+    for rows in (3, 8, 1000):
+        with gpu_chunking(chunk_rows=rows):
+            first, second = run(case, torch.float32, loss, True), run(case, torch.float32, loss, True)
+        for a, b in zip(flat(first), flat(second)):
+            assert torch.equal(a, b), rows
+        outs[rows] = flat(first)
+    for rows in (3, 8):
+        for a, b in zip(outs[rows], outs[1000]):
+            assert (a - b).abs().max() <= FLOOR[torch.float32] * max(1.0, b.abs().max().item()), rows
+
+
+def test_chunked_gradcheck_float64():
+    case = make_case(6, 5, 4, "repeat", seed=59)
+    x = [case[k].detach().requires_grad_() for k in LEAVES]
+    for loss in LOSSES:
+        with gpu_chunking(chunk_rows=4):
+            assert torch.autograd.gradcheck(
+                lambda *t: contrast(*t, case["labels_a"], case["labels_b"], loss=loss, exclude_self=True,
+                                    reduction="none", backend="triton"), x)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 1000])
+def test_sigmoid_one_sweep_matches_reference(chunk_rows):
+    """The scalar sigmoid loss's one sweep (3 GEMMs: ``triton_sigmoid_loss_and_grads``) against the
+    float64 reference: the sum and every gradient; ``reduction="mean"`` takes it."""
+    case = make_case(27, 35, 16, "mixed", seed=61)
+    log = OpLog()
+    outs = []
+    for backend, dtype in (("triton", torch.float32), ("reference", torch.float64)):
+        x = [case[k].to(dtype if k in ("A", "B") else (torch.float64 if dtype == torch.float64 else torch.float32))
+             .detach().requires_grad_() for k in LEAVES]
+        with gpu_chunking(chunk_rows=chunk_rows), log:
+            total = contrast(*x, case["labels_a"], case["labels_b"], loss="sigmoid", exclude_self=True,
+                             reduction="sum", backend=backend)
+        outs.append([total, *torch.autograd.grad(total * 0.7, x)])
+    assert any(f == torch.ops.uca.triton_sigmoid_loss_and_grads.default for f, _ in log.calls)
+    for got, want in zip(*outs):
+        assert (got.double() - want).abs().max() <= FLOOR[torch.float32] * max(1.0, want.abs().max().item())
+
+
+def test_chunked_opcheck():
+    case = make_case(9, 7, 5, "repeat", seed=67)
+    args = [case[k].float() for k in LEAVES] + [case["labels_a"], case["labels_b"]]
+    for x in args[:6]:
+        x.requires_grad_(True)
+    for loss in LOSSES:
+        torch.library.opcheck(torch.ops.uca.triton_contrast_forward.default, (*args, loss, True, "ieee", 4))
+    plain = [a.detach() for a in args]
+    out = torch.ops.uca.triton_contrast_forward(*plain, "sdm", False, "ieee", 4)
+    grads = (torch.rand(9, device=DEVICE), torch.rand(7, device=DEVICE))
+    torch.library.opcheck(torch.ops.uca.triton_contrast_backward.default,
+                          (*grads, *plain, *out, "sdm", False, "ieee", 4))
+    torch.library.opcheck(torch.ops.uca.triton_sigmoid_loss_and_grads.default, (*args, True, "ieee", 4))
+
+
+def test_chunk_rows_rule():
+    """The automatic chunk: the most rows whose scratch fits the budget, at least 512, a multiple of 64
+    below M, at most M; gpu_chunking / UCA_CHUNK_ROWS / UCA_SCRATCH_MB choose it."""
+    from uca_kernels._registry import auto_chunk_rows, resolve_chunk_rows
+
+    gib = 1 << 30
+    assert auto_chunk_rows(32768, 32768, torch.float32, gib) == 8192
+    assert auto_chunk_rows(32768, 32768, torch.bfloat16, gib) == 5440  # 6 bytes per entry
+    assert auto_chunk_rows(1 << 20, 1 << 20, torch.float32, gib) == 512  # floor of 512 rows
+    assert auto_chunk_rows(300, 1 << 20, torch.float32, gib) == 300
+    assert auto_chunk_rows(100, 100, torch.float64, gib) == 100
+    with gpu_chunking(scratch_mb=64):
+        assert resolve_chunk_rows(32768, 32768, torch.float32) == 512
+    with gpu_chunking(chunk_rows=100):
+        assert resolve_chunk_rows(50, 10, torch.float32) == 50
+    with gpu_chunking(chunk_rows=-1):
+        assert resolve_chunk_rows(50, 10, torch.float32) == -1
+    with pytest.raises(ValueError, match="scratch_mb"):
+        with gpu_chunking(scratch_mb=0):
+            pass
+
+
+def test_chunk_rows_environment(monkeypatch):
+    from uca_kernels._registry import resolve_chunk_rows
+
+    monkeypatch.setenv("UCA_CHUNK_ROWS", "12")
+    assert resolve_chunk_rows(100, 10, torch.float32) == 12
+    monkeypatch.setenv("UCA_CHUNK_ROWS", "")
+    monkeypatch.setenv("UCA_SCRATCH_MB", "1")
+    assert resolve_chunk_rows(4096, 4096, torch.float32) == 512
+    monkeypatch.setenv("UCA_SCRATCH_MB", "lots")
+    with pytest.raises(ValueError, match="UCA_SCRATCH_MB"):
+        resolve_chunk_rows(10, 10, torch.float32)
+
+
 # -- precision setting -----------------------------------------------------------------------------
 
 
@@ -555,10 +694,10 @@ def test_small_upstream_gradients_do_not_underflow_fp16(loss):
     assert err <= 2 * err_rounding, (err, err_rounding)
 
 
-def test_backward_gets_the_forward_precision():
-    """The precision read at the forward (set_input_precision / UCA_TRITON_PRECISION) is an op
-    argument that autograd hands to the backward: changing the setting between a forward and its
-    backward no longer changes the logits the backward recomputes."""
+def test_backward_gets_the_forward_precision_and_chunk_rows():
+    """The precision and chunk rows read at the forward (set_input_precision / UCA_TRITON_PRECISION,
+    gpu_chunking / UCA_CHUNK_ROWS) are op arguments that autograd hands to the backward: changing
+    the settings between a forward and its backward does not change the logits the backward recomputes."""
     case = make_case(9, 7, 16, seed=4)
     A = case["A"].float().requires_grad_()
     args = (A, case["B"].float(), *(case[k].float() for k in ("r", "c", "scale", "bias")),
@@ -567,13 +706,15 @@ def test_backward_gets_the_forward_precision():
     try:
         tc.set_input_precision("tf32x3")
         with log:
-            rows, cols = tc.contrast(*args, "sdm", False)
+            with gpu_chunking(chunk_rows=4):
+                rows, cols = tc.contrast(*args, "sdm", False)
             tc.set_input_precision("ieee")
-            (rows.sum() + cols.sum()).backward()
+            with gpu_chunking(chunk_rows=-1):
+                (rows.sum() + cols.sum()).backward()
     finally:
         tc.set_input_precision(None)
     backward = [a for func, a in log.calls if func == torch.ops.uca.triton_contrast_backward.default]
-    assert len(backward) == 1 and backward[0][-1] == "tf32x3", backward
+    assert len(backward) == 1 and tuple(backward[0][-2:]) == ("tf32x3", 4), [a[-2:] for a in backward]
 
 
 def test_tile_candidates_are_pruned():

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from . import _ext
+from ._registry import resolve_chunk_rows
 
 __all__ = ["Backend", "ExtensionBackend", "PRIORITY", "backend_names", "file_hash", "get_backend"]
 
@@ -66,9 +67,11 @@ class Backend:
         return {}
 
     def precision(self) -> str:
-        """How float32 features are multiplied, as the op is called now: "ieee" (exact products)
-        unless the backend has a setting for it (CUDA: UCA_CUDA_PRECISION; Triton: its setter or
-        UCA_TRITON_PRECISION). Read at each forward; autograd gives the backward the same value."""
+        """How float32 features are multiplied, as the op is called now: "ieee" (exact products) on
+        the CPU; the GPU backends follow ``torch.get_float32_matmul_precision()`` ("highest" ->
+        "ieee", "high" / "medium" -> "tf32") unless told otherwise (CUDA: UCA_CUDA_PRECISION;
+        Triton: its setter or UCA_TRITON_PRECISION). Read at each forward; autograd gives the
+        backward the same value."""
         return "ieee"
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
@@ -98,18 +101,35 @@ def _op_args(A, B, r, c, scale, bias, labels_a, labels_b, *, upcast_half: bool):
             labels_a.contiguous(), labels_b.contiguous())
 
 
+def _has_chunk_rows(op) -> bool:
+    """Whether a registered op's schema has the trailing ``chunk_rows`` argument (the GPU row chunks)."""
+    overload = getattr(op, "default", op)
+    schema = getattr(overload, "_schema", None)
+    return schema is not None and any(a.name == "chunk_rows" for a in schema.arguments)
+
+
+def _chunk_args(op, A, B) -> tuple:
+    """``(chunk_rows,)`` resolved now (:func:`uca_kernels._registry.gpu_chunking`) for an op whose schema
+    takes it (the CPU kernels ignore it), else ``()``."""
+    return (resolve_chunk_rows(A.shape[0], B.shape[0], A.dtype),) if _has_chunk_rows(op) else ()
+
+
 def _op_pair(forward_op, backward_op, precision: str, upcast_half: bool):
-    """Backend.op_pair of registered ops: contiguous arguments, one precision for both calls."""
+    """Backend.op_pair of registered ops: contiguous arguments, one precision for both calls, and the
+    forward's chunk rows for the backward of the same shapes."""
+    chunks: dict = {}
 
     def forward(A, B, r, c, scale, bias, labels_a, labels_b, loss):
         args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=upcast_half)
-        return forward_op(*args, loss, False, precision)
+        extra = chunks[(A.shape[0], B.shape[0])] = _chunk_args(forward_op, A, B)
+        return forward_op(*args, loss, False, precision, *extra)
 
     def backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols,
                  row_stats, col_stats, loss):
         args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=upcast_half)
+        extra = chunks.get((A.shape[0], B.shape[0])) or _chunk_args(forward_op, A, B)
         grads = backward_op(grad_rows.contiguous(), grad_cols.contiguous(), *args, loss_rows, loss_cols,
-                            row_stats.contiguous(), col_stats.contiguous(), loss, False, precision)
+                            row_stats.contiguous(), col_stats.contiguous(), loss, False, precision, *extra)
         return (grads[0].to(A.dtype), grads[1].to(B.dtype), *grads[2:])
 
     return forward, backward
@@ -162,7 +182,8 @@ class ExtensionBackend(Backend):
 
     def contrast(self, A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
         args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=self.upcast_half)
-        out = torch.ops.uca.contrast_forward(*args, loss, exclude_self, self.precision())
+        op = torch.ops.uca.contrast_forward
+        out = op(*args, loss, exclude_self, self.precision(), *_chunk_args(op, A, B))
         return out[0], out[1]
 
     def op_pair(self):
@@ -198,7 +219,8 @@ class TritonBackend(Backend):
 
         triton = triton_contrast.triton
         return {"triton": getattr(triton, "__version__", "missing"), "cuda": str(torch.version.cuda),
-                "kernels": file_hash(triton_contrast.__file__), "interpret": str(triton_contrast.INTERPRET),
+                "kernels": "-".join(file_hash(m.__file__) for m in triton_contrast.kernel_modules()),
+                "interpret": str(triton_contrast.INTERPRET),
                 "fp32": self.precision()}
 
     def precision(self):
@@ -217,6 +239,15 @@ class TritonBackend(Backend):
         return _op_pair(torch.ops.uca.triton_contrast_forward, torch.ops.uca.triton_contrast_backward,
                         self.precision(), upcast_half=False)
 
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        from . import triton_contrast  # noqa: F401  (registers the ops)
+
+        chunk_rows = resolve_chunk_rows(A.shape[0], B.shape[0], A.dtype)
+        if chunk_rows < 0 or not _grad_needed(A, B, r, c, scale, bias):  # tiles, or no gradient wanted: rows only
+            return super().sigmoid_sum(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+        return torch.ops.uca.triton_sigmoid_loss_and_grads(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self,
+                                                           self.precision(), chunk_rows)[0]
+
 
 class CudaBackend(ExtensionBackend):
     device_type = "cuda"
@@ -229,11 +260,11 @@ class CudaBackend(ExtensionBackend):
         return reasons
 
     def precision(self) -> str:
-        """``UCA_CUDA_PRECISION``: "ieee" (the default) or "tf32"."""
-        value = os.environ.get("UCA_CUDA_PRECISION", "") or "ieee"
-        if value not in ("ieee", "tf32"):
-            raise ValueError(f"UCA_CUDA_PRECISION must be 'ieee' or 'tf32', got {value!r}")
-        return value
+        """``UCA_CUDA_PRECISION`` ("ieee" or "tf32") when set, else PyTorch's float32 matmul
+        precision (:func:`uca_kernels._precision.default_precision`: "highest" -> "ieee")."""
+        from ._precision import precision_from_env
+
+        return precision_from_env("UCA_CUDA_PRECISION", ("ieee", "tf32"))
 
     def fingerprint(self):
         return {**super().fingerprint(), "cuda": str(torch.version.cuda), "fp32": self.precision()}

@@ -54,13 +54,14 @@ by hand.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
+import sys
 
 import torch
 
-from ._registry import LOSSES, N_STATS, SDM_EPS, STATS_DTYPE, grad_prescale, out_dtype, register_contrast_autograd
+from ._precision import precision_from_env
+from ._registry import (LOSSES, N_STATS, SDM_EPS, STATS_DTYPE, grad_prescale, out_dtype, register_contrast_autograd,
+                        register_sigmoid_sum_autograd, resolve_chunk_rows)
 
 __all__ = [
     "PRECISIONS",
@@ -72,25 +73,12 @@ __all__ = [
     "set_input_precision",
 ]
 
-try:
-    import triton
-    import triton.language as tl
+from ._triton_common import (  # noqa: F401  (the backend's names: tc.INTERPRET, tc.triton, ...)
+    _IMPORT_ERROR, INTERPRET, _device_guard, _flags, tl, triton)
 
-    _IMPORT_ERROR: str | None = None
-except Exception as e:  # ImportError, or a broken install
-    triton = tl = None
-    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
-
-
-def _interpreting() -> bool:
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-
-
-# Whether the kernels below were jitted for Triton's CPU interpreter (decided once, at import).
-INTERPRET = triton is not None and _interpreting()
+if triton is not None:
+    from ._triton_common import (_dloss_dlogit, _finish_stats, _fresh_stats, _logistic, _online_step,  # noqa: F401
+                                 _round_to, _side_consts, _softplus, _store_loss_stats)
 
 _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -110,16 +98,14 @@ def set_input_precision(precision: str | None) -> None:
 
 
 def get_input_precision() -> str:
-    """The precision used for float32 inputs (setter, else ``UCA_TRITON_PRECISION``, else "ieee").
+    """The precision used for float32 inputs: the setter, else ``UCA_TRITON_PRECISION``, else
+    PyTorch's float32 matmul precision ("highest" -> "ieee", "high" / "medium" -> "tf32").
 
     Read at every forward call and passed to the op; autograd gives the backward the forward's
     value, so changing it between a forward and its backward is safe."""
     if _precision_override is not None:
         return _precision_override
-    value = os.environ.get("UCA_TRITON_PRECISION", "") or "ieee"
-    if value not in PRECISIONS:
-        raise ValueError(f"UCA_TRITON_PRECISION={value!r} is not one of {', '.join(map(repr, PRECISIONS))}")
-    return value
+    return precision_from_env("UCA_TRITON_PRECISION", PRECISIONS)
 
 
 # -- kernels ---------------------------------------------------------------------------------------
@@ -160,22 +146,6 @@ if triton is not None:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
-
-    @triton.jit
-    def _round_to(x, DTYPE: tl.constexpr, UPCAST_DOT: tl.constexpr):
-        """x rounded to the feature dtype (nearest even) as a GEMM operand. Under the interpreter
-        (UPCAST_DOT) it stays fp32 holding the rounded value, and bf16 is rounded by hand: the
-        interpreter's own fp32 → bf16 cast truncates."""
-        if UPCAST_DOT:
-            if DTYPE == tl.bfloat16:
-                bits = x.to(tl.uint32, bitcast=True)
-                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-                y = bits.to(tl.float32, bitcast=True)
-            else:
-                y = x.to(DTYPE).to(tl.float32)
-        else:
-            y = x.to(DTYPE)
-        return y
 
     @triton.jit
     def _gram_tile(
@@ -272,20 +242,6 @@ if triton is not None:
         return offs_oth, mask_oth, l_oth, t, s, valid, sv, sp
 
     @triton.jit
-    def _softplus(x):
-        """log(1 + eˣ) = max(x, 0) + log1p(e^−|x|), finite for every finite x; log1p(e) as
-        log(u) − ((u − 1) − e)/u, u = 1 + e (exact to rounding also where u rounds to 1)."""
-        e = tl.exp(-tl.abs(x))
-        u = 1.0 + e
-        return tl.maximum(x, 0.0) + (tl.log(u) - ((u - 1.0) - e) / u)
-
-    @triton.jit
-    def _logistic(x):
-        """σ(x) = d softplus / dx without overflow: (1 or e^−|x|) / (1 + e^−|x|)."""
-        e = tl.exp(-tl.abs(x))
-        return tl.where(x >= 0, 1.0, e) / (1.0 + e)
-
-    @triton.jit
     def _contrast_fwd_kernel(
         a_ptr,  # *A [M, E] row features, unit stride along E
         b_ptr,  # *B [N, E] column features, unit stride along E
@@ -343,68 +299,20 @@ if triton is not None:
             for k in tl.static_range(4):
                 tl.store(stats_ptr + offs_own * 4 + k, zero, mask=mask_own)
         else:
-            # -- running statistics of the owned rows --
-            # over valid entries, relative to the running max m: l = Σe, w = Σe·(s−m), lneg = Σ_neg e;
-            # over positives, relative to their own running max mp: lp = Σe; npos = #positives.
-            m = tl.full([BLOCK_OWN], float("-inf"), ACC)
-            l = tl.zeros([BLOCK_OWN], ACC)
-            w = tl.zeros([BLOCK_OWN], ACC)
-            lneg = tl.zeros([BLOCK_OWN], ACC)
-            mp = tl.full([BLOCK_OWN], float("-inf"), ACC)
-            lp = tl.zeros([BLOCK_OWN], ACC)
-            npos = tl.zeros([BLOCK_OWN], ACC)
+            # -- running statistics of the owned rows (_online_step) --
+            m, l, w, lneg, mp, lp, npos = _fresh_stats(BLOCK_OWN, ACC)
 
             for k0 in range(0, n_oth, BLOCK_OTH):
                 # -- logits of the tile [owner, other] --
                 offs_oth, mask_oth, l_oth, t, s, valid, sv, sp = _pair_tile(
                     a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a,
                     stride_b, COLUMNS, EXCLUDE_SELF, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E, BLOCK_OTH)
-
-                # -- online log-sum-exp over valid entries --
-                m_new = tl.maximum(m, tl.max(sv, 1))
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # finite point to subtract
-                alpha = tl.exp(m - m_ref)  # rescales the old sums; 0 while m = -inf
-                shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
-                x = tl.maximum(sv - m_ref[:, None], -1e30)  # ≤ 0; a huge finite value where not valid
-                e = tl.exp(x)  # 0 where not valid
-                w = alpha * (w + shift * l) + tl.sum(e * x, 1)
-                l = alpha * l + tl.sum(e, 1)
-                if IS_SDM:
-                    lneg = alpha * lneg + tl.sum(tl.where(sp == float("-inf"), e, 0.0), 1)
-                m = m_new
-
-                # -- online log-sum-exp over positives (own running max) --
-                mp_new = tl.maximum(mp, tl.max(sp, 1))
-                mp_ref = tl.where(mp_new == float("-inf"), 0.0, mp_new)
-                lp = lp * tl.exp(mp - mp_ref) + tl.sum(tl.exp(sp - mp_ref[:, None]), 1)
-                mp = mp_new
-                npos += tl.sum((sp > float("-inf")).to(ACC), 1)
+                m, l, w, lneg, mp, lp, npos = _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM)
 
             # -- epilogue: stats and loss (0 for rows without positives) --
-            has_l = l > 0
-            has_lp = lp > 0
-            l1 = tl.where(has_l, l, 1.0)
-            lp1 = tl.where(has_lp, lp, 1.0)
-            m0 = tl.where(has_l, m, 0.0)
-            mp0 = tl.where(has_lp, mp, 0.0)
-            # LSE = m + log l added in float64: rounded to float32 at |S| ~ 1e5 it would be off by up
-            # to 4e-3, and so would every p = exp(S − LSE) the backward forms from it
-            lse = tl.where(has_l, m0.to(tl.float64) + tl.log(l1).to(tl.float64), float("-inf"))
-            lsep = tl.where(has_lp, mp0.to(tl.float64) + tl.log(lp1).to(tl.float64), float("-inf"))
-            if IS_SDM:
-                p_pos = lp1 * tl.exp(mp0 - m0) / l1  # Σ_pos p
-                p_neg = lneg / l1  # Σ_neg p
-                logq = tl.log(1.0 / tl.maximum(npos, 1.0) + SDM_EPS)
-                value = w / l1 - tl.log(l1) - p_pos * logq - p_neg * LOG_SDM_EPS
-            else:
-                value = (m0 - mp0) + tl.log(l1) - tl.log(lp1)
-            value = tl.where((npos > 0) & has_l & has_lp, value, 0.0)
-            tl.store(loss_ptr + offs_own, value, mask=mask_own)
-            neg_entropy = tl.where(has_l, w.to(tl.float64) / l1.to(tl.float64) - tl.log(l1).to(tl.float64), 0.0)
-            tl.store(stats_ptr + offs_own * 4 + 0, lse, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 4 + 1, lsep, mask=mask_own)
-            tl.store(stats_ptr + offs_own * 4 + 2, npos.to(tl.float64), mask=mask_own)
-            tl.store(stats_ptr + offs_own * 4 + 3, neg_entropy, mask=mask_own)
+            value, lse, lsep, npos64, neg_entropy = _finish_stats(m, l, w, lneg, mp, lp, npos, IS_SDM, SDM_EPS,
+                                                                   LOG_SDM_EPS)
+            _store_loss_stats(loss_ptr, stats_ptr, offs_own, mask_own, value, lse, lsep, npos64, neg_entropy)
 
     def _dot_path(dtype: torch.dtype, precision: str) -> str:
         if dtype in (torch.float16, torch.bfloat16):
@@ -425,44 +333,6 @@ if triton is not None:
     # The row launch picks the tile of a problem; every other launch reuses it (_TILE_CONFIGS).
     _contrast_fwd_tuned = triton.autotune(configs=_configs(), key=["M", "N", "E", "PRECISION"],
                                           prune_configs_by={"early_config_prune": _prune_tiles})(_contrast_fwd_kernel)
-
-    @triton.jit
-    def _split(x, ACC: tl.constexpr):
-        """float64 x = hi + lo: hi = x rounded to ACC, lo = the remainder rounded to ACC (0 for float64)."""
-        hi = x.to(ACC)
-        return hi, (x - hi.to(tl.float64)).to(ACC)
-
-    @triton.jit
-    def _side_consts(g_ptr, loss_ptr, stats_ptr, offs, mask, SDM_EPS: tl.constexpr):
-        """Backward constants of one side's rows: upstream grad, LSE and LSEᴾ each as a (hi, lo)
-        pair (_split of the float64 stats), loss, log q.
-        Rows without positives (or with non-finite stats) get all zeros: no gradient, no inf."""
-        ACC: tl.constexpr = g_ptr.dtype.element_ty
-        lse = tl.load(stats_ptr + offs * 4 + 0, mask=mask, other=0.0)
-        lsep = tl.load(stats_ptr + offs * 4 + 1, mask=mask, other=0.0)
-        n = tl.load(stats_ptr + offs * 4 + 2, mask=mask, other=0.0)
-        active = (n > 0) & (tl.abs(lse) < float("inf")) & (tl.abs(lsep) < float("inf"))
-        g = tl.where(active, tl.load(g_ptr + offs, mask=mask, other=0.0), 0.0)
-        loss = tl.where(active, tl.load(loss_ptr + offs, mask=mask, other=0.0), 0.0)
-        logq = tl.where(active, tl.log(1.0 / tl.maximum(n.to(ACC), 1.0) + SDM_EPS), 0.0)
-        lse_hi, lse_lo = _split(tl.where(active, lse, 0.0), ACC)
-        lsep_hi, lsep_lo = _split(tl.where(active, lsep, 0.0), ACC)
-        return g, lse_hi, lse_lo, lsep_hi, lsep_lo, loss, logq
-
-    @triton.jit
-    def _dloss_dlogit(sv, sp, g, lse, lse_lo, lsep, lsep_lo, loss, logq, IS_SDM: tl.constexpr,
-                      LOG_SDM_EPS: tl.constexpr):
-        """g · ∂L/∂S for one side (arguments broadcast). sv: logits, -inf where not a valid pair;
-        sp: the same, -inf where not a positive. log p = (S − lse) − lse_lo: S − lse is exact
-        wherever p is not negligible, so p keeps ACC's relative precision at any |S|. Exponents are
-        clamped to [-1e30, 0], so there is no inf and no 0·inf, and invalid pairs get exactly 0."""
-        x = tl.minimum(tl.maximum((sv - lse) - lse_lo, -1e30), 0.0)  # log p
-        p = tl.exp(x)
-        if IS_SDM:
-            d = p * (x - tl.where(sp > float("-inf"), logq, LOG_SDM_EPS) - loss)
-        else:
-            d = p - tl.exp(tl.minimum((sp - lsep) - lsep_lo, 0.0))
-        return g * d
 
     @triton.jit
     def _contrast_bwd_kernel(
@@ -625,23 +495,6 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _flags(A: torch.Tensor, loss: str, exclude_self: bool, precision: str = "ieee") -> dict:
-    low = A.dtype in (torch.float16, torch.bfloat16)
-    return dict(
-        IS_SDM=loss == "sdm",
-        IS_SIGMOID=loss == "sigmoid",
-        EXCLUDE_SELF=bool(exclude_self),
-        UPCAST_DOT=INTERPRET and low,
-        PRECISION=precision if A.dtype == torch.float32 else "ieee",
-        SDM_EPS=SDM_EPS,
-        LOG_SDM_EPS=math.log(SDM_EPS),
-    )
-
-
-def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
-
-
 # Tile config per problem: (device, dtype, M, N, E, precision) -> triton.Config. Every launch of
 # one problem (forward rows and columns, backward rows and columns) must use the same tile shape
 # so that the logits are recomputed bit-identically; the forward row launch autotunes it.
@@ -670,10 +523,15 @@ def _fwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, loss_out, stats_out
     return cfg
 
 
-def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision="ieee"):
+def _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision="ieee", chunk_rows=0):
     _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
     A, B = _rows(A), _rows(B)
     r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
+    if chunk_rows >= 0:  # vendor GEMMs in row chunks + Triton epilogues (triton_chunked.py)
+        from . import triton_chunked
+
+        return triton_chunked.forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision,
+                                      chunk_rows)
     M, N = A.shape[0], B.shape[0]
     odt = out_dtype(A.dtype)
     loss_rows, loss_cols = A.new_empty((M,), dtype=odt), A.new_empty((N,), dtype=odt)
@@ -721,7 +579,7 @@ def _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_
 
 
 def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision="ieee"):
+              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision="ieee", chunk_rows=0):
     _check(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
     A, B = _rows(A), _rows(B)
     r, c, labels_a, labels_b = r.contiguous(), c.contiguous(), labels_a.contiguous(), labels_b.contiguous()
@@ -733,12 +591,17 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
             raise ValueError(f"{name} must be the forward's statistics: a {STATS_DTYPE} tensor of shape [{n}, {N_STATS}] "
                              f"on {A.device}, got {st.dtype} {list(st.shape)} on {st.device}")
     grad_rows, grad_cols = grad_rows.to(odt).contiguous(), grad_cols.to(odt).contiguous()
+    loss_rows, loss_cols = loss_rows.contiguous(), loss_cols.contiguous()
+    row_stats, col_stats = row_stats.contiguous(), col_stats.contiguous()
+    if chunk_rows >= 0:  # vendor GEMMs in row chunks + Triton epilogues (triton_chunked.py)
+        from . import triton_chunked
+
+        return triton_chunked.backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b, loss_rows,
+                                       loss_cols, row_stats, col_stats, loss, exclude_self, precision, chunk_rows)
     # fp16/bf16: dT is rounded to the feature dtype; run on pre·g so it cannot underflow (grad_prescale)
     pre = grad_prescale(grad_rows, grad_cols, scale) if A.dtype in (torch.float16, torch.bfloat16) else None
     if pre is not None:
         grad_rows, grad_cols = grad_rows * pre.to(odt), grad_cols * pre.to(odt)
-    loss_rows, loss_cols = loss_rows.contiguous(), loss_cols.contiguous()
-    row_stats, col_stats = row_stats.contiguous(), col_stats.contiguous()
     # dA/dB accumulate in fp32 (fp64) scratch when the features are fp16/bf16
     dA = torch.empty((M, E), dtype=odt, device=A.device)
     dB = torch.empty((N, E), dtype=odt, device=A.device)
@@ -771,14 +634,16 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
 _TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
-def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES) -> list[str]:
+def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES, designs=("tiles", "chunked")) -> list[str]:
     """Compile the kernels for ``cuda`` compute capability ``arch`` without a GPU (Triton's front
-    end, LLVM and its bundled ptxas), with the first tile of each dot path (``_GPU_TILES``): for
-    every dtype (float32 with "ieee" and "tf32") and loss, the forward and backward row launches,
-    and for SDM the column launches too (the backward's with dX in registers). Returns one line per
-    variant: "ok ... shared BYTES" or "FAIL ...: error" (also when the shared memory exceeds the 227
-    KiB a Hopper block can have). The interpreter never runs Triton's front end, so a kernel it
-    passes can still fail to compile on a GPU (Triton 3.6 rejected float64 ``tl.dot`` with the
+    end, LLVM and its bundled ptxas). ``tiles``: with the first tile of each dot path (``_GPU_TILES``),
+    for every dtype (float32 with "ieee" and "tf32") and loss, the forward and backward row launches,
+    and for SDM the column launches too (the backward's with dX in registers). ``chunked``: the
+    epilogue kernels of ``triton_chunked`` with their GPU tiles, for every loss (row and column
+    forward, per accumulator dtype; the backward, per feature dtype; the column finish). Returns one
+    line per variant: "ok ... shared BYTES" or "FAIL ...: error" (also when the shared memory exceeds
+    the 227 KiB a Hopper block can have). The interpreter never runs Triton's front end, so a kernel
+    it passes can still fail to compile on a GPU (Triton 3.6 rejected float64 ``tl.dot`` with the
     default fp32 ``out_dtype``); this finds such failures on any machine. Needs an import without
     ``TRITON_INTERPRET`` (the kernels must be JIT functions, not interpreted ones)."""
     if triton is None:
@@ -788,38 +653,78 @@ def compile_for_target(arch: int = 90, dtypes=_FEATURE_DTYPES, losses=LOSSES) ->
     from triton.backends.compiler import GPUTarget
 
     target = GPUTarget("cuda", arch, 32)
+    variants = (_tile_variants(dtypes, losses) if "tiles" in designs else []) + \
+        (_chunked_variants(dtypes, losses) if "chunked" in designs else [])
     results = []
+    for name, kernel, dtype, consts, options in variants:
+        label = f"{name} sm_{arch}"
+        try:
+            compiled = triton.compile(_ast_source(kernel, dtype, consts), target=target, options=options)
+            shared = compiled.metadata.shared
+            ok = shared <= 227 * 1024
+            results.append(f"{'ok' if ok else 'FAIL'} {label} shared {shared}"
+                           + ("" if ok else ": more shared memory than a block can have"))
+        except Exception as e:  # the compiler's own error, reported per variant
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            where = (str(e).strip().splitlines() or [""])[0]  # "at LINE:COL:" in the kernel
+            results.append(f"FAIL {label}: {type(e).__name__} {where} caused by "
+                           f"{type(root).__name__}: {str(root).strip()[:200]}")
+    return results
+
+
+def _loss_flags(loss: str) -> dict:
+    return dict(IS_SDM=loss == "sdm", IS_SIGMOID=loss == "sigmoid", EXCLUDE_SELF=True)
+
+
+def _tile_variants(dtypes, losses) -> list:
+    """(label, kernel, dtype, constexprs, options) of the fully fused tile kernels to compile."""
+    out = []
     for dtype in dtypes:
         for precision in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
             path = _dot_path(dtype, precision)
             ba, bb, be, warps, stages = next(t[:5] for t in _GPU_TILES if path in t[5])
             for loss in losses:
-                base = dict(IS_SDM=loss == "sdm", IS_SIGMOID=loss == "sigmoid", EXCLUDE_SELF=True, UPCAST_DOT=False,
-                            PRECISION=precision, SDM_EPS=SDM_EPS, LOG_SDM_EPS=math.log(SDM_EPS),
-                            BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be)
+                base = dict(_loss_flags(loss), UPCAST_DOT=False, PRECISION=precision, SDM_EPS=SDM_EPS,
+                            LOG_SDM_EPS=math.log(SDM_EPS), BLOCK_A=ba, BLOCK_B=bb, BLOCK_E=be)
                 launches = [("forward rows", _contrast_fwd_kernel, dict(COLUMNS=False)),
                             ("backward rows", _contrast_bwd_kernel, dict(COLUMNS=False, WRITE_DST=True, DX_IN_REGS=False))]
                 if loss == "sdm":
                     launches += [("forward columns", _contrast_fwd_kernel, dict(COLUMNS=True)),
                                  ("backward columns", _contrast_bwd_kernel,
                                   dict(COLUMNS=True, WRITE_DST=False, DX_IN_REGS=True))]
-                for name, kernel, extra in launches:
-                    label = f"{name} {dtype} {precision} {loss} sm_{arch}"
-                    try:
-                        compiled = triton.compile(_ast_source(kernel, dtype, dict(base, **extra)), target=target,
-                                                  options=dict(num_warps=warps, num_stages=stages))
-                        shared = compiled.metadata.shared
-                        ok = shared <= 227 * 1024
-                        results.append(f"{'ok' if ok else 'FAIL'} {label} shared {shared}"
-                                       + ("" if ok else ": more shared memory than a block can have"))
-                    except Exception as e:  # the compiler's own error, reported per variant
-                        root = e
-                        while root.__cause__ is not None:
-                            root = root.__cause__
-                        where = (str(e).strip().splitlines() or [""])[0]  # "at LINE:COL:" in the kernel
-                        results.append(f"FAIL {label}: {type(e).__name__} {where} caused by "
-                                       f"{type(root).__name__}: {str(root).strip()[:200]}")
-    return results
+                out += [(f"tiles {name} {dtype} {precision} {loss}", kernel, dtype, dict(base, **extra),
+                         dict(num_warps=warps, num_stages=stages)) for name, kernel, extra in launches]
+    return out
+
+
+def _chunked_variants(dtypes, losses) -> list:
+    """(label, kernel, dtype, constexprs, options) of the chunked path's epilogue kernels to compile:
+    the forward kernels and the finish once per accumulator dtype (float32, float64), the backward
+    per feature dtype (fp16/bf16 write dT in their dtype too)."""
+    from . import triton_chunked as tk
+
+    eps = dict(SDM_EPS=SDM_EPS, LOG_SDM_EPS=math.log(SDM_EPS))
+    tiles = tk._GPU_TILES
+    out = []
+    for dtype in dtypes:
+        acc_owner = dtype in (torch.float32, torch.float64)  # the forward kernels see only ACC tensors
+        for loss in losses:
+            flags = _loss_flags(loss)
+            launches = []
+            if acc_owner:
+                launches += [("forward rows", tk._rows_fwd_kernel, dict(flags, **eps), tiles["rows_fwd"]),
+                             ("forward columns", tk._cols_fwd_kernel, dict(flags), tiles["cols_fwd"]),
+                             ("column finish", tk._cols_finish_kernel,
+                              dict(IS_SDM=flags["IS_SDM"], IS_SIGMOID=flags["IS_SIGMOID"], **eps), tiles["cols_fwd"])]
+            launches.append(("backward", tk._chunk_bwd_kernel,
+                             dict(flags, WRITE_LOW=dtype in (torch.float16, torch.bfloat16), WRITE_LOSS=loss == "sigmoid",
+                                  UPCAST_DOT=False, **eps), tiles["bwd"]))
+            for name, kernel, consts, (br, bn, warps) in launches:
+                consts = dict(consts, BLOCK_N=bn) if kernel is tk._cols_finish_kernel else dict(consts, BLOCK_R=br, BLOCK_N=bn)
+                out.append((f"chunked {name} {dtype} {loss}", kernel, dtype, consts, dict(num_warps=warps, num_stages=1)))
+    return out
 
 
 def _ast_source(kernel, dtype: torch.dtype, consts: dict):
@@ -828,10 +733,11 @@ def _ast_source(kernel, dtype: torch.dtype, consts: dict):
 
     feat = "*" + _TRITON_DTYPES[dtype]
     acc = "*fp64" if dtype == torch.float64 else "*fp32"
-    ptrs = {name: (feat if name in ("a_ptr", "b_ptr") else "*i64" if name in ("la_ptr", "lb_ptr")
+    ptrs = {name: (feat if name in ("a_ptr", "b_ptr", "low_ptr") else "*i64" if name in ("la_ptr", "lb_ptr")
                    else "*fp64" if "stats" in name else acc)
             for name in kernel.arg_names if name.endswith("_ptr")}
-    ints = {name: "i32" for name in kernel.arg_names if name in ("M", "N", "E") or name.startswith("stride_")}
+    ints = {name: "i32" for name in kernel.arg_names
+            if name in ("M", "N", "E", "rows", "row0", "rows_cap") or name.startswith("stride_")}
     sig = ptrs | ints | {k: "constexpr" for k in consts}
     return ASTSource(kernel, {k: sig[k] for k in kernel.arg_names}, consts)
 
@@ -853,10 +759,12 @@ if triton is not None:
         loss: str,
         exclude_self: bool,
         precision: str = "ieee",
+        chunk_rows: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward of the contrast op (contract in ``contrast.py``) with the Triton kernels;
-        ``precision``: tl.dot's input precision for float32 features (PRECISIONS)."""
-        return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision)
+        ``precision``: the float32 products (PRECISIONS); ``chunk_rows``: rows per vendor-GEMM chunk
+        (0: 1 GiB of scratch; negative: the fully fused tile kernels)."""
+        return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision, chunk_rows)
 
     @torch.library.custom_op("uca::triton_contrast_backward", mutates_args=())
     def triton_contrast_backward(
@@ -877,15 +785,51 @@ if triton is not None:
         loss: str,
         exclude_self: bool,
         precision: str = "ieee",
+        chunk_rows: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Backward of the contrast op: (dA, dB, dr, dc, dscale, dbias), with its forward's precision."""
+        """Backward of the contrast op: (dA, dB, dr, dc, dscale, dbias), with its forward's precision
+        and chunk rows."""
         return _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
-                         loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision)
+                         loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self, precision, chunk_rows)
 
     register_contrast_autograd(triton_contrast_forward, triton_contrast_backward)
 
+    @torch.library.custom_op("uca::triton_sigmoid_loss_and_grads", mutates_args=())
+    def triton_sigmoid_loss_and_grads(
+        A: torch.Tensor,
+        B: torch.Tensor,
+        r: torch.Tensor,
+        c: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor,
+        labels_a: torch.Tensor,
+        labels_b: torch.Tensor,
+        exclude_self: bool,
+        precision: str = "ieee",
+        chunk_rows: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Σᵢⱼ ℓᵢⱼ of the sigmoid loss and (dA, dB, dr, dc, dscale, dbias) in one sweep of row chunks
+        (3 GEMM passes; ``contrast.py``, "Scalar sigmoid loss in one sweep"). ``chunk_rows`` ≥ 0."""
+        _check(A, B, r, c, scale, bias, labels_a, labels_b, "sigmoid", exclude_self, precision)
+        if chunk_rows < 0:
+            raise ValueError("sigmoid_loss_and_grads runs in row chunks: chunk_rows must be >= 0")
+        from . import triton_chunked
+
+        return triton_chunked.sigmoid_loss_and_grads(_rows(A), _rows(B), r.contiguous(), c.contiguous(), scale, bias,
+                                                     labels_a.contiguous(), labels_b.contiguous(), exclude_self,
+                                                     precision, chunk_rows)
+
+    register_sigmoid_sum_autograd(triton_sigmoid_loss_and_grads)
+
 
 # -- what the dispatcher calls ---------------------------------------------------------------------
+
+
+def kernel_modules() -> tuple:
+    """The modules whose source decides the Triton kernels (part of the self-test's cache key)."""
+    from . import _triton_common, triton_chunked
+
+    return (sys.modules[__name__], _triton_common, triton_chunked)
 
 
 def available_reasons() -> list[str]:
@@ -922,5 +866,5 @@ def contrast(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self):
     :func:`get_input_precision` as read now; the backward gets the same precision from autograd.
     """
     out = torch.ops.uca.triton_contrast_forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, bool(exclude_self),
-                                                get_input_precision())
+                                                get_input_precision(), resolve_chunk_rows(A.shape[0], B.shape[0], A.dtype))
     return out[0], out[1]
