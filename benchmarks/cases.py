@@ -13,11 +13,11 @@ A :class:`Case` is one loss at one feature size and mode; the batch size B is sw
             (the only case inf-cl computes) or the pairwise sigmoid (SigLIP: the only case
             open_clip's ``SigLipLoss`` computes).
 
-Cost (DESIGN.md section 6): one pass over S is 2·M·N·E flops; forward is 1 pass, forward+backward
+Cost (docs/design.md section 2): one pass over S is 2·M·N·E flops; forward is 1 pass, forward+backward
 is 4 (forward, recompute, dA, dB). Every provider is credited with this same useful work, so
 GFLOP/s compare providers directly (the naive form does more arithmetic than it is credited with).
 The sigmoid loss is credited with the same 4 passes so that its GFLOP/s compare with the other
-losses', but its ideal is 3 (DESIGN.md section 2: it needs no row statistics, so when only the
+losses', but its ideal is 3 (docs/design.md section 2: it needs no row statistics, so when only the
 scalar is wanted the forward forms dA and dB itself): :attr:`Case.ideal_passes` and the rows'
 ``ideal_passes`` say so, and the markdown reports the four-matmul floor scaled to it.
 
@@ -95,7 +95,7 @@ class Case:
 
     @property
     def E(self) -> int:
-        """Width of the op's A and B (DESIGN.md section 2): 2D for w2/kl, 4D for jeffreys, D for csd
+        """Width of the op's A and B (docs/design.md section 2): 2D for w2/kl, 4D for jeffreys, D for csd
         and points."""
         if self.family != "dist":
             return self.D
@@ -117,7 +117,7 @@ class Case:
     @property
     def ideal_passes(self) -> int:
         """The fewest S passes the computation needs: 3 for sigmoid forward+backward (no statistics:
-        one sweep forms S, dA and dB; DESIGN.md section 2), else :attr:`passes`."""
+        one sweep forms S, dA and dB; docs/design.md section 2), else :attr:`passes`."""
         return 3 if (self.backward and self.loss == "sigmoid") else self.passes
 
     def gemms(self) -> int:

@@ -97,7 +97,7 @@ clocks() {
 if wanted card; then
     {
         echo "gpu_check $(date -u +%FT%TZ) dry=$DRY budget=${BUDGET_S}s steps=$WANT commit=${UCA_BENCH_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
-        echo "host $(uname -n), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "host $(uname -n), $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
         clocks
         $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available(),

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
 
     def emit(text: str) -> None:
         print(text, flush=True)

@@ -14,7 +14,7 @@ op sees E = D), so at one B every case has the same [B, E] @ [E, B] matmuls.
 - ``--device cpu`` (defaults): float32, E = 512, B = 8192: the fused ``cpu`` backend, ``reference``,
   ``open_clip`` (clip-sigmoid; when installed) and ``matmul4`` in one run, each in a fresh process
   (time and peak extra RSS); ``matmul4`` = per contrast four ``torch.matmul`` of [B, E] @ [E, B]
-  (the fused op's credited work, DESIGN.md section 6; the sigmoid's ideal is three of them). Then
+  (the fused op's credited work, docs/design.md section 2; the sigmoid's ideal is three of them). Then
   ``cpu`` alone at B = 65536 (one call), where the reference's peak memory, predicted from its
   measured peak at B = 8192 (× (65536/8192)², it holds B×B matrices), is far beyond RAM.
   ``--large-batch 0`` leaves that call out; ``--large-only`` runs only it (after the check).
@@ -206,7 +206,7 @@ def write_markdown(path: str, meta: dict, rows: list[dict], summary: dict, args)
             "(errors in the JSON).", ""]
     if sigmoid:
         head += ["The sigmoid loss is credited with the same 4 passes, but needs only 3 (no row statistics: one "
-                 "sweep forms S, dA and dB; DESIGN.md section 2): its *ideal floor* is ¾ of the four matmuls, "
+                 "sweep forms S, dA and dB; docs/design.md section 2): its *ideal floor* is ¾ of the four matmuls, "
                  "and `time ÷ ideal floor` divides by that.", ""]
     for c in cases:
         head.append(f"- `{c.name}`: {c.family}, D = {c.D}, E = {c.E}, K = {c.K}, {c.contrasts()} contrast(s), "

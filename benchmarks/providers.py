@@ -159,7 +159,8 @@ def _chunk_loss(Xc, Y, rx, cy, lx, ly, scale, bias, i0: int, exclude_self: bool,
     pos = lx[:, None] == ly[None, :]
     valid = None
     if exclude_self:  # global row index i0 + k is never its own pair
-        valid = torch.arange(i0, i0 + Xc.shape[0], device=S.device)[:, None] != torch.arange(S.shape[1], device=S.device)
+        rows = torch.arange(i0, i0 + Xc.shape[0], device=S.device)
+        valid = rows[:, None] != torch.arange(S.shape[1], device=S.device)
         pos = pos & valid
     if loss == "sigmoid":
         ell = -F.logsigmoid(torch.where(pos, S, -S))
@@ -424,7 +425,7 @@ def _open_clip_loss(case: Case, x: dict, chunked: bool = False) -> torch.Tensor:
 def floor_step(case: Case, x: dict):
     """A callable that runs ``case.gemms()`` ``torch.matmul`` of [M, E] @ [E, N] (M = N =
     ``case.rows(B)``) in the inputs' dtype on their device: the arithmetic the fused op must do
-    (DESIGN.md section 6: 4 passes per contrast forward+backward, 1 forward), at the matmul rate.
+    (docs/design.md section 2: 4 passes per contrast forward+backward, 1 forward), at the matmul rate.
     The sigmoid's ideal is 3 passes: ``case.ideal_passes / case.passes`` of this time."""
     B, dev, dt = x["mu_v"].shape[0], x["mu_v"].device, x["mu_v"].dtype
     n = case.rows(B)

@@ -47,8 +47,8 @@ def random_clip_folder(path: str, tiny: bool) -> str:
         text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
         vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                       image_size=224, patch_size=16)
-    cfg = CLIPConfig(text_config=dict(vocab_size=TINY_VOCAB if tiny else CLIP_VOCAB, max_position_embeddings=77, **text),
-                     vision_config=vision,
+    text_config = dict(vocab_size=TINY_VOCAB if tiny else CLIP_VOCAB, max_position_embeddings=77, **text)
+    cfg = CLIPConfig(text_config=text_config, vision_config=vision,
                      projection_dim=512)
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(path)
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         for backend in (b for b in args.backends.split(",") if b):
             from benchmarks.cases import Case
 
-            why = None if backend in ("reference", "auto") else skip_reason(backend, Case("dist", 512, True), args.device)
+            why = (None if backend in ("reference", "auto")
+                   else skip_reason(backend, Case("dist", 512, True), args.device))
             if why:
                 emit(f"- `{backend}`: skipped: {why}")
                 continue

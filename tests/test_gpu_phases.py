@@ -14,8 +14,9 @@ import torch
 pytest.importorskip("triton")
 from uca_kernels import triton_contrast as tc  # noqa: E402
 
-interpreter_only = pytest.mark.skipif(torch.cuda.is_available() or not tc.INTERPRET,
-                                      reason="the dry run uses Triton's CPU interpreter (a GPU runs it in gpu_check.sh)")
+interpreter_only = pytest.mark.skipif(
+    torch.cuda.is_available() or not tc.INTERPRET,
+    reason="the dry run uses Triton's CPU interpreter (a GPU runs it in gpu_check.sh)")
 
 
 @interpreter_only
@@ -126,7 +127,8 @@ def test_chunked_provider_passes_the_benchmark_check():
     from benchmarks.cases import Case
     from benchmarks.harness import check
 
-    for case in (Case("dist", 8, True, metric="kl", loss="infonce"), Case("clip", 16, True, loss="sigmoid", diagonal=True),
+    for case in (Case("dist", 8, True, metric="kl", loss="infonce"),
+                 Case("clip", 16, True, loss="sigmoid", diagonal=True),
                  Case("point", 16, True, K=4, intra=True, loss="sdm")):
         res = check("chunked", case, 32, "cpu")
         assert res["check_ok"], (case.name, res)
