@@ -92,7 +92,8 @@ def parse_args(argv=None):
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--max-reps", type=int, default=10)
     ap.add_argument("--target-s", type=float, default=None, help="time each point for at least this long (0.2 s)")
-    ap.add_argument("--slow-s", type=float, default=1.0, help="a point whose calls take longer gets fewer reps")
+    ap.add_argument("--slow-s", type=float, default=1.5,
+                    help="a point whose min-reps calls would take longer gets fewer (at least one)")
     ap.add_argument("--dry", action="store_true", help="tiny sizes: checks the code path, not the speed")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -274,8 +275,8 @@ def write_markdown(path: str, meta: dict, rows: list[dict], args) -> str:
             f"torch {env['torch']} (CUDA {env.get('cuda') or '-'}), triton {meta.get('triton', '-')}, commit "
             f"`{env['commit']}`, {env['date']}; float32 matmuls as {env.get('fp32_matmul', 'ieee')}. Command: "
             f"`python -m benchmarks.gpu_headline {' '.join(meta.get('argv', []))}`. Forward + backward; medians of "
-            f"up to {args.max_reps} calls after one warm-up (fewer for calls over {args.slow_s:g} s, one at the "
-            f"large batch); memory = peak extra memory of a call (`max_memory_allocated`); `{FLOOR}` = four "
+            f"up to {args.max_reps} calls after one warm-up (fewer where {args.min_reps} would take over "
+            f"{args.slow_s:g} s; one at the large batch); memory = peak extra memory of a call (`max_memory_allocated`); `{FLOOR}` = four "
             "[M, E] @ [E, N] torch.matmul per contrast (the sigmoid needs three). Fused designs: "
             + ", ".join(f"`{p}` = {d}" for p, d in meta.get("designs", {}).items()) + ".", ""]
     for name in args.case_names:
