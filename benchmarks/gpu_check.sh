@@ -173,6 +173,8 @@ if wanted headline; then
     fi
 fi
 
+rm -f "$OUT"/*.tmp  # a write cut by the headline's time-out (the call returns at most 8 files)
+
 if wanted clocks; then
     { echo; echo "== after the headline ($(( $(date +%s) - START ))s in)"; clocks; } >> "$CARD" 2>&1
 fi
