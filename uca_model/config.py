@@ -215,11 +215,11 @@ class LossConfig:
     # image first: kl is KL(N_image || N_text) in training and in ranking (the text's Gaussian covers images).
     # csd (PCME++'s closed-form sampled distance, ||dmu||^2 + sum sigma_i^2 + sum sigma_j^2) with the pairwise
     # sigmoid is the default: there a caption's sigma^2 is a per-caption logit offset that the loss sets from how
-    # many in-batch negatives the caption cannot tell from its positives (README, "Uncertainty")
+    # many in-batch negatives the caption cannot tell from its positives (docs/model.md, "Uncertainty")
     metric: str = "csd"
     # sdm | infonce | sigmoid, for DCL (and PCL unless pcl_contrast_loss says otherwise). sdm: IRRA, for
     # pretrained towers; sigmoid: pairwise softplus(-y S) per pair, each pair counted once (SigLIP / PCME++),
-    # the loss under which sigma gets a gradient from its own row (DESIGN.md, "Why sigma needs a pairwise loss")
+    # the loss under which sigma gets a gradient from its own row (docs/design.md, "Why σ needs a pairwise loss")
     contrast_loss: str = "sigmoid"
     pcl_contrast_loss: str = ""  # loss of the PCL terms: "" = contrast_loss | sdm | infonce | sigmoid
     dcl_scale: float = 5.0  # logits = -dcl_scale * d (with unit mu, 25 = cosine / 0.02 as in IRRA)

@@ -1,6 +1,6 @@
 """Readers for the text-image person retrieval datasets and the training/gallery image datasets.
 
-Supported annotation files (fields exactly as the datasets ship them; DESIGN.md §5):
+Supported annotation files (fields exactly as the datasets ship them; docs/reproduce.md):
 
 =============  ========================  =============================================  ===========
 ``name``       annotation file           fields per entry (one entry = one image)      splits
