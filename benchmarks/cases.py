@@ -182,7 +182,7 @@ def _both_modes(cases):
 
 
 def sigmoid_cases(dims, K: int = 4) -> list[Case]:
-    """The pairwise sigmoid cases (issue 13): W2 and CSD distributions, K points with intra terms
+    """The pairwise sigmoid cases: W2 and CSD distributions, K points with intra terms
     (identity labels), and the SigLIP case (clip, diagonal labels), forward only."""
     return ([Case("dist", D, False, metric=m, loss="sigmoid") for D in dims for m in ("w2", "csd")]
             + [Case("point", D, False, K=K, intra=True, loss="sigmoid") for D in dims]
@@ -196,7 +196,7 @@ def _sweep_cases(dims) -> list[Case]:
     return _both_modes(dist + point + clip + sigmoid_cases(dims))
 
 
-CPU_CASES = _sweep_cases((256, 512))  # issue 7: D = 256 and 512
+CPU_CASES = _sweep_cases((256, 512))  # D = 256 and 512
 GPU_CASES = _sweep_cases((512,))  # E = 1024 for the distribution cases
 CI_CASES = [Case("dist", 64, True, metric="w2", loss="sdm"), Case("dist", 64, True, metric="kl", loss="infonce"),
             Case("point", 64, True, K=2, intra=True), Case("clip", 64, True, loss="infonce", diagonal=True),

@@ -6,7 +6,7 @@
 
 The default case is W2 + SDM with identity labels, forward+backward (``dist-w2-sdm-D*-fwdbwd``).
 ``--cases`` picks others from :data:`HEADLINE_CASES` (comma-separated; ``sigmoid`` = the four
-pairwise sigmoid cases of issue 13: W2 and CSD distributions, points with intra terms, and the
+pairwise sigmoid cases: W2 and CSD distributions, points with intra terms, and the
 SigLIP case that open_clip's ``SigLipLoss`` computes). Every case has the same op width
 E = 2·``--dim`` (the w2 cases take D = dim, the csd, point and clip cases D = 2·dim, since their
 op sees E = D), so at one B every case has the same [B, E] @ [E, B] matmuls.
