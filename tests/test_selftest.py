@@ -4,12 +4,14 @@ skipped with a reason naming it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -269,3 +271,27 @@ def test_info_prints_the_verdicts(cache, runs, monkeypatch, capsys):
     selftest.clear_memo()  # another process: the verdicts come from the file
     assert info.main([]) == 0
     assert capsys.readouterr().out.count("[cached]") == 2 and len(runs) == 2
+
+
+def test_auto_on_a_gpu_picks_the_backend_with_the_faster_speed_probe(monkeypatch):
+    """Among GPU backends that passed their self-test, auto picks the faster speed probe (a backend not
+    timed counts as slowest); PRIORITY's order decides only between equal timings."""
+    cuda_inputs = dict(A=SimpleNamespace(device=torch.device("cuda")), B=None, loss="sdm", exclude_self=False)
+    monkeypatch.setattr(dispatch, "_auto_reasons", lambda impl, kwargs: [])
+    for timings, want in [({"triton": 30.0, "cuda": 12.0}, "cuda"), ({"triton": 12.0, "cuda": 30.0}, "triton"),
+                          ({"triton": float("inf"), "cuda": 5.0}, "cuda"), ({"triton": 7.0, "cuda": 7.0}, "triton")]:
+        monkeypatch.setattr(dispatch, "_probe_ms", lambda name, device, t=timings: t[name])
+        assert dispatch._fastest_gpu_backend("triton", cuda_inputs).name == want, timings
+    # CPU inputs: the first usable backend, no timing asked
+    monkeypatch.setattr(dispatch, "_probe_ms", lambda name, device: pytest.fail("timed a CPU backend"))
+    cpu_inputs = dict(cuda_inputs, A=torch.zeros(2, 2))
+    assert dispatch._fastest_gpu_backend("cpu", cpu_inputs).name == "cpu"
+
+
+def test_verdict_keeps_its_speed_probe_through_the_cache():
+    v = selftest.Verdict(True, backend="triton", device="NVIDIA H100", probe_ms=3.25)
+    back = selftest.Verdict.from_json(v.to_json())
+    assert back.probe_ms == 3.25 and "speed probe 3.25 ms" in dataclasses.replace(back, source="cache").summary()
+    assert selftest.Verdict.from_json({"ok": True}).probe_ms is None
+    with pytest.raises(ValueError, match="malformed"):
+        selftest.Verdict.from_json({"ok": True, "probe_ms": "fast"})

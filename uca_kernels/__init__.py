@@ -11,12 +11,14 @@ Public API::
     ClipLoss, SigLipLoss                       # uca_kernels.clip (drop-ins for open_clip's)
     DistContext                                # uca_kernels.distributed (data-parallel losses)
     deferred_finite_checks, FiniteChecks       # NaN/inf checks without a host sync per call
+    gpu_chunking                               # rows per vendor-GEMM chunk of the GPU backends
 """
 
 from . import _ext  # noqa: F401  (loads uca_kernels._C and registers its autograd)
 from ._validation import FiniteChecks, deferred_finite_checks
 from ._version import __version__
 from .clip import ClipLoss, SigLipLoss
+from ._registry import gpu_chunking
 from .contrast import LOSSES, combine_stats, contrast, contrast_reference, contrast_row_share, reduce_losses
 from .distributed import DistContext
 from .gaussian import METRICS, feature_maps, gaussian_distance
@@ -30,6 +32,7 @@ from .losses import (
 )
 
 __all__ = [
+    "gpu_chunking",
     "LOSSES",
     "METRICS",
     "combine_stats",

@@ -4,7 +4,10 @@ Order of choice: an explicit ``backend=`` argument, else the ``UCA_BACKEND`` env
 else the first backend in :data:`PRIORITY` whose :meth:`Backend.not_supported_reasons` is empty
 *and* that has passed its self-test on this kind of device (:mod:`uca_kernels.selftest`: run the
 first time ``auto`` would pick a fused backend there, verdict cached; a failure warns once and
-``auto`` falls back to the next backend). An explicit choice is trusted (no self-test). An explicit
+``auto`` falls back to the next backend). On a GPU both GPU backends are self-tested and ``auto``
+picks the one whose self-test speed probe (one forward + backward, timed with the self-test) was
+faster; PRIORITY's order (Triton first, as the committed GPU benchmarks measured it faster) decides
+only when neither was timed. An explicit choice is trusted (no self-test). An explicit
 choice that cannot run, or no backend that can, raises ``ValueError`` listing every backend's
 reasons.
 """
@@ -29,6 +32,14 @@ def _selftest_failure(name: str, device: str) -> str:
     from . import selftest  # here, not at the top: ``python -m uca_kernels.selftest`` must not find it imported
 
     return selftest.failure_reason(name, device)
+
+
+@torch.compiler.assume_constant_result
+def _probe_ms(name: str, device: str) -> float:
+    from . import selftest
+
+    ms = selftest.probe_ms(name, device)
+    return float("inf") if ms is None else ms
 
 
 def _auto_reasons(impl: Backend, kwargs) -> list[str]:
@@ -61,8 +72,26 @@ def select(backend: str = "auto", *, A, B, loss, exclude_self) -> Backend:
     for name in PRIORITY:  # lazily: a backend's self-test runs only when auto would pick it
         reasons[name] = _auto_reasons(_BACKENDS[name], kwargs)
         if not reasons[name]:
-            return _BACKENDS[name]
+            return _fastest_gpu_backend(name, kwargs)
     raise ValueError("no backend can run these inputs:\n" + _reasons_table(reasons))
+
+
+def _fastest_gpu_backend(first: str, kwargs) -> Backend:
+    """``first`` (the first backend in PRIORITY that auto may pick), unless it serves the GPU and another
+    GPU backend later in PRIORITY also passed its self-test there with a faster speed probe
+    (:func:`uca_kernels.selftest.speed_probe`): on a GPU auto picks the measured fastest."""
+    chosen = _BACKENDS[first]
+    if kwargs["A"].device.type != "cuda" or chosen.device_type != "cuda":
+        return chosen
+    device = str(kwargs["A"].device)
+    best = _probe_ms(first, device)
+    for name in PRIORITY[PRIORITY.index(first) + 1:]:
+        other = _BACKENDS[name]
+        if other.device_type == "cuda" and not _auto_reasons(other, kwargs):
+            ms = _probe_ms(name, device)
+            if ms < best:
+                chosen, best = other, ms
+    return chosen
 
 
 def auto_reasons(*, A, B, loss, exclude_self) -> dict[str, list[str]]:

@@ -119,6 +119,9 @@ class Verdict:
     device: str = ""  # device name, as in the cache key
     source: str = "run"  # "run" (this process), "cache" (read from the file), "skipped" (UCA_SELFTEST=0)
     cacheable: bool = True  # False for timeouts, out of memory, "cannot run here": not about the kernels
+    # median ms of one forward + backward of the speed probe (SPEED_PROBE) on a GPU; auto prefers the
+    # fastest of the GPU backends that passed (None: not timed, e.g. on the CPU)
+    probe_ms: float | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -134,15 +137,20 @@ class Verdict:
         if not isinstance(ok, bool) or not isinstance(reason, str) or not isinstance(seconds, (int, float)) \
                 or not isinstance(details, list) or not all(isinstance(x, str) for x in details):
             raise ValueError(f"malformed verdict {d!r:.200}")
+        probe = d.get("probe_ms")
+        if probe is not None and not isinstance(probe, (int, float)):
+            raise ValueError(f"malformed verdict {d!r:.200}")
         return cls(ok=ok, reason=reason, details=details, seconds=float(seconds), backend=str(d.get("backend", "")),
-                   device=str(d.get("device", "")), cacheable=d.get("cacheable", True) is not False)
+                   device=str(d.get("device", "")), cacheable=d.get("cacheable", True) is not False,
+                   probe_ms=None if probe is None else float(probe))
 
     def summary(self) -> str:
         if self.source == "skipped":
             return "not self-tested (UCA_SELFTEST=0): trusted"
         where = {"run": "run now", "cache": "cached"}.get(self.source, self.source)
         head = f"passed in {self.seconds:.2f} s" if self.ok else f"FAILED ({self.reason})"
-        return f"{head} [{where}]"
+        speed = f", speed probe {self.probe_ms:.3g} ms" if self.probe_ms is not None else ""
+        return f"{head}{speed} [{where}]"
 
 
 # -- what is tested --------------------------------------------------------------------------------
@@ -365,7 +373,46 @@ def run_selftest(backend: str, device: str | torch.device | None = None) -> Verd
     if failures:
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         return Verdict(False, failures[0] + more, details, seconds, backend, name)
-    return Verdict(True, "", details, seconds, backend, name)
+    probe = speed_probe(impl, device) if device.type == "cuda" else None
+    if probe is not None:
+        details.append(f"speed probe {SPEED_PROBE}: {probe:.3g} ms per forward + backward (median)")
+    return Verdict(True, "", details, seconds, backend, name, probe_ms=probe)
+
+
+# What ``auto`` times on a GPU to order the backends that passed: W2 + SDM-sized, float32, forward +
+# backward (M = N, E); the same problem for every backend, so the order follows measurement.
+SPEED_PROBE = dict(M=4096, E=256, loss="sdm")
+
+
+def speed_probe(impl, device: torch.device, repeats: int = 5) -> float | None:
+    """Median milliseconds of one forward + backward of SPEED_PROBE with ``impl`` on ``device``
+    (after one untimed call that compiles and warms up); None if it cannot run."""
+    g = torch.Generator(device="cpu").manual_seed(7)
+    M, E = SPEED_PROBE["M"], SPEED_PROBE["E"]
+    A, B = (torch.randn(M, E, generator=g).div_(E ** 0.5).to(device) for _ in range(2))
+    small = [torch.zeros(M, device=device), torch.zeros(M, device=device), torch.tensor(5.0, device=device),
+             torch.tensor(0.0, device=device)]
+    labels = torch.randint(0, M // 4, (M,), generator=g).to(device)
+    times = []
+    try:
+        for i in range(repeats + 1):
+            x = [A.clone().requires_grad_(), B.clone().requires_grad_()]
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            rows, cols = impl.contrast(*x, *small, labels, labels, SPEED_PROBE["loss"], False)
+            torch.autograd.grad(rows.sum() + cols.sum(), x)
+            torch.cuda.synchronize(device)
+            if i:
+                times.append((time.perf_counter() - t0) * 1e3)
+    except Exception:  # the verdict stays a pass; auto just has no timing for this backend
+        return None
+    return sorted(times)[len(times) // 2]
+
+
+def probe_ms(backend: str, device: str) -> float | None:
+    """The speed probe of a backend that passed its self-test on ``device`` (None: not timed)."""
+    v = verdict(backend, device, warn=True)
+    return v.probe_ms if v.ok else None
 
 
 # -- device names and cache keys ------------------------------------------------------------------
