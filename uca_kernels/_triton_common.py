@@ -67,7 +67,7 @@ if triton is not None:
         return tl.where(x >= 0, 1.0, e) / (1.0 + e)
 
     @triton.jit
-    def _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM: tl.constexpr, AXIS: tl.constexpr = 1):
+    def _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM: tl.constexpr, AXIS: tl.constexpr):
         """One tile of the online statistics of each row (AXIS = 1: rows of the tile; AXIS = 0: its
         columns), reduced along AXIS.
 

@@ -42,6 +42,7 @@ the GPU's fp32 accumulation).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -56,7 +57,7 @@ _LOW = (torch.float16, torch.bfloat16)
 
 # Epilogue tiles (rows, columns, warps). They are memory-bound passes over the chunk; the GPU sizes
 # are first guesses to retune with the profiler. The interpreter is fastest with large tiles.
-_GPU_TILES = {"rows_fwd": (16, 256, 4), "cols_fwd": (32, 128, 4), "bwd": (32, 128, 4)}
+_GPU_TILES = {"rows_fwd": (16, 256, 4), "cols_fwd": (64, 64, 4), "bwd": (32, 128, 4)}
 _INTERPRETER_TILES = {"rows_fwd": (64, 64, 1), "cols_fwd": (64, 64, 1), "bwd": (64, 64, 1)}
 
 if triton is not None:
@@ -149,7 +150,7 @@ if triton is not None:
                 offs_j = j0 + tl.arange(0, BLOCK_N)
                 t, s, valid, pos, sv, sp = _chunk_tile(s_ptr, r_ptr, c_ptr, la_ptr, lb_ptr, scale, bias, offs_i, offs_j,
                                                        mask_i, offs_j < N, row0, stride_s, EXCLUDE_SELF)
-                m, l, w, lneg, mp, lp, npos = _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM)
+                m, l, w, lneg, mp, lp, npos = _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM, 1)
             # -- the rows are complete: loss and stats --
             value, lse, lsep, n64, h = _finish_stats(m, l, w, lneg, mp, lp, npos, IS_SDM, SDM_EPS, LOG_SDM_EPS)
             _store_loss_stats(loss_ptr, stats_ptr, out, mask_i, value, lse, lsep, n64, h)
@@ -348,16 +349,30 @@ def _cublas_fp32(precision: str, device: torch.device):
             matmul.allow_tf32 = old
 
 
+_MIXED_GEMM: dict = {}  # device type -> whether torch.mm / addmm take out_dtype there (probed once)
+
+
 def _mm(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> None:
     """out (+)= x @ y by the vendor GEMM, in out's dtype (fp32 accumulation for fp16/bf16 operands).
-    CPU operands in fp16/bf16 are widened first (exact products, as on the GPU)."""
+
+    fp16/bf16 operands on a GPU go through torch's ``out_dtype`` GEMMs (tensor cores, fp32 output);
+    where this torch has none, and on the CPU, they are widened to out's dtype first (exact products)."""
     if x.dtype != out.dtype:
-        if x.is_cuda:
-            if accumulate:
-                torch.addmm(out, x, y, out_dtype=out.dtype, out=out)
-            else:
-                torch.mm(x, y, out_dtype=out.dtype, out=out)
-            return
+        key = x.device.type
+        if x.is_cuda and _MIXED_GEMM.get(key, True):
+            try:
+                if accumulate:
+                    torch.addmm(out, x, y, out_dtype=out.dtype, out=out)
+                else:
+                    torch.mm(x, y, out_dtype=out.dtype, out=out)
+                _MIXED_GEMM[key] = True
+                return
+            except (TypeError, RuntimeError, NotImplementedError) as e:
+                if key in _MIXED_GEMM:  # it worked before: a real error
+                    raise
+                _MIXED_GEMM[key] = False
+                warnings.warn(f"uca_kernels: torch {torch.__version__} has no fp16/bf16 GEMM with an fp32 output "
+                              f"({type(e).__name__}); the chunked Triton path widens those operands to fp32", stacklevel=3)
         x, y = x.to(out.dtype), y.to(out.dtype)
     if accumulate:
         out.addmm_(x, y)

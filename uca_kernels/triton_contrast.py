@@ -307,7 +307,7 @@ if triton is not None:
                 offs_oth, mask_oth, l_oth, t, s, valid, sv, sp = _pair_tile(
                     a_ptr, b_ptr, r_ptr, c_ptr, l_oth_ptr, scale, bias, l_own, offs_own, mask_own, k0, n_oth, E, stride_a,
                     stride_b, COLUMNS, EXCLUDE_SELF, ACC, UPCAST_DOT, PRECISION, BLOCK_A, BLOCK_B, BLOCK_E, BLOCK_OTH)
-                m, l, w, lneg, mp, lp, npos = _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM)
+                m, l, w, lneg, mp, lp, npos = _online_step(m, l, w, lneg, mp, lp, npos, sv, sp, IS_SDM, 1)
 
             # -- epilogue: stats and loss (0 for rows without positives) --
             value, lse, lsep, npos64, neg_entropy = _finish_stats(m, l, w, lneg, mp, lp, npos, IS_SDM, SDM_EPS,
