@@ -1,5 +1,6 @@
 """Resource report of the CUDA kernels: registers, shared memory, spills and stack per kernel and
-architecture, from ``nvcc -Xptxas -v`` on the torch-free core (csrc/cuda/contrast_cuda.cu).
+architecture, from ``nvcc -Xptxas -v`` on the torch-free sources: the fully fused tile kernels
+(csrc/cuda/contrast_cuda.cu) and the chunked path's epilogue kernels (csrc/cuda/chunked_cuda.cu).
 
     python benchmarks/ptxas_report.py                        # -> benchmarks/results/ptxas-cuda.md
     python benchmarks/ptxas_report.py --arch 80 90 --out report.md
@@ -20,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "csrc" / "cuda" / "contrast_cuda.cu"
+SOURCE = ROOT / "csrc" / "cuda" / "contrast_cuda.cu"  # tile kernels (and the shared-memory probe)
+CHUNKED_SOURCE = ROOT / "csrc" / "cuda" / "chunked_cuda.cu"  # chunked path epilogues
 KINDS = {"0": "mma16", "1": "tf32", "2": "fma"}
 
 
@@ -34,18 +36,46 @@ def find_nvcc() -> str | None:
 LOSS_NAMES = {"0": "sdm", "1": "infonce", "2": "sigmoid"}  # uca::cuda::Loss in csrc/cuda/contrast_cuda.h
 
 
+DTYPES = {"__half": "f16", "__nv_bfloat16": "bf16", "float": "f32", "double": "f64"}
+TILE_MODES = {"0": "sigmoid-fwd", "1": "bwd", "2": "sigmoid-scalar"}  # uca::cuda::chunked::TileMode
+
+
+def chunked_name(name: str) -> str | None:
+    """'uca::cuda::chunked::(anonymous namespace)::tile_kernel<float, __half, (uca::cuda::Loss)0,
+    (uca::cuda::chunked::TileMode)1>(...)' -> 'chunk tile f32 f16 sdm bwd'; None if not a chunked kernel."""
+    m = re.search(r"chunked::(?:\(anonymous namespace\)::)?(\w+)_kernel<([^>]*)>", name)
+    if not m:
+        return None
+    kernel, targs = m.groups()
+    parts = []
+    for arg in (a.strip() for a in targs.split(",")):
+        if arg in DTYPES:
+            parts.append(DTYPES[arg])
+        elif (lm := re.fullmatch(r"\(uca::cuda::Loss\)(\d)", arg)):
+            parts.append(LOSS_NAMES.get(lm.group(1), arg))
+        elif (tm := re.fullmatch(r"\(uca::cuda::chunked::TileMode\)(\d)", arg)):
+            parts.append(TILE_MODES.get(tm.group(1), arg))
+        else:
+            parts.append(arg)
+    return " ".join(["chunk", kernel, *parts])
+
+
 def short_name(mangled: str) -> str:
-    """'fwd_kernel<float, 2, false, (uca::cuda::Loss)0>' -> 'fwd f32 fma rows sdm' (demangled with c++filt)."""
+    """'fwd_kernel<float, 2, false, (uca::cuda::Loss)0>' -> 'fwd f32 fma rows sdm' (demangled with c++filt);
+    chunked kernels as chunked_name."""
     name = mangled
     if shutil.which("c++filt"):
         name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
+    chunked = chunked_name(name)
+    if chunked is not None:
+        return chunked
     m = re.search(r"(fwd|bwd)_kernel<([^,]+), \(?(?:uca::cuda::\(anonymous namespace\)::)?(\w+)\)?, (true|false), \(uca::cuda::Loss\)(\d)>",
                   name)
     if not m:
         return name
     kind, dtype, k, columns, loss = m.groups()
     k = KINDS.get(k, k.lower())
-    dtype = {"__half": "f16", "__nv_bfloat16": "bf16", "float": "f32", "double": "f64"}.get(dtype, dtype)
+    dtype = DTYPES.get(dtype, dtype)
     return f"{kind} {dtype} {k} {'cols' if columns == 'true' else 'rows'} {LOSS_NAMES.get(loss, loss)}"
 
 
@@ -114,20 +144,25 @@ def main(argv=None) -> int:
                f"-I{ROOT / 'csrc'}", *gencode]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         smem = dynamic_shared_bytes(nvcc, cmd[4]) if proc.returncode == 0 else {}
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
+        chunked_cmd = [nvcc, "-c", str(CHUNKED_SOURCE), "-o", os.path.join(tmp, "c.o"), *cmd[5:]]
+        chunked = subprocess.run(chunked_cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr + chunked.stdout + chunked.stderr
+    if proc.returncode != 0 or chunked.returncode != 0:
         print(log, file=sys.stderr)
         return 1
     rows = sorted(parse(log), key=lambda r: (r["arch"], r["kernel"]))
-    shown = ["nvcc", "-c", str(SOURCE.relative_to(ROOT)), *cmd[5:8], "-Icsrc", *gencode]  # as run, paths relative
+    shown = ["nvcc", "-c", f"{SOURCE.relative_to(ROOT)} (and {CHUNKED_SOURCE.relative_to(ROOT)})", *cmd[5:8], "-Icsrc",
+             *gencode]  # as run, paths relative
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     lines = [
         "# ptxas resources of the CUDA kernels",
         "",
         f"`{' '.join(shown)}` ({version}), "
-        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}. Kernel: pass, feature dtype, "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}. Tile kernels: pass, feature dtype, "
         "product path (mma16 = fp16/bf16 tensor cores, tf32 = TF32 tensor cores, fma = exact FMA), owner side, loss. "
-        "Shared memory is dynamic, so ptxas reports 0 static bytes; the dynamic bytes per block "
+        "Chunked path (`chunk ...`): kernel, accumulation dtype, then (tile) the dtype of the rounded dT copy (the accumulation dtype where there is none), loss and mode; "
+        "their shared memory is static (the smem column). "
+        "The tile kernels' shared memory is dynamic, so ptxas reports 0 static bytes; the dynamic bytes per block "
         "(the same for every kernel of a dtype and path, from `uca::cuda::shared_bytes`): "
         + (", ".join(f"{k} {v}" for k, v in smem.items()) if smem else "not available (host program failed)") + ".",
         "",

@@ -87,7 +87,8 @@ uca::ContrastArgs<T> make_args(const at::Tensor& A, const at::Tensor& B, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrast_forward_cpu(
     const at::Tensor& A, const at::Tensor& B, const at::Tensor& r, const at::Tensor& c,
     const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& labels_a,
-    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self, c10::string_view precision) {
+    const at::Tensor& labels_b, c10::string_view loss, bool exclude_self, c10::string_view precision,
+    int64_t /*chunk_rows: the CPU tiles are fixed*/) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
   uca::checks::parse_precision(precision);  // checked; the CPU kernels compute exact fp32 products
   const int64_t M = A.size(0), N = B.size(0);
@@ -110,7 +111,7 @@ contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, 
                       const at::Tensor& labels_b, const at::Tensor& loss_rows,
                       const at::Tensor& loss_cols, const at::Tensor& row_stats,
                       const at::Tensor& col_stats, c10::string_view loss, bool exclude_self,
-                      c10::string_view precision) {
+                      c10::string_view precision, int64_t /*chunk_rows*/) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
   uca::checks::parse_precision(precision);
   uca::checks::check_backward_inputs(A, B, grad_rows, grad_cols, loss_rows, loss_cols, row_stats, col_stats);
@@ -132,8 +133,10 @@ contrast_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& grad_cols, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 sigmoid_loss_and_grads_cpu(const at::Tensor& A, const at::Tensor& B, const at::Tensor& r,
                            const at::Tensor& c, const at::Tensor& scale, const at::Tensor& bias,
-                           const at::Tensor& labels_a, const at::Tensor& labels_b, bool exclude_self) {
+                           const at::Tensor& labels_a, const at::Tensor& labels_b, bool exclude_self,
+                           c10::string_view precision, int64_t /*chunk_rows*/) {
   check_inputs(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self);
+  uca::checks::parse_precision(precision);
   auto total = at::empty({}, A.options());
   auto dA = at::empty_like(A), dB = at::empty_like(B), dr = at::empty_like(r),
        dc = at::empty_like(c), dscale = at::empty_like(scale), dbias = at::empty_like(bias);
@@ -149,20 +152,24 @@ sigmoid_loss_and_grads_cpu(const at::Tensor& A, const at::Tensor& B, const at::T
 
 }  // namespace
 
+// precision: how float32 features are multiplied ("ieee" or "tf32"). chunk_rows: how the GPU
+// computes S (CUDA: < 0 the fully fused tile kernels, 0 chunks of rows sized from the default
+// scratch budget, > 0 chunks of that many rows); the CPU ignores it (its tiles are fixed). Autograd
+// hands the backward the forward's precision and chunk_rows, so it recomputes the same logits.
 TORCH_LIBRARY(uca, m) {
   m.def(
       "contrast_forward(Tensor A, Tensor B, Tensor r, Tensor c, Tensor scale, Tensor bias, "
-      "Tensor labels_a, Tensor labels_b, str loss, bool exclude_self, str precision=\"ieee\") "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor labels_a, Tensor labels_b, str loss, bool exclude_self, str precision=\"ieee\", "
+      "int chunk_rows=0) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "contrast_backward(Tensor grad_rows, Tensor grad_cols, Tensor A, Tensor B, Tensor r, "
       "Tensor c, Tensor scale, Tensor bias, Tensor labels_a, Tensor labels_b, Tensor loss_rows, "
       "Tensor loss_cols, Tensor row_stats, Tensor col_stats, str loss, bool exclude_self, "
-      "str precision=\"ieee\") -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "str precision=\"ieee\", int chunk_rows=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The scalar sigmoid loss (sum of pair losses) with its unit-weight gradients, in one sweep.
   m.def(
       "sigmoid_loss_and_grads(Tensor A, Tensor B, Tensor r, Tensor c, Tensor scale, Tensor bias, "
-      "Tensor labels_a, Tensor labels_b, bool exclude_self) "
+      "Tensor labels_a, Tensor labels_b, bool exclude_self, str precision=\"ieee\", int chunk_rows=0) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

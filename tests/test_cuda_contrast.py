@@ -1,7 +1,12 @@
 """The CUDA C++ backend (csrc/cuda) against the float64 reference.
 
+Two designs answer the op's ``chunk_rows`` argument: >= 0 the chunked path (cuBLAS GEMMs over chunks
+of rows + epilogue kernels, csrc/cuda/chunked_*), < 0 the fully fused tile kernels
+(csrc/cuda/contrast_cuda.cu). Tests that go through ``uk.contrast`` run whichever the Python side
+resolves (the chunked path by default); the ``chunked`` section pins chunk sizes through the op.
+
 Everything that runs kernels needs a CUDA device and an extension built with CUDA sources; without
-them those tests are skipped and only the build checks run (the kernel is registered for the CUDA
+them those tests are skipped and only the build checks run (the kernels are registered for the CUDA
 dispatch key; ptxas reports no spills for sm_80 and sm_90).
 """
 
@@ -12,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,7 +27,7 @@ import uca_kernels as uk
 from uca_kernels import _ext, contrast_reference, dispatch
 from uca_kernels._registry import STATS_DTYPE
 from helpers import (FLOOR, OFFSET_BIASES, assert_matches_oracle, check_offset_logits, grad_mass, make_problem,
-                     reference_fn, run_with_grads, scale_mass, shift_masses, stats_oracle)
+                     max_rel_err, reference_fn, run_with_grads, scale_mass, shift_masses, stats_oracle)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -49,12 +55,13 @@ def low_reference_fn(loss, exclude_self):
 
 
 def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.float32, scale=-0.5, bias=0.25,
-            seed=0, spread=1.0, fused_fn=None):
+            seed=0, spread=1.0, fused_fn=None, oracle_fn=None):
     """(fused, float64 oracle, same-dtype reference, masses) on the GPU, all as float64.
 
     masses: the Σ|dS| bound (helpers.grad_mass: Σ|g_row| + Σ|g_col| for the softmax losses,
     N·Σ|g_row| + M·Σ|g_col| for sigmoid) and the ``mass=`` dict of the outputs measured against it
-    (helpers.shift_masses, helpers.scale_mass). ``fused_fn`` replaces the CUDA call (default cuda_fn(loss, exclude_self))."""
+    (helpers.shift_masses, helpers.scale_mass). ``fused_fn`` replaces the CUDA call (default cuda_fn(loss, exclude_self));
+    ``oracle_fn`` the materialised reference (run in float64 and in ``dtype``)."""
     tensors = make_problem(M, N, E, labels=labels, scale=scale, bias=bias, seed=seed, exclude_self=exclude_self,
                            spread=spread, device="cuda")
     if dtype in (torch.float16, torch.bfloat16):  # inputs exactly representable in dtype
@@ -62,8 +69,8 @@ def compare(M, N, E, *, loss, labels="repeats", exclude_self=False, dtype=torch.
     g = torch.Generator().manual_seed(seed + 1)
     gr = torch.randn(M, generator=g, dtype=torch.float64).cuda()
     gc = torch.randn(N, generator=g, dtype=torch.float64).cuda()
-    oracle = run_with_grads(reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64)
-    same = run_with_grads(low_reference_fn(loss, exclude_self), tensors, gr, gc, dtype)
+    oracle = run_with_grads(oracle_fn or reference_fn(loss, exclude_self), tensors, gr, gc, torch.float64)
+    same = run_with_grads(oracle_fn or low_reference_fn(loss, exclude_self), tensors, gr, gc, dtype)
     fused = run_with_grads(fused_fn or cuda_fn(loss, exclude_self), tensors, gr, gc, dtype)
     mass = grad_mass(gr, gc, loss)
     return fused, oracle, same, (mass, shift_masses(M, N, loss, scale, mass) | scale_mass(*tensors[:4], mass))
@@ -83,9 +90,18 @@ def check(M, N, E, *, loss, floor, dtype=torch.float32, scale=-0.5, against_orac
 
 @pytest.mark.skipif(not BUILT, reason="uca_kernels._C was built without CUDA sources")
 def test_cuda_kernels_are_registered():
-    for op in ("uca::contrast_forward", "uca::contrast_backward"):
+    for op in ("uca::contrast_forward", "uca::contrast_backward", "uca::sigmoid_loss_and_grads"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
+
+
+def test_schema_takes_precision_and_chunk_rows():
+    """Every op of the schema ends in (str precision="ieee", int chunk_rows=0): autograd hands the
+    backward the forward's values, and the CPU kernels accept and ignore chunk_rows."""
+    for name in ("contrast_forward", "contrast_backward", "sigmoid_loss_and_grads"):
+        args = getattr(torch.ops.uca, name).default._schema.arguments
+        assert [a.name for a in args[-2:]] == ["precision", "chunk_rows"], name
+        assert args[-2].default_value == "ieee" and args[-1].default_value == 0, name
 
 
 def test_cuda_backend_is_verified_by_its_selftest_not_a_flag():
@@ -136,6 +152,9 @@ def test_ptxas_no_spills_sm80_sm90(tmp_path):
     text = out.read_text()
     kernels = re.findall(r"^\| `([^`]+)` \| (sm_\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
     assert len(kernels) >= 32, text[:2000]  # 16 kernels x 2 architectures at least
+    names = {k[0] for k in kernels}
+    for prefix in ("fwd ", "bwd ", "chunk fwd_rows", "chunk fwd_cols_part", "chunk tile", "chunk reduce_rows"):
+        assert any(n.startswith(prefix) for n in names), (prefix, sorted(names)[:20])
     spilling = [k for k in kernels if int(k[4]) or int(k[5])]
     assert not spilling, f"kernels with spills (name, arch, regs, smem, spill bytes, stack): {spilling}"
 
@@ -313,21 +332,6 @@ def test_sigmoid_scalar_reduction(reduction):
 
 @pytest.mark.gpu
 @on_gpu
-def test_opcheck():
-    A, B, r, c, sc, bi, la, lb = make_problem(9, 7, 5, seed=31, device="cuda")
-    args = [A.float(), B.float(), r.float(), c.float(), sc.float(), bi.float(), la, lb]
-    for x in args[:6]:
-        x.requires_grad_(True)
-    plain = [a.detach() for a in args]
-    grads = (torch.rand(9, device="cuda"), torch.rand(7, device="cuda"))
-    for loss in LOSSES:
-        torch.library.opcheck(torch.ops.uca.contrast_forward.default, (*args, loss, False))
-        out = torch.ops.uca.contrast_forward(*plain, loss, False)
-        torch.library.opcheck(torch.ops.uca.contrast_backward.default, (*grads, *plain, *out, loss, False))
-
-
-@pytest.mark.gpu
-@on_gpu
 def test_errors_name_the_problem():
     A = torch.randn(8, 4, device="cuda")
     r = torch.zeros(8, device="cuda")
@@ -365,13 +369,16 @@ def test_sigmoid_runs_through_the_op():
 @pytest.mark.gpu
 @on_gpu
 @pytest.mark.parametrize("loss", ["sdm", "sigmoid"])
-def test_peak_extra_memory_below_one_percent_of_reference(loss):
+@pytest.mark.parametrize("chunk_rows", [-1, 64])
+def test_peak_extra_memory_below_one_percent_of_reference(loss, chunk_rows):
+    """Extra memory at M = N = 8192 (float32): the tile kernels (chunk_rows -1) and the chunked path
+    with 64-row chunks (a 2 MiB chunk buffer; the default 1 GiB budget would hold all of S here)."""
     M = N = 8192
     tensors = make_problem(M, N, 256, seed=47, device="cuda")
     gr = torch.ones(M, dtype=torch.float64, device="cuda")
     gc = torch.ones(N, dtype=torch.float64, device="cuda")
     extra = {}
-    for name, fn in (("cuda", cuda_fn(loss, False)), ("reference", low_reference_fn(loss, False))):
+    for name, fn in (("cuda", chunked_fn(loss, False, chunk_rows)), ("reference", low_reference_fn(loss, False))):
         run_with_grads(fn, tensors, gr, gc, torch.float32)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -412,22 +419,224 @@ def test_mean_reduced_fp16_gradients_do_not_underflow(loss):
     assert err <= 2 * err_rounding, (err, err_rounding)
 
 
+# -- GPU: the chunked path, pinned chunk sizes ------------------------------------------------------
+
+
+def chunked_fn(loss, exclude_self, chunk_rows, precision="ieee"):
+    """The op itself with an explicit chunk_rows (autograd hands the backward the same value)."""
+
+    def fn(A, B, r, c, sc, bi, la, lb):
+        out = torch.ops.uca.contrast_forward(A, B, r, c, sc, bi, la, lb, loss, exclude_self, precision, chunk_rows)
+        return out[0], out[1]
+
+    return fn
+
+
+def op_labels(labels, M, N, la, lb):
+    """'none': the diagonal positives the library passes for labels=None (arange on both sides)."""
+    if labels == "none":
+        return torch.arange(M, device=la.device), torch.arange(N, device=lb.device)
+    return la, lb
+
+
+CHUNK_SHAPES = [(70, 130, 33), (130, 70, 100)]  # M < N and M > N, ragged E
+CHUNK_ROWS = [1, 7, 64, 1000]  # one row, not dividing M, a multiple of the tile rows, >= M
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("chunk_rows", CHUNK_ROWS)
+@pytest.mark.parametrize("M,N,E", CHUNK_SHAPES)
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("labels", ["none", "repeats", "one"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_matches_reference(dtype, loss, labels, exclude_self, M, N, E, chunk_rows):
+    """Forward and every gradient of the chunked path against the float64 reference: every loss x
+    labels x exclude_self (the GLOBAL row index decides i == j, so a chunk boundary must not shift it)
+    x M != N x ragged chunks."""
+
+    def fused(A, B, r, c, sc, bi, la, lb):
+        la, lb = op_labels(labels, M, N, la, lb)
+        return chunked_fn(loss, exclude_self, chunk_rows)(A, B, r, c, sc, bi, la, lb)
+
+    def oracle(A, B, r, c, sc, bi, la, lb):
+        la, lb = op_labels(labels, M, N, la, lb)
+        return contrast_reference(A, B, r, c, sc, bi, la, lb, loss, exclude_self)
+
+    check(M, N, E, loss=loss, labels="unique" if labels == "none" else labels, exclude_self=exclude_self, dtype=dtype,
+          floor=FLOOR[dtype], fused_fn=fused, oracle_fn=oracle)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("chunk_rows", [7, 0])
+def test_chunked_tf32_within_floor(loss, chunk_rows):
+    """precision "tf32": the cuBLAS GEMMs run on TF32 tensor cores (~1e-3 relative products)."""
+    check(130, 70, 100, loss=loss, dtype=torch.float32, floor=5e-3, against_oracle=True,
+          fused_fn=chunked_fn(loss, False, chunk_rows, "tf32"))
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("M,N,E,chunk_rows", [(70, 130, 100, 7), (1000, 1200, 256, 0), (1000, 1200, 256, 300)])
+def test_chunked_low_precision_within_twice_reference_error(dtype, loss, exclude_self, M, N, E, chunk_rows):
+    """fp16/bf16 features: fp32 GEMM output, dT rounded to the feature dtype for the dX GEMMs
+    (pre-scaled: _registry.grad_prescale); each output within 2x the same-dtype reference's error."""
+    check(M, N, E, loss=loss, dtype=dtype, seed=23, floor=1e-3, exclude_self=exclude_self,
+          fused_fn=chunked_fn(loss, exclude_self, chunk_rows))
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("chunk_rows", [37, 0])
+def test_chunked_bit_identical_reruns(dtype, loss, chunk_rows):
+    tensors = make_problem(300, 257, 200, seed=5, device="cuda")
+    gr, gc = torch.rand(300, dtype=torch.float64, device="cuda"), torch.rand(257, dtype=torch.float64, device="cuda")
+    first = run_with_grads(chunked_fn(loss, True, chunk_rows), tensors, gr, gc, dtype)
+    second = run_with_grads(chunked_fn(loss, True, chunk_rows), tensors, gr, gc, dtype)
+    for name, a, b in zip(OUT_NAMES, first, second):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_results_do_not_depend_on_the_chunk_size(dtype, loss):
+    """The same problem with 1, 37, 256 and all rows per chunk: only the order of float sums differs
+    (column statistics merged per segment, partial sums per block), so every output agrees within
+    the dtype's floor (relative to its largest magnitude; dbias to the gradient mass)."""
+    M, N = 300, 257
+    tensors = make_problem(M, N, 64, seed=11, device="cuda")
+    g = torch.Generator().manual_seed(12)
+    gr, gc = (torch.randn(n, generator=g, dtype=torch.float64).cuda() for n in (M, N))
+    runs = {k: run_with_grads(chunked_fn(loss, True, k), tensors, gr, gc, dtype) for k in (1, 37, 256, 0)}
+    mass = {"bias": grad_mass(gr, gc, loss)}
+    for k in (1, 37, 256):
+        for name, x, y in zip(OUT_NAMES, runs[k], runs[0]):
+            err = float((x - y).abs().max()) / mass.get(name, float(y.abs().max().clamp_min(1e-2)))
+            assert err <= FLOOR[dtype], (k, name, err)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_tiles_and_chunked_agree(dtype, loss):
+    """The two designs (chunk_rows -1: tile kernels; 0 and 50: chunked) on one problem, each within
+    the shared rule against the float64 reference; in float32 / float64 also with each other within
+    twice the floor (fp16: the rule alone, its same-dtype reference error exceeds any fixed floor)."""
+    M, N, E = 130, 200, 48
+    fused = {}
+    for k in (-1, 0, 50):
+        fused[k], _ = check(M, N, E, loss=loss, dtype=dtype, seed=41, exclude_self=True,
+                            floor=1e-3 if dtype == torch.float16 else FLOOR[dtype], fused_fn=chunked_fn(loss, True, k))
+    if dtype == torch.float16:
+        return
+    for k in (0, 50):
+        for name, x, y in zip(OUT_NAMES, fused[-1], fused[k]):
+            if name != "bias":  # exactly 0 in exact arithmetic: measured against the gradient mass in check()
+                assert max_rel_err(x, y) <= 2 * FLOOR[dtype], (k, name)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("chunk_rows", [-1, 0, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_sigmoid_loss_and_grads_op(chunk_rows, dtype, exclude_self):
+    """The one-sweep sigmoid op (Σ pair losses and its unit-weight gradients; tiles: forward + backward
+    with g_row = 1, g_col = 0) against the float64 reference's scalar and gradients."""
+    M, N = 130, 70
+    A, B, r, c, sc, bi, la, lb = make_problem(M, N, 33, labels="repeats", seed=17, device="cuda",
+                                              exclude_self=exclude_self)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def run(kind, dt):
+        leaves = [A.to(dt), B.to(dt)] + [x.to(acc if dt != torch.float64 else dt) for x in (r, c, sc, bi)]
+        if kind == "op":
+            out = torch.ops.uca.sigmoid_loss_and_grads(*leaves, la, lb, exclude_self, "ieee", chunk_rows)
+            return [x.double() for x in out]
+        leaves = [x.detach().requires_grad_() for x in leaves]
+        rows, _ = contrast_reference(*leaves, la, lb, "sigmoid", exclude_self)
+        total = rows.sum()
+        return [total.double().detach()] + [g.double() for g in torch.autograd.grad(total, leaves)]
+
+    fused, oracle, same = run("op", dtype), run("ref", torch.float64), run("ref", dtype)
+    assert_matches_oracle([x.reshape(-1) for x in fused], [x.reshape(-1) for x in oracle],
+                          [x.reshape(-1) for x in same], floor=1e-3 if dtype == torch.bfloat16 else FLOOR[dtype],
+                          grad_l1=float(M * N), names=("total",) + LEAVES)
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_opcheck(exclude_self):
+    """Every op of the schema, both designs (chunk_rows 3 and 0: chunked; -1: tile kernels)."""
+    A, B, r, c, sc, bi, la, lb = make_problem(9, 7, 5, seed=31, device="cuda")
+    args = [A.float(), B.float(), r.float(), c.float(), sc.float(), bi.float(), la, lb]
+    for x in args[:6]:
+        x.requires_grad_(True)
+    plain = [a.detach() for a in args]
+    grads = (torch.rand(9, device="cuda"), torch.rand(7, device="cuda"))
+    for chunk_rows in (3, 0, -1):
+        for loss in LOSSES:
+            torch.library.opcheck(torch.ops.uca.contrast_forward.default,
+                                  (*args, loss, exclude_self, "ieee", chunk_rows))
+            out = torch.ops.uca.contrast_forward(*plain, loss, exclude_self, "ieee", chunk_rows)
+            torch.library.opcheck(torch.ops.uca.contrast_backward.default,
+                                  (*grads, *plain, *out, loss, exclude_self, "ieee", chunk_rows))
+        torch.library.opcheck(torch.ops.uca.sigmoid_loss_and_grads.default, (*args, exclude_self, "ieee", chunk_rows))
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_chunked_errors_name_the_problem():
+    A = torch.randn(8, 4, device="cuda")
+    r = torch.zeros(8, device="cuda")
+    s = torch.tensor(1.0, device="cuda")
+    la = torch.arange(8, device="cuda")
+    with pytest.raises(RuntimeError, match="precision must be"):
+        torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "sdm", False, "fast", 4)
+    with pytest.raises(RuntimeError, match="loss must be"):
+        torch.ops.uca.contrast_forward(A, A, r, r, s, s, la, la, "hinge", False, "ieee", 4)
+    with pytest.raises(RuntimeError, match="precision must be"):
+        torch.ops.uca.sigmoid_loss_and_grads(A, A, r, r, s, s, la, la, False, "fast", 4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and BUILT) or shutil.which("compute-sanitizer") is None,
                     reason="needs a CUDA device, a CUDA build and compute-sanitizer")
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
-def test_compute_sanitizer(tool):
+@pytest.mark.parametrize("chunk_rows", [-1, 7])
+def test_compute_sanitizer(tool, chunk_rows):
     """Out-of-bounds accesses (memcheck), shared-memory races (racecheck) and barrier misuse
     (synccheck) on a ragged problem (70 x 130 rows, E = 33: partial tiles, the synchronous copy
-    path), forward and backward of every loss."""
-    code = (
-        "import sys; sys.path.insert(0, 'tests'); import torch, uca_kernels as uk; from helpers import make_problem;"
-        "t = make_problem(70, 130, 33, seed=3, device='cuda');"
-        "[x.requires_grad_(True) for x in t[:6]];"
-        "[(lambda rc: (rc[0].sum() + rc[1].sum()).backward())(uk.contrast(*t, loss=loss, backend='cuda'))"
-        " for loss in ('sdm', 'infonce', 'sigmoid')];"
-        "torch.cuda.synchronize(); print('ok')"
-    )
+    path), forward and backward of every loss, for both designs: the tile kernels (chunk_rows -1)
+    and the chunked path (7 rows per chunk: a ragged last chunk), float32 and float16 features
+    (the rounded dT copy), with exclude_self; and the one-sweep sigmoid op."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, 'tests')
+        import torch, uca_kernels as uk
+        from helpers import make_problem
+        t = make_problem(70, 130, 33, seed=3, device='cuda')
+        for dt in (torch.float32, torch.float16):
+            x = [t[0].to(dt), t[1].to(dt)] + [v.float() for v in t[2:6]]
+            [v.requires_grad_(True) for v in x]
+            for loss in ('sdm', 'infonce', 'sigmoid'):
+                for excl in (False, True):
+                    o = torch.ops.uca.contrast_forward(*x, t[6], t[7], loss, excl, 'ieee', {chunk_rows})
+                    (o[0].sum() + 2 * o[1].sum()).backward()
+            torch.ops.uca.sigmoid_loss_and_grads(*[v.detach() for v in x], t[6], t[7], True, 'ieee', {chunk_rows})
+        torch.cuda.synchronize(); print('ok')
+    """)
     proc = subprocess.run(["compute-sanitizer", "--tool", tool, "--error-exitcode", "3", sys.executable, "-c", code],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
