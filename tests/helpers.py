@@ -229,8 +229,11 @@ def check_split_rows(fwd_op, bwd_op, loss: str, *, dtype=torch.float64, parts: i
     dr = torch.cat([gr[2] for gr in grads])
     summed = [sum(gr[k].double() for gr in grads) for k in (1, 3, 4, 5)]
     for name, got, want in (("dA", dA, whole[0]), ("dr", dr, whole[2]), ("dB", summed[0], whole[1]),
-                            ("dc", summed[1], whole[3]), ("dscale", summed[2], whole[4])):
+                            ("dc", summed[1], whole[3])):
         assert max_rel_err(got.double(), want.double()) <= tol, name
+    # dscale cancels (Σⱼ dSᵢⱼ = 0): measured against grad_l1·max|t| (scale_mass), not its own value
+    dscale_scale = scale_mass(A, B, r, c, grad_mass(g_rows, g_cols, loss))["scale"]
+    assert abs(float(summed[2]) - float(whole[4])) <= tol * dscale_scale, "dscale"
     assert abs(float(summed[3]) - float(whole[5])) <= tol * float(g_rows.abs().sum() + g_cols.abs().sum()), "dbias"
 
 

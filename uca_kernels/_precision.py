@@ -18,6 +18,7 @@ __all__ = ["FROM_TORCH", "default_precision", "precision_from_env"]
 FROM_TORCH = {"highest": "ieee", "high": "tf32", "medium": "tf32"}
 
 
+@torch.compiler.assume_constant_result  # torch.compile: read once while tracing, a constant in the graph
 def default_precision() -> str:
     """The op's float32 precision that PyTorch's float32 matmul precision asks for."""
     return FROM_TORCH.get(torch.get_float32_matmul_precision(), "ieee")

@@ -50,7 +50,7 @@ def grad_prescale(grad_rows: torch.Tensor, grad_cols: torch.Tensor, scale: torch
     sums by pre changes no bit except those that underflowed. pre puts max |scale·g| near
     GRAD_PRESCALE_TARGET: |dT| ≤ ~80·|scale·g| (SDM's ∂L/∂S per side is below ~40) stays under
     fp16's 65504. The exponent is clamped to ±60 (all-zero gradients give 2^60: nothing to lose).
-    The CUDA bindings compute the same (csrc/cuda/bindings_cuda.cpp)."""
+    The CUDA driver computes the same (csrc/cuda/chunked_driver.cpp, grad_prescale)."""
     gmax = torch.maximum(grad_rows.abs().amax(), grad_cols.abs().amax()).float() * scale.abs().float()
     exponent = torch.floor(torch.log2(GRAD_PRESCALE_TARGET / gmax.clamp_min(1e-30))).clamp(-60.0, 60.0)
     return torch.exp2(exponent)
@@ -62,7 +62,10 @@ def grad_prescale(grad_rows: torch.Tensor, grad_cols: torch.Tensor, scale: torch
 # 0 for the automatic choice below, or a negative value for the older fully fused tile kernels
 # (kept until GPU runs have measured both designs side by side). The CPU backend ignores it.
 
-DEFAULT_SCRATCH_MB = 1024  # chunk scratch budget (UCA_SCRATCH_MB, or gpu_chunking(scratch_mb=...))
+# chunk scratch budget (UCA_SCRATCH_MB, or gpu_chunking(scratch_mb=...)). 512 MiB: at B = 32768, E = 1024 the
+# op's peak stays near 1 % of the materialised form's (~60 GiB), and c = 4096 rows keeps dB += dTᵀ A_c
+# compute-bound (c / 4 flops per byte of the accumulator).
+DEFAULT_SCRATCH_MB = 512
 CHUNK_MIN_ROWS = 512  # below ~512 rows the dB += dTᵀ A_c accumulation is memory-bound on an H100
 _chunking: list[tuple[int | None, float | None]] = []  # gpu_chunking's stack (innermost last)
 
@@ -71,7 +74,7 @@ def auto_chunk_rows(M: int, N: int, dtype: torch.dtype, budget_bytes: int) -> in
     """Rows per chunk for a scratch budget: the c × N chunk holds ACC values (4 bytes, 8 for float64)
     and, for fp16/bf16 features, a copy of dT in their dtype (2 bytes). At least CHUNK_MIN_ROWS
     (the budget is exceeded rather than the GEMMs starved), a multiple of 64 below M, at most M.
-    The CUDA driver computes the same (csrc/cuda/bindings_cuda.cpp)."""
+    The CUDA driver computes the same (csrc/cuda/chunked_driver.cpp, resolve_chunk_rows)."""
     per_entry = (8 if dtype == torch.float64 else 4) + (2 if dtype in (torch.float16, torch.bfloat16) else 0)
     rows = max(int(budget_bytes) // (max(N, 1) * per_entry), CHUNK_MIN_ROWS)
     if rows < M:
@@ -93,7 +96,7 @@ def _env_number(name: str, kind):
 def gpu_chunking(chunk_rows: int | None = None, scratch_mb: float | None = None):
     """Within the block, GPU forwards use ``chunk_rows`` rows per chunk (> 0; a negative value runs the
     older fully fused tile kernels) or, with ``chunk_rows=None``, the most rows whose scratch fits
-    ``scratch_mb`` MiB (default: ``UCA_SCRATCH_MB``, else 1024). Outside any block the environment
+    ``scratch_mb`` MiB (default: ``UCA_SCRATCH_MB``, else 512). Outside any block the environment
     variables ``UCA_CHUNK_ROWS`` and ``UCA_SCRATCH_MB`` decide. The choice is read at each forward and
     autograd gives the backward the same number (it must recompute the forward's logits bit for bit)."""
     if chunk_rows is not None and not isinstance(chunk_rows, int):

@@ -195,10 +195,19 @@ class CpuBackend(ExtensionBackend):
     device_type = "cpu"
 
     def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
-        if not (_grad_needed(A, B, r, c, scale, bias) and _ext.has_op("sigmoid_loss_and_grads")):
-            return super().sigmoid_sum(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
-        args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=True)
-        return torch.ops.uca.sigmoid_loss_and_grads(*args, exclude_self)[0]
+        return _extension_sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+
+
+def _extension_sigmoid_sum(impl, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+    """The scalar sigmoid loss through the extension's one-sweep op (the dispatcher routes it by device)
+    when autograd will need the gradients and the op is there; else the two-call path's rows."""
+    if not (_ext.has_op("sigmoid_loss_and_grads") and _grad_needed(A, B, r, c, scale, bias)):
+        return Backend.sigmoid_sum(impl, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
+    op = torch.ops.uca.sigmoid_loss_and_grads
+    # (precision, chunk_rows) where the schema has them (the CPU kernels check the one, ignore the other)
+    extra = (impl.precision(), *_chunk_args(op, A, B)) if _has_chunk_rows(op) else ()
+    args = _op_args(A, B, r, c, scale, bias, labels_a, labels_b, upcast_half=impl.upcast_half)
+    return op(*args, exclude_self, *extra)[0]
 
 
 class TritonBackend(Backend):
@@ -268,6 +277,9 @@ class CudaBackend(ExtensionBackend):
 
     def fingerprint(self):
         return {**super().fingerprint(), "cuda": str(torch.version.cuda), "fp32": self.precision()}
+
+    def sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self):
+        return _extension_sigmoid_sum(self, A, B, r, c, scale, bias, labels_a, labels_b, exclude_self)
 
 
 _BACKENDS = {

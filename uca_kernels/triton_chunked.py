@@ -31,7 +31,7 @@ GEMM passes: 4 for a softmax loss's forward + backward (the floor), 3 for the sc
 (:func:`sigmoid_loss_and_grads`: the backward epilogue with g_row = 1, g_col = 0 also sums ℓ, so
 one sweep forms the loss and every gradient). Memory: the chunk (c·N values, plus c·N fp16/bf16 dT)
 and O((M + N)·E); c comes from ``chunk_rows`` (``_registry.resolve_chunk_rows``: a scratch budget,
-1 GiB by default). ``precision`` "tf32" allows TF32 in these GEMMs; "ieee" and "tf32x3" do not
+512 MiB by default). ``precision`` "tf32" allows TF32 in these GEMMs; "ieee" and "tf32x3" do not
 (cuBLAS has no 3×TF32 mode: "tf32x3" runs exact fp32 products).
 
 CPU tensors (tests, under ``TRITON_INTERPRET=1``) run the same driver with CPU ``torch.mm`` as the
@@ -47,7 +47,7 @@ import warnings
 import torch
 
 from . import _triton_common as _tc
-from ._registry import N_STATS, STATS_DTYPE, auto_chunk_rows, grad_prescale, out_dtype
+from ._registry import DEFAULT_SCRATCH_MB, N_STATS, STATS_DTYPE, auto_chunk_rows, grad_prescale, out_dtype
 
 triton, tl = _tc.triton, _tc.tl
 
@@ -381,7 +381,7 @@ def _mm(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, accumulate: bool = 
 
 
 def _chunks(M: int, N: int, dtype: torch.dtype, chunk_rows: int):
-    rows = min(chunk_rows, M) if chunk_rows > 0 else auto_chunk_rows(M, N, dtype, 1 << 30)
+    rows = min(chunk_rows, M) if chunk_rows > 0 else auto_chunk_rows(M, N, dtype, DEFAULT_SCRATCH_MB << 20)
     return rows, [(i0, min(i0 + rows, M)) for i0 in range(0, M, rows)]
 
 

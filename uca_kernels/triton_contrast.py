@@ -763,7 +763,7 @@ if triton is not None:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward of the contrast op (contract in ``contrast.py``) with the Triton kernels;
         ``precision``: the float32 products (PRECISIONS); ``chunk_rows``: rows per vendor-GEMM chunk
-        (0: 1 GiB of scratch; negative: the fully fused tile kernels)."""
+        (0: 512 MiB of scratch; negative: the fully fused tile kernels)."""
         return _forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, precision, chunk_rows)
 
     @torch.library.custom_op("uca::triton_contrast_backward", mutates_args=())

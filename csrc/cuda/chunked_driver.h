@@ -27,7 +27,7 @@ DType feature_dtype(at::ScalarType features);
 Loss kernel_loss(c10::string_view loss);
 
 // Default scratch budget of the automatic chunk size (bytes).
-constexpr int64_t kDefaultBudgetBytes = int64_t(1) << 30;
+constexpr int64_t kDefaultBudgetBytes = int64_t(512) << 20;  // uca_kernels._registry.DEFAULT_SCRATCH_MB
 
 // Rows per chunk for chunk_rows >= 0: 0 = automatic (the rule below, also uca_kernels._registry's),
 // > 0 = that many, at most M.
