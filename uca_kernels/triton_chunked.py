@@ -275,8 +275,8 @@ if triton is not None:
         BLOCK_R: tl.constexpr,  # rows per tile
         BLOCK_N: tl.constexpr,  # columns per tile
     ):
-        pid_i = tl.program_id(0)
-        pid_j = tl.program_id(1)
+        pid_j = tl.program_id(0)  # column blocks on the grid's x axis (CUDA limits y and z to 65535)
+        pid_i = tl.program_id(1)
         offs_i = pid_i * BLOCK_R + tl.arange(0, BLOCK_R)
         offs_j = pid_j * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_i = offs_i < rows
@@ -381,7 +381,10 @@ def _mm(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, accumulate: bool = 
 
 
 def _chunks(M: int, N: int, dtype: torch.dtype, chunk_rows: int):
+    """Rows per chunk and the chunks' row ranges. A chunk holds fewer than 2³¹ entries (the epilogue
+    kernels index it with int32 offsets); forward and backward cap it the same way."""
     rows = min(chunk_rows, M) if chunk_rows > 0 else auto_chunk_rows(M, N, dtype, DEFAULT_SCRATCH_MB << 20)
+    rows = max(1, min(rows, (2**31 - 1) // max(N, 1)))
     return rows, [(i0, min(i0 + rows, M)) for i0 in range(0, M, rows)]
 
 
@@ -456,7 +459,7 @@ def _sweep(A, B, r, c, scale, bias, labels_a, labels_b, g_rows, g_cols, loss_row
             # -- S_c again: the forward's GEMM on the same shapes, so the same bits --
             _mm(A[i0:i1], B.t(), S_c)
             # -- dT in place (and in the feature dtype), row and column partial sums --
-            _chunk_bwd_kernel[(triton.cdiv(ci, br), n_cb)](
+            _chunk_bwd_kernel[(n_cb, triton.cdiv(ci, br))](
                 S_c, S_low, r, c, labels_a, labels_b, scale, bias, g_rows, g_cols, loss_rows, loss_cols, row_stats,
                 col_stats, rsum, rdst, rloss, csum, ci, rows, N, i0, S_c.stride(0),
                 IS_SDM=flags["IS_SDM"], IS_SIGMOID=flags["IS_SIGMOID"], EXCLUDE_SELF=flags["EXCLUDE_SELF"],
