@@ -191,3 +191,19 @@ def _flags(A: torch.Tensor, loss: str, exclude_self: bool, precision: str = "iee
 
 def _device_guard(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def finish_grads(A, B, scale, dA, dB, sum_ds_rows, sum_ds_cols, sum_dst_rows, pre):
+    """The backward's outputs (dA, dB, dr, dc, dscale, dbias) from dA, dB and the sums of dS and dS·t per row
+    and of dS per column (accumulator dtype), in both Triton designs; divides out the fp16/bf16
+    pre-scaling ``pre`` (None: none). dbias and dscale are summed in float64, in a fixed order."""
+    acc = dA.dtype
+    if pre is not None:  # exact: pre is a power of two
+        inv = torch.reciprocal(pre).to(acc)
+        for part in (dA, dB, sum_ds_rows, sum_dst_rows, sum_ds_cols):
+            part.mul_(inv)
+    dr = scale * sum_ds_rows
+    dc = scale * sum_ds_cols
+    dbias = sum_ds_rows.sum(dtype=torch.float64).to(acc)
+    dscale = sum_dst_rows.sum(dtype=torch.float64).to(acc)
+    return dA.to(A.dtype), dB.to(B.dtype), dr, dc, dscale, dbias

@@ -403,10 +403,9 @@ def forward(A, B, r, c, scale, bias, labels_a, labels_b, loss, exclude_self, pre
     S = A.new_empty((rows, N), dtype=acc)
     # each column's running (m, l, w, lneg, mp, lp, npos); sigmoid uses row 0 as its running sum
     state = A.new_zeros((7, N), dtype=acc)
-    state[0].fill_(float("-inf"))
-    state[4].fill_(float("-inf"))
-    if flags["IS_SIGMOID"]:
-        state[0].zero_()
+    if not flags["IS_SIGMOID"]:  # running maxima m and mp start at -inf
+        state[0].fill_(float("-inf"))
+        state[4].fill_(float("-inf"))
     (rf_r, rf_n, rf_w), (cf_r, cf_n, cf_w) = _tiles()["rows_fwd"], _tiles()["cols_fwd"]
     common = dict(IS_SDM=flags["IS_SDM"], IS_SIGMOID=flags["IS_SIGMOID"], EXCLUDE_SELF=flags["EXCLUDE_SELF"])
     with _tc._device_guard(A), _cublas_fp32(flags["PRECISION"], A.device):
@@ -478,20 +477,6 @@ def _sweep(A, B, r, c, scale, bias, labels_a, labels_b, g_rows, g_cols, loss_row
     return dA, dB, sum_ds_rows, sum_ds_cols, sum_dst_rows, loss_total_rows
 
 
-def _finish_grads(A, B, scale, dA, dB, sum_ds_rows, sum_ds_cols, sum_dst_rows, pre):
-    """(dA, dB, dr, dc, dscale, dbias) from the sweep's sums; divides out the fp16/bf16 pre-scaling."""
-    acc = dA.dtype
-    if pre is not None:  # exact: pre is a power of two
-        inv = torch.reciprocal(pre).to(acc)
-        for part in (dA, dB, sum_ds_rows, sum_dst_rows, sum_ds_cols):
-            part.mul_(inv)
-    dr = scale * sum_ds_rows
-    dc = scale * sum_ds_cols
-    dbias = sum_ds_rows.sum(dtype=torch.float64).to(acc)
-    dscale = sum_dst_rows.sum(dtype=torch.float64).to(acc)
-    return dA.to(A.dtype), dB.to(B.dtype), dr, dc, dscale, dbias
-
-
 def backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b, loss_rows, loss_cols,
              row_stats, col_stats, loss, exclude_self, precision, chunk_rows):
     """The op's backward with row chunks; inputs already checked and laid out."""
@@ -502,7 +487,7 @@ def backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b, 
     dA, dB, sds_r, sds_c, sdst_r, _ = _sweep(A, B, r, c, scale, bias, labels_a, labels_b, grad_rows, grad_cols,
                                              loss_rows, loss_cols, row_stats, col_stats, loss, exclude_self,
                                              precision, chunk_rows)
-    return _finish_grads(A, B, scale, dA, dB, sds_r, sds_c, sdst_r, pre)
+    return _tc.finish_grads(A, B, scale, dA, dB, sds_r, sds_c, sdst_r, pre)
 
 
 def sigmoid_loss_and_grads(A, B, r, c, scale, bias, labels_a, labels_b, exclude_self, precision, chunk_rows):
@@ -518,4 +503,4 @@ def sigmoid_loss_and_grads(A, B, r, c, scale, bias, labels_a, labels_b, exclude_
                                                   g_rows, g_cols, stats_r, stats_c, "sigmoid", exclude_self,
                                                   precision, chunk_rows, want_loss=True)
     total = loss_r.sum(dtype=torch.float64).to(acc)
-    return (total, *_finish_grads(A, B, scale, dA, dB, sds_r, sds_c, sdst_r, pre))
+    return (total, *_tc.finish_grads(A, B, scale, dA, dB, sds_r, sds_c, sdst_r, pre))

@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 from ._triton_common import (  # noqa: F401  (the backend's names: tc.INTERPRET, tc.triton, ...)
-    _IMPORT_ERROR, INTERPRET, _device_guard, _flags, tl, triton)
+    _IMPORT_ERROR, INTERPRET, _device_guard, _flags, finish_grads, tl, triton)
 
 if triton is not None:
     from ._triton_common import (_dloss_dlogit, _finish_stats, _fresh_stats, _logistic, _online_step,  # noqa: F401
@@ -616,16 +616,7 @@ def _backward(grad_rows, grad_cols, A, B, r, c, scale, bias, labels_a, labels_b,
         ):
             _bwd_launch(A, B, r, c, labels_a, labels_b, scale, bias, g_own, g_oth, loss_own, loss_oth, st_own, st_oth,
                         dX, sds, sdst, columns, flags, cfg)
-    if pre is not None:  # exact: pre is a power of two
-        inv = torch.reciprocal(pre).to(odt)
-        for part in (dA, dB, sum_ds_rows, sum_dst_rows, sum_ds_cols):
-            part.mul_(inv)
-    # -- fixed-order reductions of the per-row parts (deterministic) --
-    dr = scale * sum_ds_rows
-    dc = scale * sum_ds_cols
-    dbias = sum_ds_rows.sum(dtype=torch.float64).to(odt)
-    dscale = sum_dst_rows.sum(dtype=torch.float64).to(odt)
-    return dA.to(A.dtype), dB.to(B.dtype), dr, dc, dscale, dbias
+    return finish_grads(A, B, scale, dA, dB, sum_ds_rows, sum_ds_cols, sum_dst_rows, pre)
 
 
 
