@@ -238,6 +238,14 @@ class LossConfig:
     # occlusion inclusion: KL(sg N_clean || N_occluded copy), only the copy's sigma learns (uca_model.terms)
     occlusion_weight: float = 0.0
     occlusion_fraction: float = 0.25  # share of each batch's images that get an occluded copy
+    # caption inclusion: KL(sg N_caption || N_vaguer copy), the copy with some colour words left out
+    # (uca_model.text.vaguer_caption); only the copy's sigma learns (uca_model.terms)
+    caption_inclusion_weight: float = 0.0
+    caption_inclusion_fraction: float = 0.25  # share of each batch's captions that get a vaguer copy
+    caption_drop_rate: float = 0.5  # share of a caption's colour mentions its vaguer copy leaves out
+    # true: the inclusion terms (occlusion, caption) train the sigma heads alone (the copies go through
+    # the towers without gradient); false: their gradient reaches the towers too
+    inclusion_head_only: bool = False
     amlr_weight: float = 0.5  # attribute-masking language reconstruction, lambda_r
     mask_rate: float = 0.5  # share of a caption's attribute words masked
     # "attributes": mask attribute words (UA-AMLR); "random": random 15 % of the tokens instead, as
@@ -258,9 +266,10 @@ class LossConfig:
     backend: str = "auto"  # uca_kernels backend for every contrast
 
     def validate(self, where: str = "model.loss") -> None:
-        _need(0.0 < self.occlusion_fraction <= 1.0, f"{where}.occlusion_fraction",
-              f"must be in (0, 1], got {self.occlusion_fraction}")
-        for name in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "id_weight", "occlusion_weight"):
+        for name in ("occlusion_fraction", "caption_inclusion_fraction", "caption_drop_rate"):
+            _need(0.0 < getattr(self, name) <= 1.0, f"{where}.{name}", f"must be in (0, 1], got {getattr(self, name)}")
+        for name in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "id_weight", "occlusion_weight",
+                     "caption_inclusion_weight"):
             _positive(f"{where}.{name}", getattr(self, name), allow_zero=True)
         _choice(f"{where}.metric", self.metric, METRICS)
         _choice(f"{where}.contrast_loss", self.contrast_loss, CONTRAST_LOSSES)
@@ -305,7 +314,8 @@ class ModelConfig:
         self.loss.validate(f"{where}.loss")
         L = self.loss
         if self.mode == "baseline":
-            on = [n for n in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "occlusion_weight")
+            on = [n for n in ("dcl_weight", "pcl_weight", "amlr_weight", "kl_weight", "occlusion_weight",
+                              "caption_inclusion_weight")
                   if getattr(L, n) != 0]
             _need(not on, f"{where}.mode", "'baseline' has fixed-point embeddings and only the SDM (+ id) loss; "
                   f"set {', '.join(f'loss.{n}' for n in on)} to 0 or use mode 'uca'")

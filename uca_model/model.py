@@ -21,6 +21,8 @@ data-parallel runs (:mod:`uca_model.losses`):
                     (image and text cross-entropies averaged), optional
 ``occlusion``       KL(sg N_image ‖ N_occluded copy): an occluded copy's σ covers how far the
                     occluder moved its mean (:mod:`uca_model.terms`), optional
+``caption_inclusion`` KL(sg N_caption ‖ N_vaguer copy, some colour words left out): the same for
+                    captions, optional
 ==================  ==============================================================================
 
 With ``loss.pcl_intra_siblings`` false, the intra terms leave a point's own K − 1 siblings out of its
@@ -62,7 +64,7 @@ from .distributed import DistContext
 from .losses import cosine_contrast_loss, dcl_loss, pcl_loss
 from .encoders import build_encoders
 from .heads import ProbabilisticHead
-from .terms import intra_without_siblings, occlusion_inclusion
+from .terms import intra_without_siblings, inclusion_kl
 
 __all__ = ["UCAModel", "special_token_ids", "build_model"]
 
@@ -184,6 +186,8 @@ class UCAModel(nn.Module):
                 w["kl_text"] = L.kl_weight
             if L.occlusion_weight > 0:
                 w["occlusion"] = L.occlusion_weight
+            if L.caption_inclusion_weight > 0:
+                w["caption_inclusion"] = L.caption_inclusion_weight
         if L.id_weight > 0:
             w["id"] = L.id_weight
         return w
@@ -255,10 +259,15 @@ class UCAModel(nn.Module):
                         stats["bias_pcl"] = bias.detach()
                     terms.update({f"pcl_{k}": v for k, v in p.items()})
                 if L.occlusion_weight > 0:
-                    occ = self.encode_image(batch["occluded"])
+                    occ = self._encode_copy("image", batch["occluded"])
                     m = occ["mu"].shape[0]
-                    terms["occlusion"] = occlusion_inclusion(mu_v[:m], lv_v[:m], occ["mu"].float(),
-                                                             occ["logvar"].float())
+                    terms["occlusion"] = inclusion_kl(mu_v[:m], lv_v[:m], occ["mu"].float(),
+                                                      occ["logvar"].float())
+                if L.caption_inclusion_weight > 0:
+                    vag = self._encode_copy("text", batch["vague_input_ids"], batch["vague_attention_mask"])
+                    m = vag["mu"].shape[0]
+                    terms["caption_inclusion"] = inclusion_kl(mu_t[:m], lv_t[:m], vag["mu"].float(),
+                                                              vag["logvar"].float())
                 if L.kl_weight > 0:
                     terms["kl_image"] = uca_kernels.prior_kl(mu_v, lv_v)
                     terms["kl_text"] = uca_kernels.prior_kl(mu_t, lv_t)
@@ -275,6 +284,22 @@ class UCAModel(nn.Module):
             terms["id"] = 0.5 * (F.cross_entropy(logits_v, pids) + F.cross_entropy(logits_t, pids))
         return {"terms": terms, "stats": stats}
 
+
+    def _encode_copy(self, modality: str, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An inclusion term's copy (occluded image, vaguer caption) through its tower and head; with
+        ``loss.inclusion_head_only`` the tower runs without gradient, so the term trains the head alone."""
+        if not self.cfg.loss.inclusion_head_only:
+            return self.encode_image(*inputs) if modality == "image" else self.encode_text(*inputs)
+        with torch.no_grad():
+            if modality == "image":
+                tokens = self.vision(*inputs)
+                glob, mask = tokens[:, 0], None
+            else:
+                tokens, glob = self.text(*inputs)
+                mask = inputs[1]
+        head = self.image_head if modality == "image" else self.text_head
+        mu, logvar = head(glob.detach(), tokens.detach(), mask)
+        return {"mu": mu, "logvar": logvar}
 
     def _intra_without_siblings(self, z_v, z_t, plab, scale, bias) -> dict[str, torch.Tensor]:
         """The intra terms with each point's own siblings left out (single process)."""

@@ -12,7 +12,8 @@ from .config import RunConfig, deep_merge, from_dict, to_dict
 
 __all__ = ["ABLATION_VARIANTS", "variant_overrides", "demo_config", "smoke_config", "clip_vit_b16_config"]
 
-_NO_UCA = {"dcl_weight": 0.0, "pcl_weight": 0.0, "amlr_weight": 0.0, "kl_weight": 0.0, "occlusion_weight": 0.0}
+_NO_UCA = {"dcl_weight": 0.0, "pcl_weight": 0.0, "amlr_weight": 0.0, "kl_weight": 0.0, "occlusion_weight": 0.0,
+           "caption_inclusion_weight": 0.0}
 
 #: the ablation ladder: name -> changes to the (full UCA) base config
 ABLATION_VARIANTS: dict[str, dict] = {
@@ -31,8 +32,9 @@ ABLATION_VARIANTS: dict[str, dict] = {
     # controls: the same losses with sigma = 0 (points equal mu; no prior KL, which would only add a
     # constant), and random 15 % token masking instead of attribute words. Under metric "ce" a sigma of 0
     # makes every distance infinite: there benchmarks.ablation holds sigma at head.init_logvar instead
-    # (one sigma for every input and dimension, so ce ranks by ||dmu||^2 alone; no occlusion term)
-    "UCA-nosigma": {"model": {"head": {"fixed_logvar": -30.0}, "loss": {"kl_weight": 0.0, "occlusion_weight": 0.0}}},
+    # (one sigma for every input and dimension, so ce ranks by ||dmu||^2 alone; no inclusion terms)
+    "UCA-nosigma": {"model": {"head": {"fixed_logvar": -30.0}, "loss": {"kl_weight": 0.0, "occlusion_weight": 0.0,
+                                                                         "caption_inclusion_weight": 0.0}}},
     "UCA-randommask": {"model": {"loss": {"mask_words": "random"}}},
 }
 

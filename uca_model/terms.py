@@ -25,6 +25,15 @@ occluded copy's Gaussian is asked to *include* the clean one:
 with sg = stop-gradient, so only σ_o learns from it. Its minimum over σ_o is σ_o,d² = σ_c,d² + Δμ_d²:
 the copy gets more σ exactly in the dimensions the occluder moved its mean, never less than the
 clean image's (ProLIP's inclusion loss between an image and its masked copy plays the same role).
+
+**Caption inclusion** (``loss.caption_inclusion_weight``). The same KL between a caption and its
+vaguer copy, some of its colour words left out (:func:`uca_model.text.vaguer_caption`): "a red
+backpack" becomes "a backpack". The copy's σ grows in the dimensions where leaving the colour out
+moved its mean, so a caption that does not say a colour learns to be vague where colours are
+encoded, and a per-dimension score (``ce``) stops ranking images by what the caption never said.
+
+With ``loss.inclusion_head_only`` the copies go through their towers without gradient: the terms
+train the σ heads and nothing else, so they cannot pull the towers' features away from retrieval.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["intra_without_siblings", "occlusion_inclusion"]
+__all__ = ["intra_without_siblings", "inclusion_kl"]
 
 _SDM_EPS = 1e-8
 
@@ -81,8 +90,8 @@ def intra_without_siblings(z: torch.Tensor, labels: torch.Tensor, num_samples: i
     raise ValueError(f"loss={loss!r} is not 'sigmoid', 'infonce' or 'sdm'")
 
 
-def occlusion_inclusion(mu_clean: torch.Tensor, logvar_clean: torch.Tensor, mu_occ: torch.Tensor,
-                        logvar_occ: torch.Tensor) -> torch.Tensor:
+def inclusion_kl(mu_clean: torch.Tensor, logvar_clean: torch.Tensor, mu_occ: torch.Tensor,
+                 logvar_occ: torch.Tensor) -> torch.Tensor:
     """mean_i KL(sg N_clean,i ‖ N(sg μ_occ,i, σ_occ,i²)) over [m, D] Gaussians: only ``logvar_occ``
     gets a gradient (module docstring)."""
     if not (mu_clean.shape == logvar_clean.shape == mu_occ.shape == logvar_occ.shape):

@@ -29,6 +29,7 @@ __all__ = [
     "load_tokenizer",
     "encode",
     "attribute_spans",
+    "vaguer_caption",
     "AttributeMasker",
 ]
 
@@ -106,6 +107,37 @@ def attribute_spans(caption: str) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of the attribute words/phrases of ``caption`` (the masking
     units), left to right, non-overlapping, longest phrase first at each position."""
     return [m.span() for m in _SPAN_RE.finditer(caption)]
+
+
+_COLOUR_RE = re.compile(
+    r"(?:\s+in)?\s+(?:"  # "a shirt in red" -> "a shirt"; "a red shirt" -> "a shirt"
+    + "|".join(re.escape(w).replace(r"\ ", r"[\s-]+")
+               for w in sorted(ATTRIBUTE_VOCAB["colour"], key=lambda w: (-len(w), w)))
+    + r")(?:[\s-]+colou?red)?(?!\w)",
+    re.IGNORECASE,
+)
+
+
+def vaguer_caption(caption: str, generator: torch.Generator, drop_rate: float = 0.5) -> str:
+    """``caption`` with some of its colour words left out: a caption that says less about the same
+    person ("a red backpack" -> "a backpack"), still fluent, for the caption inclusion term
+    (:mod:`uca_model.terms`). ``max(1, round(drop_rate * n))`` of its n colour mentions (with an "in"
+    before or a "colored" after them) are dropped, chosen with ``generator``; a caption without a
+    colour word comes back unchanged."""
+    if not 0.0 < drop_rate <= 1.0:
+        raise ValueError(f"drop_rate must be in (0, 1], got {drop_rate}")
+    spans = [m.span() for m in _COLOUR_RE.finditer(caption)]
+    if not spans:
+        return caption
+    k = max(1, round(drop_rate * len(spans)))
+    drop = sorted(torch.randperm(len(spans), generator=generator)[:k].tolist())
+    out, at = [], 0
+    for i in drop:
+        s, e = spans[i]
+        out.append(caption[at:s])
+        at = e
+    out.append(caption[at:])
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from .config import DataConfig, OptimConfig, RunConfig, save_config, to_dict
 from .distributed import DistContext, check_same_backend
 from .evaluation import evaluate_split
 from .model import UCAModel, build_model
-from .text import AttributeMasker, encode, load_tokenizer
+from .text import AttributeMasker, encode, load_tokenizer, vaguer_caption
 from .train_log import StepLog, eval_row
 
 __all__ = [
@@ -326,6 +326,10 @@ def _make_batch(cfg: RunConfig, step: int, ctx: DistContext, masker, tok, pids, 
     if L.occlusion_weight > 0 and cfg.model.probabilistic:  # copies of the first images with a drawn occluder
         m = max(1, int(round(L.occlusion_fraction * images.shape[0])))
         batch["occluded"] = data_mod.occlude_batch(images[:m], g)
+    if L.caption_inclusion_weight > 0 and cfg.model.probabilistic:  # vaguer copies of the first captions
+        m = max(1, int(round(L.caption_inclusion_fraction * len(captions))))
+        vague = encode(tok, [vaguer_caption(c, g, L.caption_drop_rate) for c in captions[:m]], max_len)
+        batch.update(vague_input_ids=vague["input_ids"], vague_attention_mask=vague["attention_mask"])
     if masker is not None:
         mk = masker(list(captions), max_len, generator=g)
         batch.update(input_ids=mk["clean_ids"], attention_mask=mk["attention_mask"],

@@ -1,5 +1,6 @@
-"""The recipe's σ terms: intra-modal point contrast without siblings, occlusion inclusion, occluded
-copies, and one tiny training epoch with every new option on."""
+"""The recipe's σ terms: intra-modal point contrast without siblings, the inclusion KL, occluded
+copies and vaguer captions, head-only inclusion copies, and one tiny training epoch with every new
+option on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import uca_kernels as uk
 from uca_model.data import occlude_batch
 from uca_model.presets import smoke_config
 from uca_model.synth import generate_synthpedes
-from uca_model.terms import intra_without_siblings, occlusion_inclusion
+from uca_model.model import build_model
+from uca_model.terms import intra_without_siblings, inclusion_kl
+from uca_model.text import attribute_spans, vaguer_caption
 from uca_model.trainer import train
 
 
@@ -76,19 +79,19 @@ def test_siblings_no_longer_reward_a_collapsed_sigma():
     assert abs(new_pull) < 0.1 * seed_pull  # ... and almost all of that came from the siblings
 
 
-def test_occlusion_inclusion_is_minimal_at_clean_variance_plus_the_shift():
+def test_inclusion_kl_is_minimal_at_clean_variance_plus_the_shift():
     g = torch.Generator().manual_seed(2)
     mu_c, lv_c, mu_o = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
     best = torch.log(lv_c.exp() + (mu_c - mu_o).square())
     lv_o = best.clone().requires_grad_()
-    loss = occlusion_inclusion(mu_c, lv_c, mu_o, lv_o)
+    loss = inclusion_kl(mu_c, lv_c, mu_o, lv_o)
     (grad,) = torch.autograd.grad(loss, lv_o)
     assert grad.abs().max() < 1e-12 and float(loss.detach()) >= 0
-    assert float(occlusion_inclusion(mu_c, lv_c, mu_o, best + 0.3)) > float(loss.detach())
+    assert float(inclusion_kl(mu_c, lv_c, mu_o, best + 0.3)) > float(loss.detach())
     assert torch.all(best >= lv_c)  # the optimum never has less variance than the clean image
     leaves = [t.clone().requires_grad_() for t in (mu_c, lv_c, mu_o)]
     lv_o2 = lv_c.clone().requires_grad_()
-    grads = torch.autograd.grad(occlusion_inclusion(*leaves, lv_o2), leaves + [lv_o2], allow_unused=True)
+    grads = torch.autograd.grad(inclusion_kl(*leaves, lv_o2), leaves + [lv_o2], allow_unused=True)
     assert all(x is None for x in grads[:3]) and grads[3] is not None  # only the copy's σ learns
 
 
@@ -112,12 +115,51 @@ def test_one_epoch_with_every_recipe_option(tmp_path):
     data = tmp_path / "tiny"
     generate_synthpedes(data, "tiny", seed=0, progress=False)
     cfg = smoke_config(data, model={"loss": {"metric": "ce", "dcl_scale": 0.05, "dcl_bias": -5.0,
-                                       "pcl_intra_siblings": False, "occlusion_weight": 1.0}})
+                                       "pcl_intra_siblings": False, "occlusion_weight": 1.0,
+                                       "caption_inclusion_weight": 1.0, "inclusion_head_only": True}})
     cfg.data.sampler, cfg.data.samples_per_id, cfg.data.lookalike_group = "identity", 4, 2
     result = train(cfg, tmp_path / "run", log=lambda *a: None)
     assert result["score"] == "distance" and 0 <= result["test"]["R1"] <= 100
     hist = (tmp_path / "run" / "history.csv").read_text().splitlines()
     cols = hist[0].split(",")
     last = dict(zip(cols, hist[-1].split(",")))
-    for k in ("loss/occlusion", "loss/pcl_intra_image", "loss/dcl"):
+    for k in ("loss/occlusion", "loss/caption_inclusion", "loss/pcl_intra_image", "loss/dcl"):
         assert math.isfinite(float(last[k])), k
+
+
+def test_vaguer_caption_leaves_out_colours_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    cap = "A man in a red jacket, black trousers and a t-shirt in blue colored, with a grey backpack."
+    out = vaguer_caption(cap, g, drop_rate=1.0)
+    assert out == "A man in a jacket, trousers and a t-shirt, with a backpack."
+    half = vaguer_caption(cap, torch.Generator().manual_seed(1), drop_rate=0.5)
+    kept = [half[s:e] for s, e in attribute_spans(half)]
+    assert sum(w in ("red", "black", "blue", "grey") for w in kept) == 2  # round(0.5 * 4) left out
+    for garment in ("jacket", "trousers", "t-shirt", "backpack"):
+        assert garment in half
+    assert vaguer_caption("A man with a backpack.", g) == "A man with a backpack."  # no colour: unchanged
+    with pytest.raises(ValueError, match="drop_rate"):
+        vaguer_caption(cap, g, drop_rate=0.0)
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("head_only", [True, False])
+def test_inclusion_copies_train_the_head_alone_when_asked(tmp_path, modality, head_only):
+    from uca_model.text import load_tokenizer
+
+    data = tmp_path / "tiny"
+    generate_synthpedes(data, "tiny", seed=0, progress=False)
+    cfg = smoke_config(data, model={"loss": {"inclusion_head_only": head_only}})
+    model = build_model(cfg.model, load_tokenizer(data / "tokenizer.json"), num_train_ids=4)
+    if modality == "image":
+        size = cfg.model.encoder.vision.image_size
+        inputs = (torch.randn(3, 3, *size),)
+        tower, head = model.vision, model.image_head
+    else:
+        inputs = (torch.randint(5, 50, (3, 12)), torch.ones(3, 12, dtype=torch.long))
+        tower, head = model.text, model.text_head
+    out = model._encode_copy(modality, *inputs)
+    (out["logvar"].sum() + out["mu"].sum()).backward()
+    tower_grads = [p.grad for p in tower.parameters() if p.requires_grad]
+    assert all(g is None for g in tower_grads) == head_only
+    assert head.logvar.weight.grad is not None and head.logvar.weight.grad.abs().sum() > 0
