@@ -1,0 +1,22 @@
+#!/bin/bash
+# After 'large' recipe rows have finished (runs/large/<row>/metrics.json): each row's uncertainty
+# reports on val and test (once), its files copied here, and runs.md / runs.json rewritten for every
+# finished row, after the reference row (`ce`: the UCA seed-0 run of ../../ablation-ce-large/).
+# Usage: bash benchmarks/results/recipe/large/finish.sh
+cd "$(dirname "$0")/../../../.."
+out=benchmarks/results/recipe/large
+export OMP_NUM_THREADS=1
+paths=(runs/ablation-ce/UCA-s0); labels=(ce)
+for r in ce-16ep ce-identity ce-identity-noerase ce-identity-96x48; do
+    test -f runs/large/$r/metrics.json || continue
+    paths+=(runs/large/$r); labels+=("$r")
+done
+for i in "${!paths[@]}"; do
+    for split in val test; do
+        f=$out/uncertainty-${labels[$i]}-$split.json
+        test -f $f || .venv/bin/python -m benchmarks.uncertainty "${paths[$i]}" --split $split --out $f
+    done
+done
+.venv/bin/python -m benchmarks.collect_runs "${paths[@]}" --labels "${labels[@]}" --out $out \
+    --title "recipe rows on SynthPedes 'large'"
+for i in "${!paths[@]}"; do cp "${paths[$i]}"/metrics.json "${paths[$i]}"/history.csv $out/${labels[$i]}/; done
