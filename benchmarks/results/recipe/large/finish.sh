@@ -12,6 +12,12 @@ for r in ce-16ep ce-identity ce-identity-nosigma ce-identity-noerase ce-identity
     paths+=(runs/large/$r); labels+=("$r")
 done
 for i in "${!paths[@]}"; do
+    if [[ ${labels[$i]} == *nosigma ]]; then  # sigma is fixed: only the 100-identity sub-galleries
+        f=$out/subgallery-${labels[$i]}-test.json
+        test -f $f || .venv/bin/python -c "import json, sys; from uca_model.uncertainty import run_sub_galleries
+json.dump(run_sub_galleries(sys.argv[1], 'test'), open(sys.argv[2], 'w'), indent=1)" "${paths[$i]}" $f
+        continue
+    fi
     for split in val test; do
         f=$out/uncertainty-${labels[$i]}-$split.json
         test -f $f || .venv/bin/python -m benchmarks.uncertainty "${paths[$i]}" --split $split --out $f
