@@ -132,15 +132,20 @@ class UCAModel(nn.Module):
 
     # -- encoding --
 
-    def encode_image(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, 1 + P, H]}``."""
-        tokens = self.vision(pixels)
+    def encode_image(self, pixels: torch.Tensor, tower_grad: bool = True) -> dict[str, torch.Tensor]:
+        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, 1 + P, H]}``; with ``tower_grad``
+        false the tower runs without gradient and only the head can learn from the outputs."""
+        with torch.set_grad_enabled(tower_grad and torch.is_grad_enabled()):
+            tokens = self.vision(pixels)
         mu, logvar = self.image_head(tokens[:, 0], tokens)
         return {"mu": mu, "logvar": logvar, "tokens": tokens}
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, L, H]}``."""
-        tokens, glob = self.text(input_ids, attention_mask)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    tower_grad: bool = True) -> dict[str, torch.Tensor]:
+        """``{"mu" [B, D], "logvar" [B, D] | None, "tokens" [B, L, H]}``; ``tower_grad`` as
+        :meth:`encode_image`."""
+        with torch.set_grad_enabled(tower_grad and torch.is_grad_enabled()):
+            tokens, glob = self.text(input_ids, attention_mask)
         mu, logvar = self.text_head(glob, tokens, attention_mask)
         return {"mu": mu, "logvar": logvar, "tokens": tokens}
 
@@ -288,18 +293,8 @@ class UCAModel(nn.Module):
     def _encode_copy(self, modality: str, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """An inclusion term's copy (occluded image, vaguer caption) through its tower and head; with
         ``loss.inclusion_head_only`` the tower runs without gradient, so the term trains the head alone."""
-        if not self.cfg.loss.inclusion_head_only:
-            return self.encode_image(*inputs) if modality == "image" else self.encode_text(*inputs)
-        with torch.no_grad():
-            if modality == "image":
-                tokens = self.vision(*inputs)
-                glob, mask = tokens[:, 0], None
-            else:
-                tokens, glob = self.text(*inputs)
-                mask = inputs[1]
-        head = self.image_head if modality == "image" else self.text_head
-        mu, logvar = head(glob.detach(), tokens.detach(), mask)
-        return {"mu": mu, "logvar": logvar}
+        encode = self.encode_image if modality == "image" else self.encode_text
+        return encode(*inputs, tower_grad=not self.cfg.loss.inclusion_head_only)
 
     def _intra_without_siblings(self, z_v, z_t, plab, scale, bias) -> dict[str, torch.Tensor]:
         """The intra terms with each point's own siblings left out (single process)."""
