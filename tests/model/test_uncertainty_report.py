@@ -347,3 +347,22 @@ def test_run_sub_galleries_of_a_trained_run(trained):
     out = run_sub_galleries(trained["run"], "test", ids_per_gallery=3, draws=2)
     assert out["draws"] == 2 and 0 <= out["R1"] <= 100 and 0 < out["ceiling_R1"] <= 100
     assert out["R1_fraction_of_ceiling"] == pytest.approx(100 * out["R1"] / out["ceiling_R1"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sigma_ranking_reproduces_the_run_and_isolates_what_csd_ignores(trained, tmp_path):
+    """The 'full' ranking is the run's own val result and 'cosine' its alternative; under csd a
+    caption's sigma is a constant per query, so neither its shape nor a permutation of it can move
+    the ranking, while the image sigma can."""
+    from benchmarks import sigma_ranking
+
+    out = tmp_path / "s.json"
+    assert sigma_ranking.main([str(trained["run"]), "--split", "val", "--out", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    val = json.loads((trained["run"] / "metrics.json").read_text())["val"]
+    assert r["metric"] == "csd"
+    assert r["full"]["R1"] == pytest.approx(val["R1"], abs=1e-3)
+    assert r["full"]["mAP"] == pytest.approx(val["mAP"], abs=1e-3)
+    assert r["cosine"]["R1"] == pytest.approx(val["alt"]["R1"], abs=1e-3)
+    for k in ("isotropic_text", "shuffled_text", "shared_shape_text"):
+        assert r[k]["mAP"] == pytest.approx(r["full"]["mAP"], abs=1e-3), k
