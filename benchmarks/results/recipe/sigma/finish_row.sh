@@ -10,7 +10,7 @@ export OMP_NUM_THREADS=1
 for split in val test; do
     .venv/bin/python -m benchmarks.uncertainty runs/recipe2/$row --split $split --out $out/uncertainty-$row-$split.json
 done
-rows=(); for r in ce-scale0.025 ce-identity-nosiblings-occl ce-occl; do
+rows=(); for r in ce-scale0.025 ce-identity-nosiblings-occl ce-occl ce-identity-64x2; do
     test -f runs/recipe2/$r/metrics.json && rows+=("$r")
 done
 .venv/bin/python -m benchmarks.collect_runs "${rows[@]/#/runs/recipe2/}" --labels "${rows[@]}" --out $out \
