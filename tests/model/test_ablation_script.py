@@ -45,6 +45,25 @@ def test_reuse_takes_earlier_runs_and_averages_their_uncertainty(tmp_path):
     assert f"--reuse {old}" in (out / "command.txt").read_text()
 
 
+def test_paired_differences_seed_by_seed(tmp_path):
+    """UCA − UCA-nosigma per seed (the goal asks for a gain in every seed, not only on average)."""
+    old = tmp_path / "old"
+    old.mkdir()
+    rows = [_row("UCA", 0, 30.0, "r/a0"), _row("UCA", 1, 29.0, "r/a1"), _row("UCA-nosigma", 0, 27.0, "r/b0"),
+            _row("UCA-nosigma", 1, 29.5, "r/b1")]
+    (old / "runs.json").write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    assert ablation.main(["--variants", "UCA", "UCA-nosigma", "--seeds", "0", "1", "--reuse", str(old),
+                          "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    (p,) = json.loads((out / "paired.json").read_text())
+    assert (p["a"], p["b"], p["seeds"]) == ("UCA", "UCA-nosigma", [0, 1])
+    assert p["R1"]["by_seed"] == [3.0, -0.5] and p["R1"]["mean"] == pytest.approx(1.25)
+    assert p["R1"]["positive_in_every_seed"] is False and p["mAP"]["by_seed"] == [3.0, -0.5]
+    assert "sub100_R1" not in p  # no sub-gallery figures in these rows
+    table = (out / "table.md").read_text()
+    assert "| UCA − UCA-nosigma | 0, 1 | +3.00, -0.50; +1.25 ± 2.47 (not positive in every seed) |" in table
+
+
 def test_reuse_of_a_folder_without_runs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no runs.json"):
         ablation.main(["--variants", "UCA", "--reuse", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
