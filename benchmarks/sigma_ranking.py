@@ -51,9 +51,9 @@ def analyse(run: str, split: str = "val", checkpoint: str = "best", seed: int = 
     Raises:
         ValueError: the run is a fixed-point baseline (no σ to change).
     """
-    from uca_model.evaluation import embed_images, embed_texts
     from uca_model.runs import load_run
     from uca_model.trainer import eval_score
+    from uca_model.uncertainty import embed_split
 
     cfg, model, tok, ds, dev, _ = load_run(run, checkpoint, "cpu")
     if not cfg.model.probabilistic:
@@ -61,10 +61,7 @@ def analyse(run: str, split: str = "val", checkpoint: str = "best", seed: int = 
     score, metric = eval_score(cfg), cfg.model.loss.metric
     if score != "distance":
         raise ValueError(f"{run} ranks by {score!r}: sigma does not enter its ranking")
-    queries, gallery = ds.eval_split(split)
-    bs = cfg.eval.batch_size
-    img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, dev)
-    txt = embed_texts(model, tok, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, dev)
+    queries, gallery, txt, img = embed_split(cfg, model, tok, ds, dev, split)
     qp, gp = [q.pid for q in queries], [g.pid for g in gallery]
     lt, lv = txt["logvar"], img["logvar"]
     g = torch.Generator().manual_seed(seed)

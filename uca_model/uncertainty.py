@@ -67,6 +67,7 @@ __all__ = [
     "occlusion_test",
     "sub_gallery_metrics",
     "run_sub_galleries",
+    "embed_split",
     "gallery_records",
     "fitted_counts",
     "fitted_bins",
@@ -480,22 +481,30 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
 # ----------------------------------------------------------------------------------------------
 
 
+def embed_split(cfg, model, tokenizer, dataset, device, split: str):
+    """``(queries, gallery, txt, img)`` of one split of a loaded run (:func:`uca_model.runs.load_run`):
+    the captions and the gallery images embedded once, ``{"mu", "logvar"}`` each."""
+    from .evaluation import embed_images, embed_texts
+
+    queries, gallery = dataset.eval_split(split)
+    bs = cfg.eval.batch_size
+    img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, device)
+    txt = embed_texts(model, tokenizer, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, device)
+    return queries, gallery, txt, img
+
+
 def run_sub_galleries(run: str | os.PathLike, split: str = "test", checkpoint: str = "best", device: str = "auto",
                       **kw) -> dict[str, Any] | None:
     """:func:`sub_gallery_metrics` of any run (fixed-point baselines too), ranked as the run ranks
     (``eval.score``); ``None`` on real data or a split of <= ``ids_per_gallery`` identities."""
     from .runs import load_run
-    from .evaluation import embed_images, embed_texts
     from .trainer import eval_score
 
     cfg, model, tok, ds, dev, _ = load_run(run, checkpoint, device)
     path = Path(cfg.data.root) / "synth_attributes.json"
     if not path.is_file():
         return None
-    queries, gallery = ds.eval_split(split)
-    bs = cfg.eval.batch_size
-    img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, dev)
-    txt = embed_texts(model, tok, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, dev)
+    queries, gallery, txt, img = embed_split(cfg, model, tok, ds, dev, split)
     select = query_scores(txt, img, eval_score(cfg), cfg.model.loss.metric)
     attrs = json.loads(path.read_text(encoding="utf-8"))
     return sub_gallery_metrics(select, [q.pid for q in queries], [g.pid for g in gallery], attrs, split, **kw)
@@ -512,16 +521,12 @@ def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "
         ValueError: the run is a fixed-point baseline (no σ), or what the table raises.
     """
     from .runs import load_run
-    from .evaluation import embed_images, embed_texts
     from .trainer import eval_score
 
     cfg, model, tok, ds, dev, _ = load_run(run, checkpoint, device)
     if not cfg.model.probabilistic:
         raise ValueError(f"{run} is a fixed-point baseline: no sigma to analyse")
-    queries, gallery = ds.eval_split(split)
-    bs = cfg.eval.batch_size
-    img = embed_images(model, gallery, cfg.model.encoder.vision.image_size, bs, dev)
-    txt = embed_texts(model, tok, [q.caption for q in queries], cfg.model.encoder.text.max_len, bs, dev)
+    queries, gallery, txt, img = embed_split(cfg, model, tok, ds, dev, split)
     score, metric = eval_score(cfg), cfg.model.loss.metric
     select = query_scores(txt, img, score, metric)
     qp, gp = [q.pid for q in queries], [g.pid for g in gallery]
@@ -536,6 +541,6 @@ def analyse_run(run: str | os.PathLike, split: str = "test", checkpoint: str = "
         attrs = json.loads(path.read_text(encoding="utf-8"))
         out["ceiling"] = ceiling_from_root(cfg.data.root, split)
         out["occlusion_test"] = occlusion_test(model, gallery, gallery_records(cfg.data.root, attrs, gallery),
-                                               cfg.model.encoder.vision.image_size, bs, dev)
+                                               cfg.model.encoder.vision.image_size, cfg.eval.batch_size, dev)
         out["sub_galleries"] = sub_gallery_metrics(select, qp, gp, attrs, split)
     return out
