@@ -22,9 +22,11 @@ Writes to ``--out`` (default ``benchmarks/results/ablation``):
   occlusion test, retrieval of the certain vs the uncertain half); the per-variant means are in
   ``summary.json``.
 
-Every run (fixed points too) also gets its metrics on random 100-identity sub-galleries of the test
-split beside their Bayes ceilings (``sub100_*`` in the rows and the summary; absent when the test
-split has no more than 100 identities, as on 'demo').
+Every run (fixed points too) also gets its five metrics on random 100-identity sub-galleries of the
+test split beside their Bayes ceilings (``sub100_*`` in the rows and the summary; absent when the
+test split has no more than 100 identities, as on 'demo'), and on the full test gallery beside its
+ceiling (``ceiling_*``, ``pct_ceiling_*``). Rows reused from a folder written before all five had
+their ceilings are completed (the sub-galleries from the run folder, where it is still there).
 
 ``--reuse DIR`` takes the finished runs of an earlier results folder (its ``runs.json`` and
 ``uncertainty.json``) for the variants and seeds asked for instead of training them again; the
@@ -49,8 +51,9 @@ UNCERTAINTY = ("spearman_text_sigma_vs_identities_fitted", "spearman_text_sigma_
                "image_sigma_occluded", "image_sigma_unoccluded", "occlusion_share_ratio_ge_1.1",
                "occlusion_ratio_median")
 #: the 100-identity sub-gallery figures of every run (uca_model.uncertainty.run_sub_galleries)
-SUB_GALLERY = ("sub100_R1", "sub100_mAP", "sub100_ceiling_R1", "sub100_ceiling_mAP", "sub100_pct_ceiling_R1",
-               "sub100_pct_ceiling_mAP")
+SUB_GALLERY = tuple(f"sub100_{p}{k}" for p in ("", "ceiling_", "pct_ceiling_") for k in METRICS)
+#: the full gallery's Bayes ceiling and each metric as a percentage of it
+CEILING = tuple(f"{p}{k}" for p in ("ceiling_", "pct_ceiling_") for k in METRICS)
 
 
 def _uncertainty_row(u: dict) -> dict:
@@ -100,22 +103,54 @@ def _run_one(args, variant: str, seed: int) -> dict:
         from benchmarks.uncertainty import analyse
 
         row["_uncertainty"] = analyse(str(run), "test")
-    from uca_model.uncertainty import run_sub_galleries
-
-    sub = run_sub_galleries(run, "test")  # None when the test split has <= 100 identities
-    if sub is not None:
-        row.update({"sub100_R1": round(sub["R1"], 3), "sub100_mAP": round(sub["mAP"], 3),
-                    "sub100_ceiling_R1": round(sub["ceiling_R1"], 3), "sub100_ceiling_mAP": round(sub["ceiling_mAP"], 3),
-                    "sub100_pct_ceiling_R1": round(sub["R1_fraction_of_ceiling"], 2),
-                    "sub100_pct_ceiling_mAP": round(sub["mAP_fraction_of_ceiling"], 2)})
-    if "fraction_of_ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
-        row.update({f"ceiling_{k}": round(res["ceiling"]["test"][k], 3) for k in ("R1", "mAP")})
-        row.update({f"pct_ceiling_{k}": round(res["fraction_of_ceiling"]["test"][k], 2) for k in ("R1", "mAP")})
+    row.update(_sub_gallery_row(run))
+    if "ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
+        row.update(_ceiling_row(row, res["ceiling"]["test"]))
     if "alt" in res["test"]:
         row.update({f"{res['test']['alt']['score']}_{k}": round(res["test"]["alt"][k], 3) for k in ("R1", "mAP")})
         row["sigma_image"] = round(res["test"]["sigma_image"], 5)
         row["sigma_text"] = round(res["test"]["sigma_text"], 5)
     return row
+
+
+def _sub_gallery_row(run) -> dict:
+    """A run's metrics on random 100-identity sub-galleries of the test split beside their ceilings
+    (``{}`` when the test split has <= 100 identities or is not SynthPedes)."""
+    from uca_model.uncertainty import run_sub_galleries
+
+    sub = run_sub_galleries(run, "test")
+    if sub is None:
+        return {}
+    out = {}
+    for k in METRICS:
+        out.update({f"sub100_{k}": round(sub[k], 3), f"sub100_ceiling_{k}": round(sub[f"ceiling_{k}"], 3),
+                    f"sub100_pct_ceiling_{k}": round(sub[f"{k}_fraction_of_ceiling"], 2)})
+    return out
+
+
+def _ceiling_row(row: dict, ceiling: dict) -> dict:
+    """The full test gallery's Bayes ceiling and the row's metrics as percentages of it."""
+    out = {}
+    for k in METRICS:
+        out[f"ceiling_{k}"] = round(ceiling[k], 3)
+        out[f"pct_ceiling_{k}"] = round(100 * row[k] / ceiling[k], 2) if ceiling[k] > 0 else None
+    return out
+
+
+def _complete(rows: list[dict], data: str) -> None:
+    """Give rows written before every metric had its ceiling the missing figures: the full gallery's
+    ceiling from the data, the sub-galleries from the run folder where it is still there."""
+    from uca_model.ceiling import ceiling_from_root
+
+    ceiling = None
+    for r in rows:
+        if r.get("ceiling_R1") is not None and r.get("ceiling_mINP") is None:
+            ceiling = ceiling or ceiling_from_root(data, "test")
+            if ceiling is not None:
+                r.update(_ceiling_row(r, ceiling))
+        if r.get("sub100_R1") is not None and r.get("sub100_mINP") is None and (Path(r["run"]) / "config.json").is_file():
+            print(f"{r['run']}: the sub-gallery figures of every metric", flush=True)
+            r.update(_sub_gallery_row(r["run"]))
 
 
 def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
@@ -126,8 +161,7 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
             continue
         s = {"variant": v, "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
         for k in (METRICS + ("sigma_image", "sigma_text", "cosine_R1", "distance_R1", "train_time_s",
-                             "ceiling_R1", "ceiling_mAP", "pct_ceiling_R1", "pct_ceiling_mAP") + UNCERTAINTY
-                  + SUB_GALLERY):
+                             "certain_half_R1", "uncertain_half_R1") + CEILING + UNCERTAINTY + SUB_GALLERY):
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 s[f"{k}_mean"] = statistics.fmean(vals)
@@ -176,32 +210,58 @@ def _paired_table(paired: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _table(summary: list[dict]) -> str:
-    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | R@1 / mAP as % of the ceiling | 100-identity sub-galleries: "
-             "R@1 (% of its ceiling) | mean σ image / text | Spearman(text σ, identities fitted) / partial given "
-             "mentioned | occluded copy σ ≥ 1.1× (share of images) | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def _metric_table(summary: list[dict], prefix: str = "") -> str:
+    """R@1/5/10, mAP and mINP (``prefix`` + metric: ``""`` the full gallery, ``"sub100_"`` the
+    sub-galleries), each as mean ± std with its percentage of the ceiling, and the ceiling's row."""
+    lines = ["| variant | R@1 | R@5 | R@10 | mAP | mINP | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
-        cells = [f"{s[f'{k}_mean']:.2f} ± {s[f'{k}_std']:.2f}" for k in METRICS]
-        pct = (f"{s['pct_ceiling_R1_mean']:.1f} ± {s['pct_ceiling_R1_std']:.1f} / "
-               f"{s['pct_ceiling_mAP_mean']:.1f} ± {s['pct_ceiling_mAP_std']:.1f}" if "pct_ceiling_R1_mean" in s else "–")
-        sig = (f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–")
+        if f"{prefix}R1_mean" not in s:
+            continue
+        cells = []
+        for k in METRICS:
+            c = f"{s[f'{prefix}{k}_mean']:.2f} ± {s[f'{prefix}{k}_std']:.2f}"
+            if f"{prefix}pct_ceiling_{k}_mean" in s:
+                c += f" ({s[f'{prefix}pct_ceiling_{k}_mean']:.1f} %)"
+            cells.append(c)
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {s['n']} |")
+    ceil = next((s for s in summary if f"{prefix}ceiling_R1_mean" in s), None)
+    if ceil is not None:
+        lines.append("| Bayes ceiling (oracle) | " + " | ".join(
+            f"{ceil[f'{prefix}ceiling_{k}_mean']:.2f}" if f"{prefix}ceiling_{k}_mean" in ceil else "–"
+            for k in METRICS) + " | |")
+    return "\n".join(lines)
+
+
+def _sigma_table(summary: list[dict]) -> str:
+    """What σ tracks, per variant with a learned σ."""
+    lines = ["| variant | mean σ image / text | Spearman(text σ, identities fitted) / partial given mentioned "
+             "| occluded copy σ ≥ 1.1× (share of images) | R@1 of the more / less certain half of the queries |",
+             "|---|---:|---:|---:|---:|"]
+    for s in summary:
         k = "spearman_text_sigma_vs_identities_fitted"
-        rho = f"{s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else "–"
+        if f"{k}_mean" not in s:
+            continue
+        rho = f"{s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}"
         k = "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned"
         rho += f" / {s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else ""
-        sub = (f"{s['sub100_R1_mean']:.2f} ± {s['sub100_R1_std']:.2f} ({s['sub100_pct_ceiling_R1_mean']:.1f} %)"
-               if "sub100_R1_mean" in s else "–")
+        sig = f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–"
         k = "occlusion_share_ratio_ge_1.1"
         occ = f"{100 * s[f'{k}_mean']:.0f} %" if f"{k}_mean" in s else "–"
-        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {pct} | {sub} | {sig} | {rho} | {occ} | {s['n']} |")
-    ceil = next((s for s in summary if "ceiling_R1_mean" in s), None)
-    if ceil is not None:
-        sub = next((s for s in summary if "sub100_ceiling_R1_mean" in s), None)
-        sub_c = f"{sub['sub100_ceiling_R1_mean']:.2f} (100 %)" if sub is not None else ""
-        lines.append(f"| Bayes ceiling (oracle) | {ceil['ceiling_R1_mean']:.2f} | | | {ceil['ceiling_mAP_mean']:.2f} "
-                     f"| | 100 / 100 | {sub_c} | | | | |")
+        halves = (f"{s['certain_half_R1_mean']:.2f} / {s['uncertain_half_R1_mean']:.2f}"
+                  if "certain_half_R1_mean" in s and "uncertain_half_R1_mean" in s else "–")
+        lines.append(f"| {s['variant']} | {sig} | {rho} | {occ} | {halves} |")
     return "\n".join(lines)
+
+
+def _table(summary: list[dict]) -> str:
+    """The full gallery, then the 100-identity sub-galleries and what σ tracks where there are any."""
+    out = "Full test gallery, each metric's percentage of the ceiling in brackets:\n\n" + _metric_table(summary)
+    if any("sub100_R1_mean" in s for s in summary):
+        out += ("\n\nRandom 100-identity sub-galleries of the test split (10 draws per run, each beside its own "
+                "ceiling; the ceiling row is their mean):\n\n" + _metric_table(summary, "sub100_"))
+    if any("spearman_text_sigma_vs_identities_fitted_mean" in s for s in summary):
+        out += "\n\nWhat σ tracks (test split):\n\n" + _sigma_table(summary)
+    return out
 
 
 def _write_results(args, out: Path, base, jobs: list, rows: list[dict], uncertainty: list[dict]) -> str:
@@ -286,6 +346,7 @@ def main(argv=None) -> int:
                     uncertainty.append(unc[r["run"]])
                     r.update(_uncertainty_row(unc[r["run"]]))
                 rows.append(r)
+    _complete(rows, args.data)
     reused = {(r["variant"], r["seed"]) for r in rows}
     jobs_to_run = [j for j in jobs if j not in reused]
     if jobs_to_run:  # the data once, before the workers start

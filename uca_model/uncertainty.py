@@ -439,6 +439,10 @@ def occlusion_test(model, gallery, records, image_size, batch_size: int, device,
             "seed": int(seed)}
 
 
+#: the metrics :func:`sub_gallery_metrics` reports, each beside its ceiling
+SUB_GALLERY_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
 def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Mapping[str, Any] | None, split: str,
                         *, ids_per_gallery: int = 100, draws: int = 10, seed: int = 0) -> dict[str, Any] | None:
     """Retrieval on ``draws`` random sub-galleries of ``ids_per_gallery`` identities of the split (their
@@ -446,8 +450,9 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
     split has no more identities than that (the full gallery is the only one) or ``attrs`` is None.
 
     Returns:
-        ``{"ids_per_gallery", "draws", "seed", "R1", "mAP" (means over draws), "ceiling_R1", "ceiling_mAP"
-        (means), "R1_fraction_of_ceiling", "mAP_fraction_of_ceiling" (ratios of the means, percent)}``.
+        ``{"ids_per_gallery", "draws", "seed"}`` and, for each metric ``k`` of ``R1, R5, R10, mAP, mINP``:
+        ``k`` (the mean over draws), ``ceiling_k`` (the mean ceiling) and ``k_fraction_of_ceiling``
+        (the ratio of the means, percent).
     """
     from .ceiling import bayes_ceiling
     from .metrics import retrieval_metrics
@@ -465,15 +470,17 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
         sub = _select(scores, qi)
         sub = sub(0, len(qi)) if callable(sub) else sub
         m = retrieval_metrics(torch.as_tensor(sub)[:, torch.as_tensor(gi)], query_pids=qp[qi],
-                              gallery_pids=gp[gi], ks=(1,))
+                              gallery_pids=gp[gi], ks=(1, 5, 10))
         kept = set(keep.tolist())
         c = bayes_ceiling(attrs["fields"], [d for d in attrs["identities"] if int(d["id"]) in kept],
                           [im for im in attrs["images"] if int(im["id"]) in kept], split)
-        rows.append((m["R1"], m["mAP"], c["R1"], c["mAP"]))
-    r1, ap, c1, cap = np.asarray(rows).mean(0).tolist()
-    return {"ids_per_gallery": ids_per_gallery, "draws": draws, "seed": seed, "R1": r1, "mAP": ap,
-            "ceiling_R1": c1, "ceiling_mAP": cap, "R1_fraction_of_ceiling": 100 * r1 / c1,
-            "mAP_fraction_of_ceiling": 100 * ap / cap}
+        rows.append([m[k] for k in SUB_GALLERY_METRICS] + [c[k] for k in SUB_GALLERY_METRICS])
+    means = np.asarray(rows).mean(0).tolist()
+    n = len(SUB_GALLERY_METRICS)
+    out: dict[str, Any] = {"ids_per_gallery": ids_per_gallery, "draws": draws, "seed": seed}
+    for k, model, ceil in zip(SUB_GALLERY_METRICS, means[:n], means[n:]):
+        out.update({k: model, f"ceiling_{k}": ceil, f"{k}_fraction_of_ceiling": 100 * model / ceil})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -103,3 +103,44 @@ def test_nosigma_under_ce_holds_sigma_at_its_initial_value(tmp_path):
         ablation._config(args, v, 0).validate()
     args.overrides = []
     assert ablation._config(args, "UCA-nosigma", 0).model.head.fixed_logvar == -30.0
+
+
+def test_rows_from_before_get_every_metric_beside_its_ceiling(tmp_path, monkeypatch):
+    """Rows that had the ceiling and the sub-galleries for R@1 and mAP only are completed (the full
+    gallery's ceiling from the data, the sub-galleries from the run folder when it is still there),
+    and the table gives each of the five metrics beside its ceiling, on both galleries."""
+    import uca_model.ceiling as ceiling
+    import uca_model.uncertainty as unc
+
+    full = {"R1": 50.0, "R5": 80.0, "R10": 90.0, "mAP": 60.0, "mINP": 40.0}
+    monkeypatch.setattr(ceiling, "ceiling_from_root", lambda root, split: full)
+    sub = {}
+    for k, v in full.items():
+        sub.update({k: v / 2 + 10, f"ceiling_{k}": v / 2 + 20, f"{k}_fraction_of_ceiling": 100 * (v / 2 + 10) / (v / 2 + 20)})
+    asked = []
+    monkeypatch.setattr(unc, "run_sub_galleries", lambda run, split: asked.append(str(run)) or sub)
+    kept, gone = tmp_path / "runs" / "UCA-s0", tmp_path / "runs" / "UCA-s1"
+    kept.mkdir(parents=True)
+    (kept / "config.json").write_text("{}")
+    old = tmp_path / "old"
+    old.mkdir()
+    rows = []
+    for seed, run in ((0, kept), (1, gone)):
+        r = _row("UCA", seed, 20.0 + seed, str(run))
+        r.update({"ceiling_R1": 50.0, "ceiling_mAP": 60.0, "sub100_R1": 1.0, "sub100_mAP": 2.0})
+        rows.append(r)
+    (old / "runs.json").write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    assert ablation.main(["--variants", "UCA", "--seeds", "0", "1", "--reuse", str(old), "--out", str(out),
+                          "--runs", str(tmp_path / "runs")]) == 0
+    assert asked == [str(kept)]  # the folder that is gone keeps its R@1 / mAP sub-gallery figures
+    r0, r1 = json.loads((out / "runs.json").read_text())
+    assert r0["ceiling_mINP"] == 40.0 and r0["pct_ceiling_R5"] == pytest.approx(100 * 30.0 / 80.0)
+    assert r1["pct_ceiling_mINP"] == pytest.approx(100 * 20.0 / 40.0)
+    assert r0["sub100_R10"] == 55.0 and r0["sub100_pct_ceiling_mINP"] == pytest.approx(100 * 30 / 40)
+    assert "sub100_R5" not in r1 and r1["sub100_R1"] == 1.0
+    table = (out / "table.md").read_text()
+    # full gallery: R@5 of seeds 0 and 1 is 30 and 31, the ceiling 80
+    assert "| UCA | 20.50 ± 0.71 (41.0 %) | 30.50 ± 0.71 (38.1 %) |" in table
+    assert "| Bayes ceiling (oracle) | 50.00 | 80.00 | 90.00 | 60.00 | 40.00 | |" in table
+    assert "Random 100-identity sub-galleries" in table

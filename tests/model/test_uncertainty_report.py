@@ -336,6 +336,11 @@ def test_sub_galleries_beside_their_ceilings():
     out = sub_gallery_metrics(perfect, qp, gp, attrs, "test", ids_per_gallery=3, draws=4)
     assert out["R1"] == pytest.approx(100.0) and out["ceiling_R1"] == pytest.approx(100.0)
     assert out["R1_fraction_of_ceiling"] == pytest.approx(100.0) and out["draws"] == 4
+    for k in ("R5", "R10", "mAP", "mINP"):  # every metric beside its ceiling
+        assert out[k] == pytest.approx(100.0) and out[f"{k}_fraction_of_ceiling"] == pytest.approx(100.0)
+    worst = sub_gallery_metrics(-perfect, qp, gp, attrs, "test", ids_per_gallery=3, draws=4)
+    assert worst["R1"] == 0.0 and worst["ceiling_mINP"] == pytest.approx(100.0)
+    assert worst["mAP"] < 50.0 and worst["mINP_fraction_of_ceiling"] == pytest.approx(worst["mINP"])
     assert sub_gallery_metrics(perfect, qp, gp, attrs, "test", ids_per_gallery=6) is None  # the whole gallery
     assert sub_gallery_metrics(perfect, qp, gp, None, "test", ids_per_gallery=3) is None  # real data
 
