@@ -204,6 +204,9 @@ def _paired_table(paired: list[dict]) -> str:
                 cells.append("–")
                 continue
             d = p[k]
+            if len(d["by_seed"]) == 1:
+                cells.append(f"{d['mean']:+.2f}")
+                continue
             cells.append(", ".join(f"{x:+.2f}" for x in d["by_seed"]) + f"; {d['mean']:+.2f} ± {d['std']:.2f}"
                          + ("" if d["positive_in_every_seed"] else " (not positive in every seed)"))
         lines.append(f"| {p['a']} − {p['b']} | {', '.join(map(str, p['seeds']))} | " + " | ".join(cells) + " |")
@@ -219,7 +222,7 @@ def _metric_table(summary: list[dict], prefix: str = "") -> str:
             continue
         cells = []
         for k in METRICS:
-            c = f"{s[f'{prefix}{k}_mean']:.2f} ± {s[f'{prefix}{k}_std']:.2f}"
+            c = f"{s[f'{prefix}{k}_mean']:.2f}" + (f" ± {s[f'{prefix}{k}_std']:.2f}" if s["n"] > 1 else "")
             if f"{prefix}pct_ceiling_{k}_mean" in s:
                 c += f" ({s[f'{prefix}pct_ceiling_{k}_mean']:.1f} %)"
             cells.append(c)
@@ -241,9 +244,10 @@ def _sigma_table(summary: list[dict]) -> str:
         k = "spearman_text_sigma_vs_identities_fitted"
         if f"{k}_mean" not in s:
             continue
-        rho = f"{s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}"
+        pm = (lambda k: f"{s[f'{k}_mean']:+.2f}" + (f" ± {s[f'{k}_std']:.2f}" if s["n"] > 1 else ""))
+        rho = pm(k)
         k = "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned"
-        rho += f" / {s[f'{k}_mean']:+.2f} ± {s[f'{k}_std']:.2f}" if f"{k}_mean" in s else ""
+        rho += f" / {pm(k)}" if f"{k}_mean" in s else ""
         sig = f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–"
         k = "occlusion_share_ratio_ge_1.1"
         occ = f"{100 * s[f'{k}_mean']:.0f} %" if f"{k}_mean" in s else "–"
@@ -312,6 +316,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/ablation", help="results folder (committed)")
     ap.add_argument("--parallel", type=int, default=1, help="runs trained at the same time (processes)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rewrite the results of the --reuse folders' finished runs (the tables of "
+                         "an ablation still running elsewhere); command.txt is left as it is")
     ap.add_argument("--reuse", action="append", default=[], metavar="DIR",
                     help="take these variants' finished runs from an earlier results folder (repeatable)")
     args = ap.parse_args(argv)
@@ -323,11 +330,12 @@ def main(argv=None) -> int:
 
     from uca_model.config import to_dict
     base = _config(args, "UCA", args.seeds[0])
-    (out / "command.txt").write_text(
-        "python -m benchmarks.ablation " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n\n"
-        "# base config (full UCA, first seed); each variant changes:\n"
-        + json.dumps({v: ABLATION_VARIANTS[v] for v in args.variants}, indent=2) + "\n\n"
-        + json.dumps(to_dict(base), indent=2) + "\n", encoding="utf-8")
+    if not args.report_only:
+        (out / "command.txt").write_text(
+            "python -m benchmarks.ablation " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n\n"
+            "# base config (full UCA, first seed); each variant changes:\n"
+            + json.dumps({v: ABLATION_VARIANTS[v] for v in args.variants}, indent=2) + "\n\n"
+            + json.dumps(to_dict(base), indent=2) + "\n", encoding="utf-8")
 
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     rows: list[dict] = []
@@ -348,7 +356,7 @@ def main(argv=None) -> int:
                 rows.append(r)
     _complete(rows, args.data)
     reused = {(r["variant"], r["seed"]) for r in rows}
-    jobs_to_run = [j for j in jobs if j not in reused]
+    jobs_to_run = [] if args.report_only else [j for j in jobs if j not in reused]
     if jobs_to_run:  # the data once, before the workers start
         from uca_model.synth import generate_synthpedes
 

@@ -144,3 +144,23 @@ def test_rows_from_before_get_every_metric_beside_its_ceiling(tmp_path, monkeypa
     assert "| UCA | 20.50 ± 0.71 (41.0 %) | 30.50 ± 0.71 (38.1 %) |" in table
     assert "| Bayes ceiling (oracle) | 50.00 | 80.00 | 90.00 | 60.00 | 40.00 | |" in table
     assert "Random 100-identity sub-galleries" in table
+
+
+def test_report_only_trains_nothing_and_keeps_the_command(tmp_path):
+    """--report-only rewrites the tables from the finished runs (an ablation still running elsewhere)
+    and leaves command.txt; a variant with one seed shows no ± 0.00."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "runs.json").write_text(json.dumps([_row("UCA", 0, 30.0, "r/a0"), _row("UCA", 1, 32.0, "r/a1"),
+                                               _row("baseline", 0, 10.0, "r/b0")]))
+    (old / "command.txt").write_text("the ablation's own command\n")
+    # seeds 1 of baseline and 2 of both are missing: without --report-only they would be trained
+    assert ablation.main(["--variants", "baseline", "UCA", "--seeds", "0", "1", "2", "--reuse", str(old),
+                          "--out", str(old), "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "nodata"),
+                          "--report-only"]) == 0
+    assert not (tmp_path / "nodata").exists() and not list((tmp_path / "runs").iterdir())
+    assert (old / "command.txt").read_text() == "the ablation's own command\n"
+    table = (old / "table.md").read_text()
+    assert "| baseline | 10.00 | 20.00 | 30.00 | 11.00 | 9.00 | 1 |" in table
+    assert "| UCA | 31.00 ± 1.41 |" in table
+    assert "| UCA − baseline | 0 | +20.00 | +20.00 | – |" in table
