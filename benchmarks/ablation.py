@@ -166,6 +166,8 @@ def _summary(rows: list[dict], variants: list[str]) -> list[dict]:
             if vals:
                 s[f"{k}_mean"] = statistics.fmean(vals)
                 s[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                if len(vals) < len(rs):  # a figure some of the runs lack: how many it averages
+                    s[f"{k}_n"] = len(vals)
         out.append(s)
     return out
 
@@ -213,6 +215,14 @@ def _paired_table(paired: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pm(s: dict, k: str, sign: str = "+") -> str:
+    """``mean ± std`` of one summary figure; no ± for a single run, and ``(n runs)`` where the
+    figure averages fewer runs than the variant has."""
+    n = s.get(f"{k}_n", s["n"])
+    return (f"{s[f'{k}_mean']:{sign}.2f}" + (f" ± {s[f'{k}_std']:.2f}" if n > 1 else "")
+            + (f" ({n} run{'s' if n > 1 else ''})" if n < s["n"] else ""))
+
+
 def _metric_table(summary: list[dict], prefix: str = "") -> str:
     """R@1/5/10, mAP and mINP (``prefix`` + metric: ``""`` the full gallery, ``"sub100_"`` the
     sub-galleries), each as mean ± std with its percentage of the ceiling, and the ceiling's row."""
@@ -222,8 +232,9 @@ def _metric_table(summary: list[dict], prefix: str = "") -> str:
             continue
         cells = []
         for k in METRICS:
-            c = f"{s[f'{prefix}{k}_mean']:.2f}" + (f" ± {s[f'{prefix}{k}_std']:.2f}" if s["n"] > 1 else "")
-            if f"{prefix}pct_ceiling_{k}_mean" in s:
+            c = _pm(s, f"{prefix}{k}", "")
+            pct = f"{prefix}pct_ceiling_{k}"
+            if f"{pct}_mean" in s and s.get(f"{pct}_n", s["n"]) == s.get(f"{prefix}{k}_n", s["n"]):  # the same runs
                 c += f" ({s[f'{prefix}pct_ceiling_{k}_mean']:.1f} %)"
             cells.append(c)
         lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {s['n']} |")
@@ -244,10 +255,9 @@ def _sigma_table(summary: list[dict]) -> str:
         k = "spearman_text_sigma_vs_identities_fitted"
         if f"{k}_mean" not in s:
             continue
-        pm = (lambda k: f"{s[f'{k}_mean']:+.2f}" + (f" ± {s[f'{k}_std']:.2f}" if s["n"] > 1 else ""))
-        rho = pm(k)
+        rho = _pm(s, k)
         k = "partial_spearman_text_sigma_vs_identities_fitted_given_mentioned"
-        rho += f" / {pm(k)}" if f"{k}_mean" in s else ""
+        rho += f" / {_pm(s, k)}" if f"{k}_mean" in s else ""
         sig = f"{s['sigma_image_mean']:.4f} / {s['sigma_text_mean']:.4f}" if "sigma_image_mean" in s else "–"
         k = "occlusion_share_ratio_ge_1.1"
         occ = f"{100 * s[f'{k}_mean']:.0f} %" if f"{k}_mean" in s else "–"
