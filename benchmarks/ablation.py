@@ -95,7 +95,8 @@ def _run_one(args, variant: str, seed: int) -> dict:
     run = Path(args.runs) / f"{variant}-s{seed}"
     t0 = time.perf_counter()
     res = train(cfg, run, resume="auto", log=lambda *a: None)
-    row = {"variant": variant, "seed": seed, "run": str(run), "score": res["score"], "best_epoch": res["best_epoch"],
+    row = {"variant": variant, "seed": seed, "run": str(run), "score": res["score"], "metric": cfg.model.loss.metric,
+           "best_epoch": res["best_epoch"],
            "steps": res["steps"], "train_time_s": res["train_time_s"], "wall_s": round(time.perf_counter() - t0, 1)}
     row.update({k: round(res["test"][k], 3) for k in METRICS})
     row.update({f"val_{k}": round(res["val"][k], 3) for k in ("R1", "mAP")})
@@ -144,6 +145,8 @@ def _complete(rows: list[dict], data: str) -> None:
 
     ceiling = None
     for r in rows:
+        if "metric" not in r and (Path(r["run"]) / "config.json").is_file():  # the run's own distance
+            r["metric"] = json.loads((Path(r["run"]) / "config.json").read_text())["model"]["loss"]["metric"]
         if r.get("ceiling_R1") is not None and r.get("ceiling_mINP") is None:
             ceiling = ceiling or ceiling_from_root(data, "test")
             if ceiling is not None:
@@ -278,6 +281,12 @@ def _table(summary: list[dict]) -> str:
     return out
 
 
+def _metrics(rows: list[dict], base) -> str:
+    """The distance(s) the probabilistic runs rank by: their own where the rows say, else the base config's."""
+    seen = sorted({r["metric"] for r in rows if r["variant"] != "baseline" and r.get("metric")})
+    return " / ".join(seen) if seen else base.model.loss.metric
+
+
 def _write_results(args, out: Path, base, jobs: list, rows: list[dict], uncertainty: list[dict]) -> str:
     """(Re)write every results file from the rows so far (after each finished run: nothing is lost
     on interruption); returns the table."""
@@ -300,7 +309,7 @@ def _write_results(args, out: Path, base, jobs: list, rows: list[dict], uncertai
     (out / "paired.json").write_text(json.dumps(paired, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(
         f"SynthPedes '{args.preset}', test split, mean ± std over seeds {args.seeds} "
-        f"(ranking: cosine for the baseline, {base.model.loss.metric} distance for the others; "
+        f"(ranking: cosine for the baseline, {_metrics(rows, base)} distance for the others; "
         f"the ceiling is the split's Bayes oracle, uca_model.ceiling).\n\n"
         + table + "\n"
         + ("\nSeed by seed (the same seed: the same initialisation and batches), test split:\n\n"

@@ -219,7 +219,7 @@ def plot_ablation(summary: Sequence[dict], out_png: str | os.PathLike, metrics=(
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
     ax.set_ylabel("% (test)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, off the ceiling lines
     if title:
         ax.set_title(title)
     fig.tight_layout()

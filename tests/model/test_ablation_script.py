@@ -121,7 +121,7 @@ def test_rows_from_before_get_every_metric_beside_its_ceiling(tmp_path, monkeypa
     monkeypatch.setattr(unc, "run_sub_galleries", lambda run, split: asked.append(str(run)) or sub)
     kept, gone = tmp_path / "runs" / "UCA-s0", tmp_path / "runs" / "UCA-s1"
     kept.mkdir(parents=True)
-    (kept / "config.json").write_text("{}")
+    (kept / "config.json").write_text(json.dumps({"model": {"loss": {"metric": "ce"}}}))
     old = tmp_path / "old"
     old.mkdir()
     rows = []
@@ -144,6 +144,8 @@ def test_rows_from_before_get_every_metric_beside_its_ceiling(tmp_path, monkeypa
     assert "| UCA | 20.50 ± 0.71 (41.0 %) | 30.50 ± 0.71 (38.1 %) |" in table
     assert "| Bayes ceiling (oracle) | 50.00 | 80.00 | 90.00 | 60.00 | 40.00 | |" in table
     assert "Random 100-identity sub-galleries" in table
+    assert r0["metric"] == "ce" and "metric" not in r1  # the table names the runs' own distance
+    assert "cosine for the baseline, ce distance for the others" in table
     # seed 1's folder is gone: its sub-gallery R@1 (1.0, no ceiling) is averaged without a percentage,
     # its R@5 is not there to average
     assert "| UCA | 18.00 ± 24.04 | 50.00 (1 run) (83.3 %) |" in table
