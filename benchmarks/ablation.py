@@ -104,7 +104,8 @@ def _run_one(args, variant: str, seed: int) -> dict:
         from benchmarks.uncertainty import analyse
 
         row["_uncertainty"] = analyse(str(run), "test")
-    row.update(_sub_gallery_row(run))
+    # a learned sigma's analysis has the sub-galleries already (the same ranking, draws and seed)
+    row.update(_sub_gallery_row(run, row["_uncertainty"]["sub_galleries"] if "_uncertainty" in row else None))
     if "ceiling" in res:  # SynthPedes: the Bayes ceiling and the result as a percentage of it
         row.update(_ceiling_row(row, res["ceiling"]["test"]))
     if "alt" in res["test"]:
@@ -114,12 +115,14 @@ def _run_one(args, variant: str, seed: int) -> dict:
     return row
 
 
-def _sub_gallery_row(run) -> dict:
+def _sub_gallery_row(run, sub: dict | None = None) -> dict:
     """A run's metrics on random 100-identity sub-galleries of the test split beside their ceilings
-    (``{}`` when the test split has <= 100 identities or is not SynthPedes)."""
+    (``{}`` when the test split has <= 100 identities or is not SynthPedes); ``sub``: those figures
+    when they were computed already (:func:`uca_model.uncertainty.sub_gallery_metrics`)."""
     from uca_model.uncertainty import run_sub_galleries
 
-    sub = run_sub_galleries(run, "test")
+    if sub is None:
+        sub = run_sub_galleries(run, "test")
     if sub is None:
         return {}
     out = {}
