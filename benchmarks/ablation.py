@@ -134,10 +134,13 @@ def _sub_gallery_row(run, sub: dict | None = None) -> dict:
 
 def _ceiling_row(row: dict, ceiling: dict) -> dict:
     """The full test gallery's Bayes ceiling and the row's metrics as percentages of it."""
+    from uca_model.ceiling import fraction_of_ceiling
+
+    frac = fraction_of_ceiling({k: row[k] for k in METRICS}, ceiling)
     out = {}
     for k in METRICS:
         out[f"ceiling_{k}"] = round(ceiling[k], 3)
-        out[f"pct_ceiling_{k}"] = round(100 * row[k] / ceiling[k], 2) if ceiling[k] > 0 else None
+        out[f"pct_ceiling_{k}"] = round(frac[k], 2) if ceiling[k] > 0 else None
     return out
 
 

@@ -80,7 +80,7 @@ __all__ = [
 
 CEILING_VERSION = 1  # bump when what bayes_ceiling computes changes (cards cache the result)
 CEILING_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-FRACTION_KEYS = ("R1", "R5", "R10", "mAP")
+FRACTION_KEYS = CEILING_KEYS
 _KS = (1, 5, 10)
 _TENSOR_LIMIT = 200_000  # largest joint (k_c) grid summed directly; beyond it Gauss-Legendre quadrature
 
@@ -320,9 +320,10 @@ def ceiling_summary(ceiling: Mapping[str, Any]) -> str:
 
 
 def fraction_of_ceiling(metrics: Mapping[str, Any], ceiling: Mapping[str, Any]) -> dict[str, float]:
-    """``100 * metric / ceiling`` for R1, R5, R10 and mAP: a model's result as a percentage of the ceiling."""
+    """``100 * metric / ceiling`` for R1, R5, R10, mAP and mINP (those of them ``metrics`` has): a model's
+    result as a percentage of the ceiling, NaN where the ceiling is 0."""
     return {k: 100.0 * float(metrics[k]) / float(ceiling[k]) if ceiling[k] > 0 else float("nan")
-            for k in FRACTION_KEYS}
+            for k in FRACTION_KEYS if k in metrics}
 
 
 def ceiling_report(root: str | os.PathLike, metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

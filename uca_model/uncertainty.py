@@ -454,7 +454,7 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
         ``k`` (the mean over draws), ``ceiling_k`` (the mean ceiling) and ``k_fraction_of_ceiling``
         (the ratio of the means, percent).
     """
-    from .ceiling import bayes_ceiling
+    from .ceiling import bayes_ceiling, fraction_of_ceiling
     from .metrics import retrieval_metrics
 
     qp = np.asarray(query_pids, dtype=np.int64)
@@ -477,9 +477,11 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
         rows.append([m[k] for k in SUB_GALLERY_METRICS] + [c[k] for k in SUB_GALLERY_METRICS])
     means = np.asarray(rows).mean(0).tolist()
     n = len(SUB_GALLERY_METRICS)
+    model, ceil = dict(zip(SUB_GALLERY_METRICS, means[:n])), dict(zip(SUB_GALLERY_METRICS, means[n:]))
+    frac = fraction_of_ceiling(model, ceil)
     out: dict[str, Any] = {"ids_per_gallery": ids_per_gallery, "draws": draws, "seed": seed}
-    for k, model, ceil in zip(SUB_GALLERY_METRICS, means[:n], means[n:]):
-        out.update({k: model, f"ceiling_{k}": ceil, f"{k}_fraction_of_ceiling": 100 * model / ceil})
+    for k in SUB_GALLERY_METRICS:
+        out.update({k: model[k], f"ceiling_{k}": ceil[k], f"{k}_fraction_of_ceiling": frac[k]})
     return out
 
 

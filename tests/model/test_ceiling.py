@@ -149,7 +149,9 @@ def test_bad_input_is_explained():
 def test_fraction_of_ceiling():
     f = fraction_of_ceiling({"R1": 30.0, "R5": 45.0, "R10": 50.0, "mAP": 41.0, "mINP": 3.0},
                             {"R1": 60.0, "R5": 90.0, "R10": 100.0, "mAP": 82.0, "mINP": 85.0})
-    assert f == {"R1": 50.0, "R5": 50.0, "R10": 50.0, "mAP": 50.0}
+    assert f == {"R1": 50.0, "R5": 50.0, "R10": 50.0, "mAP": 50.0, "mINP": pytest.approx(300 / 85)}
+    assert fraction_of_ceiling({"R1": 5.0}, {"R1": 10.0, "mAP": 0.0}) == {"R1": 50.0}  # only what the model has
+    assert math.isnan(fraction_of_ceiling({"mAP": 5.0}, {"mAP": 0.0})["mAP"])
 
 
 # -- generated data --
@@ -195,6 +197,7 @@ def test_a_card_without_the_ceiling_still_gets_it(tiny, tmp_path):
 def test_eval_prints_and_writes_the_ceiling(tiny, tmp_path, capsys, monkeypatch):
     """``uca eval`` with the model and its evaluation faked: only the reporting is under test here."""
     from uca_model import evaluation
+    from uca_model import trainer  # noqa: F401  imported before the patch, or it would bind the fake for good
     from uca_model.commands import evaluate
 
     cfg = SimpleNamespace(data=SimpleNamespace(root=str(tiny), val_from_train=None),
@@ -212,10 +215,11 @@ def test_eval_prints_and_writes_the_ceiling(tiny, tmp_path, capsys, monkeypatch)
     ceil = read_card(tiny)["ceiling"]["test"]
     assert "| ceiling (Bayes oracle), test |" in out and f"{ceil['mINP']:.2f}" in out
     assert f"R@1 = {100 * 20 / ceil['R1']:.0f} % of the ceiling" in out
-    assert f"mAP = {100 * 30 / ceil['mAP']:.0f} %" in out
+    assert f"mAP = {100 * 30 / ceil['mAP']:.0f} %, mINP = {100 * 10 / ceil['mINP']:.0f} %" in out
     got = json.loads(js.read_text())
     assert got["ceiling"]["R1"] == pytest.approx(ceil["R1"])
     assert got["fraction_of_ceiling"]["mAP"] == pytest.approx(100 * 30 / ceil["mAP"])
+    assert got["fraction_of_ceiling"]["mINP"] == pytest.approx(100 * 10 / ceil["mINP"])
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -67,9 +67,11 @@ CEILING_LABEL = "ceiling (Bayes oracle)"
 
 
 def ceiling_lines(fractions: dict) -> list[str]:
-    """One line per split: the model's R@1/5/10 and mAP as a percentage of the Bayes ceiling."""
+    """One line per split: the model's R@1/5/10, mAP and mINP as percentages of the Bayes ceiling (mINP
+    left out for a result recorded without it)."""
     return [f"{split} R@1 = {f['R1']:.0f} % of the ceiling, R@5 = {f['R5']:.0f} %, R@10 = {f['R10']:.0f} %, "
-            f"mAP = {f['mAP']:.0f} %" for split, f in fractions.items()]
+            f"mAP = {f['mAP']:.0f} %" + (f", mINP = {f['mINP']:.0f} %" if "mINP" in f else "")
+            for split, f in fractions.items()]
 
 
 def with_ceiling(result: dict, root) -> dict:
