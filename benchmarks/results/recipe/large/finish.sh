@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../../../.."
 out=benchmarks/results/recipe/large
 export OMP_NUM_THREADS=1
 paths=(runs/ablation-ce/UCA-s0); labels=(ce)
-for r in ce-16ep ce-identity ce-identity-nosigma ce-identity-noerase ce-identity-96x48; do
+for r in ce-16ep ce-identity ce-identity-nosigma ce-identity-noerase ce-identity-96x48 ce-identity-96x48-16ep; do
     test -f runs/large/$r/metrics.json || continue
     paths+=(runs/large/$r); labels+=("$r")
 done
