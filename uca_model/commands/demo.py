@@ -16,7 +16,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=DEMO_RUN, help=f"run folder (default {DEMO_RUN})")
     p.add_argument("--data", type=Path, default=None, help="SynthPedes folder (default data/synthpedes-<preset>)")
     p.add_argument("--preset", default="demo", choices=("demo", "large", "tiny"),
-                   help="demo (default; about 7 minutes on 2 CPU cores: 4000 training identities, 100 in the test gallery), "
+                   help="demo (default; 10-35 minutes on 2 CPU cores: 4000 training identities, 100 in the test gallery), "
                         "large (400 identities in the test gallery: a harder test) or tiny (a seconds-long smoke test)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
