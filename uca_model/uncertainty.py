@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Union
 import numpy as np
 import torch
 
+from .ceiling import CEILING_KEYS
 from .fitting import fitted_counts
 
 __all__ = [
@@ -439,8 +440,8 @@ def occlusion_test(model, gallery, records, image_size, batch_size: int, device,
             "seed": int(seed)}
 
 
-#: the metrics :func:`sub_gallery_metrics` reports, each beside its ceiling
-SUB_GALLERY_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+#: the metrics :func:`sub_gallery_metrics` reports, each beside its ceiling: every metric the ceiling has
+SUB_GALLERY_METRICS = CEILING_KEYS
 
 
 def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Mapping[str, Any] | None, split: str,
@@ -463,7 +464,7 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
     if attrs is None or len(ids) <= ids_per_gallery:
         return None
     rng = np.random.default_rng([seed, 13])
-    rows = []
+    model_rows, ceiling_rows = [], []
     for _ in range(draws):
         keep = np.sort(rng.choice(ids, ids_per_gallery, replace=False))
         qi, gi = np.flatnonzero(np.isin(qp, keep)), np.flatnonzero(np.isin(gp, keep))
@@ -474,10 +475,10 @@ def sub_gallery_metrics(scores: ScoreSource, query_pids, gallery_pids, attrs: Ma
         kept = set(keep.tolist())
         c = bayes_ceiling(attrs["fields"], [d for d in attrs["identities"] if int(d["id"]) in kept],
                           [im for im in attrs["images"] if int(im["id"]) in kept], split)
-        rows.append([m[k] for k in SUB_GALLERY_METRICS] + [c[k] for k in SUB_GALLERY_METRICS])
-    means = np.asarray(rows).mean(0).tolist()
-    n = len(SUB_GALLERY_METRICS)
-    model, ceil = dict(zip(SUB_GALLERY_METRICS, means[:n])), dict(zip(SUB_GALLERY_METRICS, means[n:]))
+        model_rows.append([m[k] for k in SUB_GALLERY_METRICS])
+        ceiling_rows.append([c[k] for k in SUB_GALLERY_METRICS])
+    model = dict(zip(SUB_GALLERY_METRICS, np.mean(model_rows, 0).tolist()))
+    ceil = dict(zip(SUB_GALLERY_METRICS, np.mean(ceiling_rows, 0).tolist()))
     frac = fraction_of_ceiling(model, ceil)
     out: dict[str, Any] = {"ids_per_gallery": ids_per_gallery, "draws": draws, "seed": seed}
     for k in SUB_GALLERY_METRICS:
